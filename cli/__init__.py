@@ -1,0 +1,1 @@
+"""The txnbackup command line, the outermost shell over txnbackup, tasks and workers."""

@@ -1,0 +1,90 @@
+"""The chunk codec: how one chunk's plaintext becomes the bytes of its file, and back.
+
+A chunk file is a 16-byte header followed by the payload:
+magic ``TXBC``, codec version (u8), compression (u8: 0 raw, 1 zstd), reserved (u16),
+plaintext length (u32), CRC-32 of the payload (u32); all big-endian. The file's name is the
+SHA-256 of the plaintext, which decoding checks as well.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+import threading
+import zlib
+from enum import IntEnum
+
+import zstandard
+
+from txnbackup.constants import ZSTD_LEVEL
+from txnbackup.errors import CorruptChunk
+
+MAGIC = b"TXBC"
+CODEC_VERSION = 1
+HEADER = struct.Struct(">4sBBHII")
+
+
+class Compression(IntEnum):
+    RAW = 0
+    ZSTD = 1
+
+
+_local = threading.local()
+
+
+def _compressor() -> zstandard.ZstdCompressor:
+    # zstd (de)compressor objects are not thread-safe; the engine hashes and compresses
+    # on a thread pool, so each thread keeps its own.
+    comp: zstandard.ZstdCompressor | None = getattr(_local, "compressor", None)
+    if comp is None:
+        comp = _local.compressor = zstandard.ZstdCompressor(level=ZSTD_LEVEL)
+    return comp
+
+
+def _decompressor() -> zstandard.ZstdDecompressor:
+    dec: zstandard.ZstdDecompressor | None = getattr(_local, "decompressor", None)
+    if dec is None:
+        dec = _local.decompressor = zstandard.ZstdDecompressor()
+    return dec
+
+
+def digest_of(data: bytes | memoryview) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def encode(data: bytes | memoryview) -> bytes:
+    """Compress with zstd, or store raw when compression does not pay (random data)."""
+    compressed = _compressor().compress(data)
+    if len(compressed) < len(data) - len(data) // 64:
+        method, payload = Compression.ZSTD, compressed
+    else:
+        method, payload = Compression.RAW, bytes(data)
+    header = HEADER.pack(MAGIC, CODEC_VERSION, method, 0, len(data), zlib.crc32(payload))
+    return header + payload
+
+
+def decode(blob: bytes, digest: str) -> bytes:
+    """Return the plaintext of a chunk file, or raise CorruptChunk naming what is wrong."""
+    if len(blob) < HEADER.size:
+        raise CorruptChunk(digest, "truncated header")
+    magic, version, method, _, length, crc = HEADER.unpack_from(blob)
+    if magic != MAGIC or version != CODEC_VERSION:
+        raise CorruptChunk(digest, "bad magic or codec version")
+    payload = memoryview(blob)[HEADER.size :]
+    if zlib.crc32(payload) != crc:
+        raise CorruptChunk(digest, "CRC mismatch")
+    data = _plaintext(payload, method, length, digest)
+    if len(data) != length or digest_of(data) != digest:
+        raise CorruptChunk(digest, "content does not match its digest")
+    return data
+
+
+def _plaintext(payload: memoryview, method: int, length: int, digest: str) -> bytes:
+    if method == Compression.RAW:
+        return bytes(payload)
+    if method == Compression.ZSTD:
+        try:
+            return bytes(_decompressor().decompress(payload, max_output_size=length))
+        except zstandard.ZstdError as exc:
+            raise CorruptChunk(digest, f"zstd: {exc}") from None
+    raise CorruptChunk(digest, f"unknown compression {method}")

@@ -1,0 +1,100 @@
+"""Drives: the named block sources of a VM, and how their bytes are read."""
+
+from __future__ import annotations
+
+import errno
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Protocol
+
+from txnbackup.errors import DriveNotFound, DriveReadError, DriveUnreadable, InvalidInput
+from txnbackup.names import check_drive_name
+
+DEFAULT_NODE = "default"
+
+
+@dataclass(frozen=True)
+class Drive:
+    """A drive of a VM: its name, its path on its node, and that node (a worker queue)."""
+
+    name: str
+    path: str
+    node: str = DEFAULT_NODE
+
+    @classmethod
+    def parse(cls, spec: str) -> Drive:
+        """Parse ``name=/path[@node]`` as given on the command line."""
+        name, sep, rest = spec.partition("=")
+        if not sep or not rest:
+            raise InvalidInput(f"drive {spec!r} must look like name=/path/to/image[@node]")
+        path, _, node = rest.rpartition("@") if "@" in rest else (rest, "", DEFAULT_NODE)
+        if not node or not path:
+            raise InvalidInput(f"drive {spec!r}: empty path or node")
+        return cls(check_drive_name(name), path, node)
+
+
+class DriveReader(Protocol):
+    """What the copy engine needs of a drive (raw image or block device today, NBD later)."""
+
+    @property
+    def size(self) -> int: ...
+
+    def read(self, offset: int, length: int) -> bytes: ...
+
+    def close(self) -> None: ...
+
+
+class FileDrive:
+    """A raw image file or a block device, read with pread (no shared file position)."""
+
+    def __init__(self, name: str, path: Path) -> None:
+        self.name = name
+        self.path = path
+        try:
+            self._fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            raise DriveNotFound(name, str(path)) from None
+        except OSError as exc:
+            raise DriveUnreadable(name, str(path), exc.strerror or str(exc)) from None
+        try:
+            self._size = os.lseek(self._fd, 0, os.SEEK_END)
+        except OSError as exc:
+            os.close(self._fd)
+            raise DriveUnreadable(name, str(path), exc.strerror or str(exc)) from None
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+    def read(self, offset: int, length: int) -> bytes:
+        try:
+            data = os.pread(self._fd, length, offset)
+        except OSError as exc:
+            reason = "drive shrank" if exc.errno == errno.EINVAL else exc.strerror or str(exc)
+            raise DriveReadError(self.name, offset, reason) from None
+        if len(data) != length:
+            raise DriveReadError(
+                self.name, offset + len(data), f"short read ({len(data)} of {length} bytes)"
+            )
+        return data
+
+    def close(self) -> None:
+        os.close(self._fd)
+
+    def __enter__(self) -> FileDrive:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+def drive_size(name: str, path: str) -> int:
+    with FileDrive(name, Path(path)) as reader:
+        return reader.size

@@ -1,0 +1,123 @@
+"""The error tree of txnbackup.
+
+Every error's docstring is its message template (``str.format`` with the constructor's
+arguments) and its ``exit_code`` is what the CLI exits with. ``.args`` are exactly the
+constructor's arguments, so Celery can rebuild any of them on the producer side from JSON.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+
+class TxnBackupError(Exception):
+    """{}"""
+
+    exit_code: ClassVar[int] = 1
+
+    def __str__(self) -> str:
+        template = (self.__doc__ or "{}").strip()
+        try:
+            return template.format(*self.args)
+        except (IndexError, KeyError):
+            return f"{type(self).__name__}{self.args!r}"
+
+
+class InvalidInput(TxnBackupError):
+    """invalid input: {}"""
+
+    exit_code = 2
+
+
+class NotFound(TxnBackupError):
+    """not found: {}"""
+
+    exit_code = 3
+
+
+class DriveNotFound(NotFound):
+    """drive {}: path {} does not exist"""
+
+
+class SnapshotNotFound(NotFound):
+    """snapshot {} not found"""
+
+
+class RepositoryNotFound(NotFound):
+    """no txnbackup repository at {}"""
+
+
+class RepositoryError(TxnBackupError):
+    """repository error: {}"""
+
+    exit_code = 4
+
+
+class RepositoryExists(RepositoryError):
+    """{} exists and is not empty; refusing to create a repository there"""
+
+
+class FormatVersionMismatch(RepositoryError):
+    """repository {} has format version {}, this txnbackup reads version {}"""
+
+
+class IntegrityError(TxnBackupError):
+    """integrity error: {}"""
+
+    exit_code = 5
+
+
+class CorruptChunk(IntegrityError):
+    """chunk {} is corrupt: {}"""
+
+
+class VerifyFailed(IntegrityError):
+    """snapshot {} failed verification: {} bad chunk(s)"""
+
+
+class ConflictError(TxnBackupError):
+    """conflict: {}"""
+
+    exit_code = 6
+
+
+class BackupRunning(ConflictError):
+    """backup already running: {}"""
+
+
+class TransactionStateError(ConflictError):
+    """backup {} is already {}; cannot {}"""
+
+
+class ServiceUnavailable(TxnBackupError):
+    """cannot reach {}: {}"""
+
+    exit_code = 7
+
+
+class DriveIOError(TxnBackupError):
+    """I/O error: {}"""
+
+    exit_code = 8
+
+
+class DriveUnreadable(DriveIOError):
+    """drive {}: cannot read {}: {}"""
+
+
+class DriveReadError(DriveIOError):
+    """drive {}: read failed at offset {}: {}"""
+
+
+class DriveSizeChanged(DriveIOError):
+    """drive {}: size changed from {} to {} bytes"""
+
+
+class RepositoryWriteError(DriveIOError):
+    """cannot write to repository {}: {}"""
+
+
+class Cancelled(TxnBackupError):
+    """backup cancelled: {}"""
+
+    exit_code = 9

@@ -1,0 +1,113 @@
+"""Restore one drive of a snapshot to a file (zero chunks as holes) or a block device."""
+
+from __future__ import annotations
+
+import os
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+
+from txnbackup.constants import ZERO_DIGEST
+from txnbackup.errors import CorruptChunk, IntegrityError, InvalidInput, NotFound
+from txnbackup.fsutil import fsync_dir, temp_name, write_error
+from txnbackup.index import IndexReader, file_sha256
+from txnbackup.manifest import DriveEntry
+from txnbackup.repository import Repository
+from txnbackup.snapshot import SnapshotId
+
+
+@dataclass(frozen=True)
+class RestoreResult:
+    size: int
+    chunks: int
+    zero_chunks: int
+
+
+def drive_entry(repo: Repository, snapshot: SnapshotId, drive: str) -> DriveEntry:
+    manifest = repo.manifest(snapshot)
+    entry = manifest.drive(drive)
+    if entry is None:
+        names = ", ".join(d.name for d in manifest.drives)
+        raise NotFound(f"drive {drive} in snapshot {snapshot} (it has: {names})")
+    index = repo.snapshot_dir(snapshot) / entry.index
+    if file_sha256(index) != entry.index_sha256:
+        raise IntegrityError(f"index of drive {drive} in {snapshot} does not match its checksum")
+    return entry
+
+
+def restore_drive(
+    repo: Repository, snapshot: SnapshotId, drive: str, target: Path, *, overwrite: bool = False
+) -> RestoreResult:
+    """Write the drive's content at backup time to ``target``; a file appears only complete."""
+    entry = drive_entry(repo, snapshot, drive)
+    index = repo.snapshot_dir(snapshot) / entry.index
+    if _is_block_device(target):
+        return _restore_to_device(repo, entry, index, target)
+    if target.exists() and not overwrite:
+        raise InvalidInput(f"{target} exists; pass --overwrite to replace it")
+    if not target.parent.is_dir():
+        raise NotFound(f"directory {target.parent}")
+    tmp = temp_name(target)
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        try:
+            result = _write_chunks(repo, entry, index, fd, holes=True)
+            os.ftruncate(fd, entry.size)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.rename(tmp, target)
+        fsync_dir(target.parent)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise write_error(target, exc) from exc
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return result
+
+
+def _is_block_device(path: Path) -> bool:
+    try:
+        return stat.S_ISBLK(path.stat().st_mode)
+    except FileNotFoundError:
+        return False
+
+
+def _restore_to_device(
+    repo: Repository, entry: DriveEntry, index: Path, target: Path
+) -> RestoreResult:
+    fd = os.open(target, os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        capacity = os.lseek(fd, 0, os.SEEK_END)
+        if capacity < entry.size:
+            raise InvalidInput(f"{target} holds {capacity} bytes, the drive needs {entry.size}")
+        result = _write_chunks(repo, entry, index, fd, holes=False)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return result
+
+
+def _write_chunks(
+    repo: Repository, entry: DriveEntry, index: Path, fd: int, *, holes: bool
+) -> RestoreResult:
+    zero_chunks = 0
+    with IndexReader(index) as reader:
+        for i, digest in enumerate(reader):
+            offset = i * entry.chunk_size
+            length = min(entry.chunk_size, entry.size - offset)
+            if digest == ZERO_DIGEST:
+                zero_chunks += 1
+                if not holes:
+                    os.pwrite(fd, bytes(length), offset)
+                continue
+            try:
+                data = repo.chunks.get(digest.hex())
+            except CorruptChunk as exc:
+                where = f"(drive {entry.name}, offset {offset})"
+                raise CorruptChunk(exc.args[0], f"{exc.args[1]} {where}") from None
+            if len(data) != length:
+                raise CorruptChunk(digest.hex(), f"length {len(data)}, expected {length}")
+            os.pwrite(fd, data, offset)
+        return RestoreResult(entry.size, reader.count, zero_chunks)

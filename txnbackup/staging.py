@@ -1,0 +1,139 @@
+"""A backup's staging area, and publishing it as a snapshot in one rename.
+
+Publishing is idempotent, so a re-delivered commit is harmless: once the manifest is in the
+staging area it is reused as it is, and once the staging area has been renamed, the published
+snapshot carrying the backup's uuid is the answer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from txnbackup.constants import FORMAT_VERSION
+from txnbackup.errors import IntegrityError, RepositoryWriteError
+from txnbackup.fsutil import fsync_dir, write_atomic
+from txnbackup.manifest import MANIFEST_NAME, BlobEntry, DriveEntry, Manifest
+from txnbackup.names import check_blob_name
+from txnbackup.repository import Repository
+from txnbackup.snapshot import SnapshotId
+
+log = logging.getLogger(__name__)
+ENTRY_SUFFIX = ".entry.json"
+
+
+class Staging:
+    def __init__(self, repo: Repository, backup: str) -> None:
+        self.repo = repo
+        self.backup = backup
+        self.dir = repo.staging_dir(backup)
+
+    def create(self) -> None:
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise RepositoryWriteError(str(self.dir), exc.strerror or str(exc)) from exc
+
+    def index_path(self, drive: str) -> Path:
+        return self.dir / f"{drive}.fidx"
+
+    def record_drive(self, entry: DriveEntry) -> None:
+        write_atomic(self.dir / f"{entry.name}{ENTRY_SUFFIX}", json.dumps(entry.to_dict()).encode())
+
+    def drive_entry(self, drive: str) -> DriveEntry | None:
+        try:
+            raw = (self.dir / f"{drive}{ENTRY_SUFFIX}").read_bytes()
+        except FileNotFoundError:
+            return None
+        return DriveEntry.from_dict(json.loads(raw))
+
+    def exists(self) -> bool:
+        return self.dir.is_dir()
+
+    def discard(self) -> None:
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def publish(
+    staging: Staging,
+    vmid: str,
+    start_time: SnapshotId,
+    drives: Sequence[str],
+    blobs: Mapping[str, bytes],
+) -> SnapshotId:
+    """Write the manifest (last), then rename the staging area to the snapshot."""
+    repo = staging.repo
+    if not staging.exists():
+        done = repo.find_backup(vmid, staging.backup)
+        if done is None:
+            raise IntegrityError(f"staging area of backup {staging.backup} is gone")
+        return done
+    manifest_path = staging.dir / MANIFEST_NAME
+    if manifest_path.exists():
+        manifest = Manifest.from_json(manifest_path.read_bytes())
+    else:
+        manifest = _write_manifest(staging, vmid, _free_time(repo, start_time), drives, blobs)
+    for name in drives:
+        (staging.dir / f"{name}{ENTRY_SUFFIX}").unlink(missing_ok=True)
+    target = SnapshotId(vmid, manifest.time)
+    parent = repo.snapshot_dir(target).parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        fsync_dir(staging.dir)
+        os.rename(staging.dir, repo.snapshot_dir(target))
+        fsync_dir(parent)
+        fsync_dir(staging.dir.parent)
+    except OSError as exc:
+        raise RepositoryWriteError(str(parent), exc.strerror or str(exc)) from exc
+    log.info("vm %s backup %s: published snapshot %s", vmid, staging.backup, target)
+    return target
+
+
+def _free_time(repo: Repository, wanted: SnapshotId) -> SnapshotId:
+    """Snapshot times strictly increase per VM, even for two backups in one second."""
+    newest = repo.snapshots(wanted.vmid)
+    candidate = wanted
+    if newest and newest[0].time >= candidate.time:
+        candidate = newest[0].next_second()
+    while repo.snapshot_dir(candidate).exists():
+        candidate = candidate.next_second()
+    return candidate
+
+
+def _write_manifest(
+    staging: Staging,
+    vmid: str,
+    target: SnapshotId,
+    drives: Sequence[str],
+    blobs: Mapping[str, bytes],
+) -> Manifest:
+    entries = []
+    for name in drives:
+        entry = staging.drive_entry(name)
+        if entry is None:
+            raise IntegrityError(f"backup {staging.backup}: drive {name} was not copied")
+        entries.append(entry)
+    blob_entries = [_write_blob(staging, name, data) for name, data in sorted(blobs.items())]
+    manifest = Manifest(
+        format=FORMAT_VERSION,
+        vmid=vmid,
+        time=target.time,
+        backup=staging.backup,
+        repository=staging.repo.id,
+        chunk_size=staging.repo.chunk_size,
+        drives=tuple(entries),
+        blobs=tuple(blob_entries),
+    )
+    write_atomic(staging.dir / MANIFEST_NAME, manifest.to_json())
+    return manifest
+
+
+def _write_blob(staging: Staging, name: str, data: bytes) -> BlobEntry:
+    file = f"{check_blob_name(name)}.blob"
+    write_atomic(staging.dir / file, data, sync_dir=False)
+    return BlobEntry(name, file, len(data), hashlib.sha256(data).hexdigest())

@@ -1,0 +1,189 @@
+"""One backup of all drives of a VM as a transaction: prepare, copy each drive, commit or roll back.
+
+These are the domain steps; the Celery layer (``tasks``) decides where and when each runs.
+Prepare validates everything and changes nothing until the single atomic bitmap freeze.
+Commit publishes the snapshot first and commits the bitmaps second: a crash between the two
+leaves a published snapshot and frozen bitmaps, which a repeated commit completes (publish
+finds the snapshot by the backup uuid). Rollback discards the staging area and returns the
+frozen bits, so the next backup still reads every chunk changed since the last snapshot.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from txnbackup.action import BitmapAction, decide
+from txnbackup.bitmap import FreezeItem, RedisBitmaps, TxnState
+from txnbackup.drive import Drive, FileDrive, drive_size
+from txnbackup.engine import CancelCheck, CopyJob, Incremental, ProgressSink, copy_drive
+from txnbackup.errors import DriveSizeChanged, InvalidInput, NotFound, TransactionStateError
+from txnbackup.index import chunk_count, dirty_bytes
+from txnbackup.manifest import DriveEntry
+from txnbackup.names import check_backup_id, check_vmid, new_backup_id
+from txnbackup.repository import Repository
+from txnbackup.snapshot import SnapshotId, format_time
+from txnbackup.staging import Staging, publish
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DrivePlan:
+    name: str
+    path: str
+    node: str
+    size: int
+    action: BitmapAction
+    reason: str
+    dirty: int  # bytes this backup reads
+    base: str = ""  # snapshot id the frozen bits are relative to (``used`` only)
+
+
+@dataclass(frozen=True)
+class BackupPlan:
+    backup: str
+    vmid: str
+    start_time: str
+    drives: tuple[DrivePlan, ...]
+
+    def drive(self, name: str) -> DrivePlan:
+        for d in self.drives:
+            if d.name == name:
+                return d
+        raise NotFound(f"drive {name} in backup {self.backup}")
+
+    @property
+    def snapshot_time(self) -> SnapshotId:
+        return SnapshotId(self.vmid, self.start_time)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> BackupPlan:
+        drives = tuple(
+            DrivePlan(**{**d, "action": BitmapAction(d["action"])}) for d in data["drives"]
+        )
+        return cls(data["backup"], data["vmid"], data["start_time"], drives)
+
+
+def check_drives(drives: Sequence[Drive]) -> None:
+    if not drives:
+        raise InvalidInput("a backup needs at least one drive")
+    names = [d.name for d in drives]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise InvalidInput(f"duplicate drive name(s): {', '.join(duplicates)}")
+
+
+def plan_backup(
+    repo: Repository,
+    bitmaps: RedisBitmaps,
+    vmid: str,
+    drives: Sequence[Drive],
+    *,
+    full: bool = False,
+    sizes: Mapping[str, int] | None = None,
+) -> list[tuple[Drive, int, str, BitmapAction, str]]:
+    """Validate every input and decide actions; changes nothing anywhere."""
+    check_vmid(vmid)
+    check_drives(drives)
+    decided = []
+    for d in drives:
+        size = sizes[d.name] if sizes and d.name in sizes else drive_size(d.name, d.path)
+        meta = bitmaps.meta(vmid, d.name)
+        decision = decide(meta, repo, d.name, size, full=full)
+        base = meta.base if meta and decision.action is BitmapAction.USED else ""
+        decided.append((d, size, base, decision.action, decision.reason))
+    return decided
+
+
+def prepare(
+    repo: Repository,
+    bitmaps: RedisBitmaps,
+    vmid: str,
+    drives: Sequence[Drive],
+    *,
+    full: bool = False,
+    sizes: Mapping[str, int] | None = None,
+    backup: str | None = None,
+) -> BackupPlan:
+    """Validate, decide each drive's bitmap action, freeze all bitmaps at once, stage."""
+    backup = check_backup_id(backup) if backup else new_backup_id()
+    decided = plan_backup(repo, bitmaps, vmid, drives, full=full, sizes=sizes)
+    start = format_time(datetime.now(UTC))
+    frozen = bitmaps.freeze(
+        backup, vmid, [FreezeItem(d.name, size, repo.chunk_size) for d, size, *_ in decided]
+    )
+    plans = []
+    for d, size, base, action, reason in decided:
+        f = frozen[d.name]
+        dirty = (
+            size if action.full_read else dirty_bytes(size, repo.chunk_size, f.chunks, f.last_dirty)
+        )
+        plans.append(DrivePlan(d.name, d.path, d.node, size, action, reason, dirty, base))
+    plan = BackupPlan(backup, vmid, start, tuple(plans))
+    try:
+        Staging(repo, backup).create()
+    except Exception:
+        bitmaps.rollback(backup)
+        raise
+    for p in plans:
+        log.info(
+            "vm %s backup %s drive %s: bitmap %s (%s)", vmid, backup, p.name, p.action, p.reason
+        )
+    return plan
+
+
+def copy(
+    repo: Repository,
+    bitmaps: RedisBitmaps,
+    plan: BackupPlan,
+    drive: str,
+    cancel: CancelCheck,
+    progress: ProgressSink,
+    speed_limit: int | None = None,
+) -> DriveEntry:
+    """Copy one drive of the backup into its staging area."""
+    d = plan.drive(drive)
+    staging = Staging(repo, plan.backup)
+    job = CopyJob(plan.vmid, plan.backup, d.name, d.action, speed_limit)
+    with FileDrive(d.name, Path(d.path)) as reader:
+        if reader.size != d.size:
+            raise DriveSizeChanged(d.name, d.size, reader.size)
+        incremental = None
+        if d.action is BitmapAction.USED:
+            bits = bitmaps.frozen_bits(plan.backup, d.name, chunk_count(d.size, repo.chunk_size))
+            base_dir = repo.snapshot_dir(SnapshotId.parse(d.base))
+            incremental = Incremental(d.dirty, bits, base_dir / staging.index_path(d.name).name)
+        return copy_drive(job, reader, staging, incremental, cancel, progress)
+
+
+def commit(
+    repo: Repository,
+    bitmaps: RedisBitmaps,
+    plan: BackupPlan,
+    blobs: Mapping[str, bytes] | None = None,
+) -> SnapshotId:
+    """Publish the snapshot, then commit every bitmap to it. Safe to repeat."""
+    if bitmaps.state(plan.backup) is TxnState.ROLLED_BACK:
+        raise TransactionStateError(plan.backup, "rolled back", "commit")
+    names = [d.name for d in plan.drives]
+    snapshot = publish(
+        Staging(repo, plan.backup), plan.vmid, plan.snapshot_time, names, blobs or {}
+    )
+    bitmaps.commit(plan.backup, str(snapshot), repo.id)
+    return snapshot
+
+
+def rollback(repo: Repository, bitmaps: RedisBitmaps, plan: BackupPlan) -> bool:
+    """Discard the staging area and return the frozen bits. Safe to repeat."""
+    if bitmaps.state(plan.backup) is TxnState.COMMITTED:
+        raise TransactionStateError(plan.backup, "committed", "roll back")
+    Staging(repo, plan.backup).discard()
+    return bitmaps.rollback(plan.backup)
