@@ -12,3 +12,5 @@ ZSTD_LEVEL = 1  # zstd level for chunks: fast, and most of the gain of higher le
 BITMAP_READ_BLOCK = 64 * 1024  # bytes of bitmap fetched from Redis per round trip
 DEFAULT_KEY_PREFIX = "txnbackup:"  # every Redis key of txnbackup starts with this
 DEFAULT_STATE_TTL = 7 * 24 * 3600  # seconds a finished backup's records are kept
+DEFAULT_VISIBILITY_TIMEOUT = 12 * 3600  # seconds before Redis redelivers an unacked task
+STOP_CHECK_INTERVAL = 0.2  # seconds between a running drive's checks for cancellation

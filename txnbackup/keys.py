@@ -25,5 +25,25 @@ class Keys:
         """Hash: state (frozen|committed|rolledback), vmid, drives (JSON), snapshot."""
         return f"{self.prefix}bitmaptxn:{backup}"
 
+    def lock(self, vmid: str) -> str:
+        """String: uuid of the VM's active backup; absent when none is active."""
+        return f"{self.prefix}lock:{vmid}"
+
+    def backup(self, backup: str) -> str:
+        """Hash: the backup record (txnbackup.record)."""
+        return f"{self.prefix}backup:{backup}"
+
+    def cancel(self, backup: str) -> str:
+        """String: the first reason the backup was asked to stop."""
+        return f"{self.prefix}cancel:{backup}"
+
+    def task(self, task_id: str) -> str:
+        """String: uuid of the backup the Celery task belongs to."""
+        return f"{self.prefix}task:{task_id}"
+
+    def backups(self) -> str:
+        """Sorted set: backup uuids scored by start time (seconds since the epoch)."""
+        return f"{self.prefix}backups"
+
     def pattern(self) -> str:
         return f"{self.prefix}*"

@@ -9,6 +9,7 @@ from txnbackup.errors import InvalidInput
 
 VMID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 DRIVE_RE = re.compile(r"[a-z][a-z0-9_-]{0,31}")
+NODE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 BLOB_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 
@@ -22,6 +23,12 @@ def check_drive_name(name: str) -> str:
     if not DRIVE_RE.fullmatch(name):
         raise InvalidInput(f"drive name {name!r} must match {DRIVE_RE.pattern}")
     return name
+
+
+def check_node(node: str) -> str:
+    if not NODE_RE.fullmatch(node):
+        raise InvalidInput(f"node {node!r} must match {NODE_RE.pattern}")
+    return node
 
 
 def check_blob_name(name: str) -> str:

@@ -7,7 +7,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from txnbackup.constants import DEFAULT_KEY_PREFIX, DEFAULT_STATE_TTL
+from txnbackup.constants import (
+    DEFAULT_KEY_PREFIX,
+    DEFAULT_STATE_TTL,
+    DEFAULT_VISIBILITY_TIMEOUT,
+)
 from txnbackup.errors import InvalidInput
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -22,6 +26,8 @@ class Settings:
     repository: Path | None = None
     key_prefix: str = DEFAULT_KEY_PREFIX
     state_ttl: int = DEFAULT_STATE_TTL
+    visibility_timeout: int = DEFAULT_VISIBILITY_TIMEOUT
+    rollback_wait: float = 5.0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -34,6 +40,10 @@ class Settings:
             repository=Path(repository) if repository else None,
             key_prefix=env.get("TXNBACKUP_KEY_PREFIX", DEFAULT_KEY_PREFIX),
             state_ttl=_positive_int(env, "TXNBACKUP_STATE_TTL", DEFAULT_STATE_TTL),
+            visibility_timeout=_positive_int(
+                env, "TXNBACKUP_VISIBILITY_TIMEOUT", DEFAULT_VISIBILITY_TIMEOUT
+            ),
+            rollback_wait=_positive_int(env, "TXNBACKUP_ROLLBACK_WAIT", 5),
         )
 
 

@@ -1,0 +1,46 @@
+"""The Celery app: JSON only, late acks with a prefetch of one, TTLs longer than any backup."""
+
+from __future__ import annotations
+
+from celery import Celery
+from kombu import Queue
+
+from tasks.queues import CONTROL_QUEUE, node_queue
+from txnbackup.drive import DEFAULT_NODE
+from txnbackup.settings import Settings
+
+
+def make_app(settings: Settings) -> Celery:
+    app = Celery(
+        "txnbackup",
+        broker=settings.broker_url,
+        backend=settings.redis_url,
+        include=["tasks.copy", "tasks.finish"],
+    )
+    app.conf.update(
+        task_serializer="json",
+        result_serializer="json",
+        event_serializer="json",
+        accept_content=["json"],
+        result_accept_content=["json"],
+        task_acks_late=True,
+        worker_prefetch_multiplier=1,
+        task_track_started=True,
+        task_send_sent_event=True,
+        worker_send_task_events=True,
+        result_extended=True,
+        result_expires=settings.state_ttl,
+        task_default_queue=CONTROL_QUEUE,
+        # A plain `celery -A tasks worker` serves the control queue and the default node.
+        task_queues=[Queue(CONTROL_QUEUE), Queue(node_queue(DEFAULT_NODE))],
+        broker_transport_options={"visibility_timeout": settings.visibility_timeout},
+        result_backend_transport_options={"visibility_timeout": settings.visibility_timeout},
+        broker_connection_retry_on_startup=True,
+        worker_hijack_root_logger=True,
+        # Loaded by worker processes only: signal handlers and the revoke watcher.
+        imports=("workers.hooks",),
+    )
+    return app
+
+
+app = make_app(Settings.from_env())

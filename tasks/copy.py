@@ -1,0 +1,103 @@
+"""The per-drive task: copy one drive of a backup, on the queue of the node that has it."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from celery import Task
+
+from tasks.celeryapp import app
+from tasks.finish import send_rollback
+from tasks.runtime import Runtime, runtime
+from txnbackup import transaction
+from txnbackup.constants import STOP_CHECK_INTERVAL
+from txnbackup.errors import Cancelled
+from txnbackup.record import BackupRecords, DriveState
+from txnbackup.stats import DriveStats
+
+log = logging.getLogger(__name__)
+
+
+@app.task(name="txnbackup.copy_drive", bind=True)
+def copy_drive(self: Task, /, backup: str, drive: str, **_display: str) -> dict[str, int]:  # type: ignore[type-arg]
+    """``_display`` (vm, part) only makes the task readable in Flower."""
+    return run_copy(runtime(), backup, drive, self.request.id or "", self.request.hostname or "")
+
+
+class StopCheck:
+    """Asks Redis at most every STOP_CHECK_INTERVAL whether the backup must stop."""
+
+    def __init__(self, records: BackupRecords, backup: str) -> None:
+        self.records = records
+        self.backup = backup
+        self._last = 0.0
+
+    def __call__(self) -> str | None:
+        now = time.monotonic()
+        if now - self._last < STOP_CHECK_INTERVAL:
+            return None
+        self._last = now
+        return self.records.stop_reason(self.backup)
+
+
+class Progress:
+    """Publishes a drive's counters to its record (the engine throttles the calls)."""
+
+    def __init__(
+        self, records: BackupRecords, backup: str, drive: str, stats: DriveStats, worker: str
+    ) -> None:
+        self.records = records
+        self.backup = backup
+        self.drive = drive
+        self.worker = worker
+        self.last = stats
+
+    def __call__(self, stats: DriveStats) -> None:
+        self.last = stats
+        self.report(DriveState.RUNNING)
+
+    def report(self, state: DriveState) -> None:
+        self.records.update_drive(self.backup, self.drive, state, self.last, self.worker)
+
+
+def run_copy(rt: Runtime, backup: str, drive: str, task_id: str, worker: str) -> dict[str, int]:
+    records = rt.records
+    plan = records.plan(backup)
+    d = plan.drive(drive)
+    progress = Progress(records, backup, drive, DriveStats(size=d.size, dirty=d.dirty), worker)
+    reason = records.stop_reason(backup)
+    if reason is not None:
+        raise Cancelled(reason)
+    records.set_fields(backup, {"running": drive, "running_task": task_id})
+    progress.report(DriveState.RUNNING)
+    log.info("vm %s backup %s drive %s: started (%s)", plan.vmid, backup, drive, d.action)
+    try:
+        repo = rt.repository(records.field(backup, "repository"))
+        speed = _speed_limit(records.raw(backup))
+        check = StopCheck(records, backup)
+        entry = transaction.copy(repo, rt.bitmaps, plan, drive, check, progress, speed)
+    except Cancelled:
+        _stopped(rt, backup, drive, progress, DriveState.CANCELLED)
+        raise
+    except Exception as exc:
+        records.record_error(backup, f"drive {drive}: {exc}")
+        _stopped(rt, backup, drive, progress, DriveState.FAILED)
+        raise
+    progress.last = entry.stats
+    progress.report(DriveState.DONE)
+    records.delete_field(backup, "running", only_if=drive)
+    log.info("vm %s backup %s drive %s: done %s", plan.vmid, backup, drive, entry.stats)
+    return entry.stats.to_dict()
+
+
+def _stopped(rt: Runtime, backup: str, drive: str, progress: Progress, state: DriveState) -> None:
+    progress.report(state)
+    rt.records.delete_field(backup, "running", only_if=drive)
+    send_rollback(backup)
+
+
+def _speed_limit(raw: dict[str, Any]) -> int | None:
+    value = int(raw.get("speed_limit", 0) or 0)
+    return value or None

@@ -1,0 +1,115 @@
+"""The chord callback (commit) and the error path (rollback) of a backup.
+
+Both claim their phase in the backup record first; only the claimant does anything, so any
+number of deliveries of either task ends in exactly one outcome (txnbackup.record).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import time
+
+from celery import Task
+
+from tasks.celeryapp import app
+from tasks.queues import CONTROL_QUEUE
+from tasks.runtime import Runtime, runtime
+from txnbackup import transaction
+from txnbackup.record import DriveState, Phase, drive_fields
+from txnbackup.stats import DriveStats
+from txnbackup.transaction import BackupPlan
+
+log = logging.getLogger(__name__)
+COMMIT_RETRIES = 5  # a published snapshot whose bitmap commit failed is retried, not undone
+
+
+@app.task(name="txnbackup.commit", bind=True, max_retries=COMMIT_RETRIES)
+def commit(self: Task, /, backup: str) -> str:  # type: ignore[type-arg]
+    resume = bool(self.request.retries)
+    try:
+        return run_commit(runtime(), backup, resume=resume)
+    except PublishedButNotCommitted as exc:
+        raise self.retry(exc=exc, countdown=1) from exc
+
+
+@app.task(name="txnbackup.rollback")
+def rollback(backup: str, *_: object) -> str:
+    return run_rollback(runtime(), backup)
+
+
+def send_rollback(backup: str) -> None:
+    rollback.apply_async((backup,), queue=CONTROL_QUEUE)
+
+
+class PublishedButNotCommitted(Exception):
+    """The snapshot is published; committing the bitmaps must be retried, never undone."""
+
+
+def run_commit(rt: Runtime, backup: str, *, resume: bool = False) -> str:
+    records = rt.records
+    allowed = [Phase.RUNNING, Phase.COMMITTING] if resume else [Phase.RUNNING]
+    claim = records.claim(backup, Phase.COMMITTING, frm=allowed, unless_cancelled=True)
+    if not claim.won:
+        if claim.previous is Phase.RUNNING:
+            send_rollback(backup)  # a cancel was recorded first: it wins
+        log.info("backup %s: commit skipped, backup is %s", backup, claim.previous)
+        return f"skipped: {claim.previous}"
+    plan = records.plan(backup)
+    repo = rt.repository(records.field(backup, "repository"))
+    try:
+        snapshot = transaction.commit(repo, rt.bitmaps, plan, _blobs(rt, backup))
+    except Exception as exc:
+        if repo.find_backup(plan.vmid, backup) is not None:
+            raise PublishedButNotCommitted(str(exc)) from exc
+        records.record_error(backup, f"commit: {exc}")
+        if records.claim(backup, Phase.ROLLING_BACK, frm=[Phase.COMMITTING]).won:
+            roll_back(rt, backup, plan)
+        raise
+    records.set_fields(backup, {"snapshot": str(snapshot)})
+    records.count(backup, "commit_runs")
+    records.finish(backup, Phase.DONE, plan.vmid)
+    log.info("vm %s backup %s: done, snapshot %s", plan.vmid, backup, snapshot)
+    return str(snapshot)
+
+
+def run_rollback(rt: Runtime, backup: str) -> str:
+    claim = rt.records.claim(backup, Phase.ROLLING_BACK, frm=[Phase.RUNNING])
+    if not claim.won:
+        return f"skipped: {claim.previous}"
+    return roll_back(rt, backup, rt.records.plan(backup))
+
+
+def roll_back(rt: Runtime, backup: str, plan: BackupPlan) -> str:
+    """Undo a claimed backup: wait for its running drive to stop, discard, return the bits."""
+    records = rt.records
+    records.count(backup, "rollback_runs")
+    _wait_for_running_drive(rt, backup)
+    repo = rt.repository(records.field(backup, "repository"))
+    transaction.rollback(repo, rt.bitmaps, plan)
+    raw = records.raw(backup)
+    for d in plan.drives:
+        live = drive_fields(raw, d.name)
+        if live.get("state") == DriveState.PENDING:
+            stats = DriveStats.from_dict(live)
+            records.update_drive(backup, d.name, DriveState.SKIPPED, stats)
+    final = Phase.ERROR if "error" in raw else Phase.CANCELLED
+    if final is Phase.CANCELLED:
+        records.set_fields(backup, {"cancel_reason": records.cancel_reason(backup) or "cancelled"})
+    records.finish(backup, final, plan.vmid)
+    log.info("vm %s backup %s: rolled back (%s)", plan.vmid, backup, final)
+    return str(final)
+
+
+def _wait_for_running_drive(rt: Runtime, backup: str) -> None:
+    deadline = time.monotonic() + rt.settings.rollback_wait
+    while "running" in rt.records.raw(backup) and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+def _blobs(rt: Runtime, backup: str) -> dict[str, bytes]:
+    raw = rt.records.raw(backup).get("blobs")
+    if not raw:
+        return {}
+    return {name: base64.b64decode(data) for name, data in json.loads(raw).items()}

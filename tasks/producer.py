@@ -1,0 +1,178 @@
+"""The producer API: submit a backup, watch it, cancel it. The CLI is a shell over this."""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from celery import Celery
+from kombu.exceptions import OperationalError
+
+from tasks.canvas import TaskIds, build
+from tasks.celeryapp import app as celery_app
+from tasks.finish import send_rollback
+from tasks.runtime import Runtime
+from txnbackup import transaction
+from txnbackup.drive import Drive, drive_size
+from txnbackup.errors import InvalidInput, NotFound, ServiceUnavailable
+from txnbackup.names import (
+    check_backup_id,
+    check_blob_name,
+    check_node,
+    check_vmid,
+    new_backup_id,
+)
+from txnbackup.redisconn import redacted
+from txnbackup.repository import Repository
+from txnbackup.settings import Settings
+from txnbackup.status import BackupStatus, from_record
+
+StatusSink = Callable[[BackupStatus], None]
+
+
+@dataclass
+class Producer:
+    rt: Runtime
+    app: Celery
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Producer:
+        return cls(Runtime.from_settings(settings), celery_app)
+
+    def submit(
+        self,
+        vmid: str,
+        drives: Sequence[Drive],
+        *,
+        repository: Path | None = None,
+        full: bool = False,
+        speed_limit: int | None = None,
+        config: Mapping[str, Path] | None = None,
+    ) -> str:
+        """Validate, lock the VM, freeze its bitmaps, dispatch; return the backup uuid."""
+        check_vmid(vmid)
+        transaction.check_drives(drives)
+        for d in drives:
+            check_node(d.node)
+        repo = self._repository(repository)
+        blobs = _read_blobs(config or {})
+        sizes = {d.name: drive_size(d.name, d.path) for d in drives}
+        if speed_limit is not None and speed_limit <= 0:
+            raise InvalidInput(f"speed limit {speed_limit} must be positive")
+        backup = new_backup_id()
+        self.rt.records.lock(vmid, backup)
+        try:
+            plan = transaction.prepare(
+                repo, self.rt.bitmaps, vmid, drives, full=full, sizes=sizes, backup=backup
+            )
+        except BaseException:
+            self.rt.records.unlock(vmid, backup)
+            raise
+        self._dispatch(repo, plan, blobs, speed_limit)
+        return backup
+
+    def _dispatch(
+        self,
+        repo: Repository,
+        plan: transaction.BackupPlan,
+        blobs: Mapping[str, bytes],
+        speed_limit: int | None,
+    ) -> None:
+        ids = TaskIds.new(len(plan.drives))
+        extra = {
+            "speed_limit": str(speed_limit or 0),
+            "blobs": json.dumps({k: base64.b64encode(v).decode() for k, v in blobs.items()}),
+        }
+        try:
+            self.rt.records.create(plan, str(repo.path.resolve()), ids.all, extra)
+            build(plan, ids).apply_async()
+            _unsubscribe(self.app, ids.all)
+        except BaseException as exc:
+            transaction.rollback(repo, self.rt.bitmaps, plan)
+            self.rt.records.delete(plan.backup)
+            self.rt.records.unlock(plan.vmid, plan.backup)
+            if isinstance(exc, OperationalError):
+                url = redacted(self.rt.settings.broker_url)
+                raise ServiceUnavailable(f"broker at {url}", str(exc)) from None
+            raise
+
+    def _repository(self, path: Path | None) -> Repository:
+        path = path or self.rt.settings.repository
+        if path is None:
+            raise InvalidInput("no repository: pass --repo or set TXNBACKUP_REPOSITORY")
+        return Repository.open(path)
+
+    def status(self, backup: str) -> BackupStatus:
+        return from_record(self.rt.records.raw(check_backup_id(backup)))
+
+    def cancel(self, backup: str, reason: str = "cancelled by user") -> BackupStatus:
+        """Cancel the whole backup: flag it, revoke its queued tasks, send the rollback."""
+        status = self.status(backup)
+        if not status.active:
+            return status
+        records = self.rt.records
+        records.request_cancel(backup, reason)
+        pending = [
+            task_id
+            for task_id, d in zip(records.task_ids(backup), status.drives, strict=False)
+            if d.state == "pending"
+        ]
+        if pending:
+            self.app.control.revoke(pending)
+        send_rollback(backup)
+        return self.status(backup)
+
+    def wait(
+        self,
+        backup: str,
+        timeout: float | None = None,
+        interval: float = 0.2,
+        on_update: StatusSink | None = None,
+    ) -> BackupStatus:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            status = self.status(backup)
+            if on_update:
+                on_update(status)
+            if not status.active:
+                return status
+            if deadline is not None and time.monotonic() > deadline:
+                return status
+            time.sleep(interval)
+
+    def recent(self, limit: int = 20) -> list[BackupStatus]:
+        found = []
+        for backup in self.rt.records.recent(limit):
+            try:
+                found.append(self.status(backup))
+            except NotFound:
+                continue
+        return found
+
+
+def _unsubscribe(app: Celery, task_ids: Sequence[str]) -> None:
+    """Stop the result backend from listening for this backup's task results.
+
+    The Redis result backend subscribes to the channel of every task sent and unsubscribes when
+    the AsyncResult is collected; the chord's results are collected only at interpreter exit,
+    where unsubscribing fails noisily. Status comes from the backup record, not from results.
+    """
+    consumer = getattr(app.backend, "result_consumer", None)
+    if consumer is not None:
+        for task_id in task_ids:
+            consumer.cancel_for(task_id)
+
+
+def _read_blobs(config: Mapping[str, Path]) -> dict[str, bytes]:
+    blobs = {}
+    for name, path in config.items():
+        check_blob_name(name)
+        try:
+            blobs[name] = path.read_bytes()
+        except OSError as exc:
+            raise InvalidInput(f"config file {path}: {exc.strerror or exc}") from None
+    return blobs

@@ -1,0 +1,49 @@
+"""What a process needs to run backup steps: settings, Redis, records, bitmaps, repositories.
+
+Built once per process on first use (in a prefork pool, in each child after the fork).
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from redis import Redis
+
+from txnbackup.bitmap import RedisBitmaps
+from txnbackup.keys import Keys
+from txnbackup.record import BackupRecords
+from txnbackup.redisconn import connect
+from txnbackup.repository import Repository
+from txnbackup.settings import Settings
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    redis: Redis
+    records: BackupRecords
+    bitmaps: RedisBitmaps
+    _repos: dict[str, Repository] = field(default_factory=dict)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Runtime:
+        redis = connect(settings.redis_url)
+        keys = Keys(settings.key_prefix)
+        return cls(
+            settings,
+            redis,
+            BackupRecords(redis, keys, settings.state_ttl),
+            RedisBitmaps(redis, keys, settings.state_ttl),
+        )
+
+    def repository(self, path: str) -> Repository:
+        if path not in self._repos:
+            self._repos[path] = Repository.open(Path(path))
+        return self._repos[path]
+
+
+@functools.cache
+def runtime() -> Runtime:
+    return Runtime.from_settings(Settings.from_env())

@@ -1,0 +1,1 @@
+"""The fleet runtime: worker start-up per node, signal handlers, the revoke watcher."""

@@ -1,0 +1,41 @@
+"""Signal handlers every txnbackup worker loads (via the app's ``imports`` setting)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery.signals import task_revoked, worker_ready, worker_shutdown
+from celery.worker import state as worker_state
+
+from tasks.finish import send_rollback
+from tasks.runtime import runtime
+from workers.revocation import RevokeWatcher, handle_revoked
+
+log = logging.getLogger(__name__)
+_watchers: list[RevokeWatcher] = []
+
+
+def _on_revoked(task_id: str) -> object:
+    return handle_revoked(runtime().records, task_id, send_rollback)
+
+
+@worker_ready.connect
+def start_revoke_watcher(**_: Any) -> None:
+    watcher = RevokeWatcher(lambda: list(worker_state.revoked), _on_revoked)
+    watcher.start()
+    _watchers.append(watcher)
+    log.info("txnbackup revoke watcher started")
+
+
+@worker_shutdown.connect
+def stop_revoke_watcher(**_: Any) -> None:
+    for watcher in _watchers:
+        watcher.stopping.set()
+
+
+@task_revoked.connect
+def on_task_revoked(request: Any = None, terminated: bool = False, **_: Any) -> None:
+    task_id = getattr(request, "id", None)
+    if task_id:
+        handle_revoked(runtime().records, task_id, send_rollback, terminated=bool(terminated))
