@@ -36,6 +36,8 @@ def make_app(settings: Settings) -> Celery:
         broker_transport_options={"visibility_timeout": settings.visibility_timeout},
         result_backend_transport_options={"visibility_timeout": settings.visibility_timeout},
         broker_connection_retry_on_startup=True,
+        # The rollback errback goes on every header task too (the future Celery default).
+        task_allow_error_cb_on_chord_header=True,
         worker_hijack_root_logger=True,
         # Loaded by worker processes only: signal handlers and the revoke watcher.
         imports=("workers.hooks",),
