@@ -52,6 +52,8 @@ class DriveState(StrEnum):
     SKIPPED = "skipped"  # never started: the backup ended before its turn
 
 
+SUBMIT_LOCK_TTL = 300  # seconds a VM lock lives before its backup is recorded
+
 _CLAIM = """
 local cur = redis.call('HGET', KEYS[1], 'phase')
 if not cur then return {0, ''} end
@@ -99,9 +101,13 @@ class BackupRecords:
         self._unlock = redis.register_script(_UNLOCK)
 
     def lock(self, vmid: str, backup: str) -> None:
-        """Take the VM lock or raise BackupRunning naming the backup that holds it."""
+        """Take the VM lock or raise BackupRunning naming the backup that holds it.
+
+        Until ``create`` records the backup the lock expires by itself, so a producer that
+        dies half way through submit does not block the VM for good.
+        """
         key = self.keys.lock(vmid)
-        if not self.redis.set(key, backup, nx=True):
+        if not self.redis.set(key, backup, nx=True, ex=SUBMIT_LOCK_TTL):
             holder = self.redis.get(key)
             raise BackupRunning(_text(holder) if holder else "(just finished; try again)")
 
@@ -136,6 +142,7 @@ class BackupRecords:
             fields[f"drive:{d.name}"] = _drive_json(DriveState.PENDING, stats)
         pipe = self.redis.pipeline(transaction=True)
         pipe.hset(self.keys.backup(plan.backup), mapping=cast(Any, fields))
+        pipe.persist(self.keys.lock(plan.vmid))
         for task_id in ids:
             pipe.set(self.keys.task(task_id), plan.backup, ex=self.ttl)
         now = time.time()

@@ -1,0 +1,181 @@
+"""Verbs over the Celery fleet: backup, status, cancel, backups, worker.
+
+JSON shapes (``--json``), stable:
+
+- ``status``/``backup --wait``/``cancel``: one object with uuid, vmid, status
+  (active|done|error|cancelled), phase, errmsg, start_time, end_time, finishing, snapshot,
+  total, dirty, transferred, zero_bytes, reused (bytes) and drives: a list of objects with
+  name, node, action, reason, state, size, dirty, transferred, zero_bytes, reused.
+- ``backups``: a list of such objects, newest first.
+- ``backup`` without ``--wait``: ``{"uuid": "..."}``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import click
+
+from cli.options import json_option, repo_option
+from cli.output import print_json, print_renderable, print_table
+from cli.sizes import size_option_value
+from cli.status_view import backups_rows, status_table
+from txnbackup.drive import Drive
+from txnbackup.errors import Cancelled, ConflictError, InvalidInput, TxnBackupError
+from txnbackup.settings import Settings
+from txnbackup.status import BackupStatus
+
+if TYPE_CHECKING:
+    from tasks.producer import Producer
+
+EXIT_FOR_STATUS = {"done": 0, "error": TxnBackupError.exit_code, "cancelled": Cancelled.exit_code}
+
+
+def _producer(settings: Settings) -> Producer:
+    from tasks.producer import Producer  # noqa: PLC0415 - Celery loads only where needed
+
+    return Producer.from_settings(settings)
+
+
+def _show(status: BackupStatus, as_json: bool) -> None:
+    if as_json:
+        print_json(status.to_dict())
+    else:
+        print_renderable(status_table(status))
+
+
+def _parse_config(values: tuple[str, ...]) -> dict[str, Path]:
+    config = {}
+    for value in values:
+        name, sep, path = value.partition("=")
+        if not sep or not name or not path:
+            raise InvalidInput(f"--config {value!r} must look like NAME=PATH")
+        config[name] = Path(path)
+    return config
+
+
+@click.command()
+@click.argument("vmid")
+@click.option(
+    "--drive",
+    "drives",
+    multiple=True,
+    required=True,
+    metavar="NAME=PATH[@NODE]",
+    help="A drive of the VM; repeat for each, in backup order. NODE defaults to 'default'.",
+)
+@repo_option
+@click.option("--full", is_flag=True, help="Read every chunk even where a bitmap is valid.")
+@click.option(
+    "--speed-limit",
+    callback=lambda c, p, v: size_option_value(c, p, v) if v else None,
+    metavar="BYTES/S",
+    help="Cap the read rate of each drive, e.g. 50M.",
+)
+@click.option(
+    "--config",
+    "configs",
+    multiple=True,
+    metavar="NAME=PATH",
+    help="Config file to keep with the snapshot.",
+)
+@click.option("--wait", is_flag=True, help="Wait for the end and print the final status.")
+@json_option
+@click.pass_obj
+def backup(
+    settings: Settings,
+    vmid: str,
+    drives: tuple[str, ...],
+    repo: Path | None,
+    full: bool,
+    speed_limit: int | None,
+    configs: tuple[str, ...],
+    wait: bool,
+    as_json: bool,
+) -> None:
+    """Back up every drive of VMID in one transaction; print the backup uuid.
+
+    Exit code with --wait: 0 done, 1 error, 9 cancelled.
+    """
+    producer = _producer(settings)
+    parsed = [Drive.parse(spec) for spec in drives]
+    uuid = producer.submit(
+        vmid,
+        parsed,
+        repository=repo,
+        full=full,
+        speed_limit=speed_limit,
+        config=_parse_config(configs),
+    )
+    if not wait:
+        print_json({"uuid": uuid}) if as_json else click.echo(uuid)
+        return
+    status = producer.wait(uuid)
+    _show(status, as_json)
+    raise SystemExit(EXIT_FOR_STATUS.get(status.status, 1))
+
+
+@click.command()
+@click.argument("uuid")
+@json_option
+@click.pass_obj
+def status(settings: Settings, uuid: str, as_json: bool) -> None:
+    """Show a backup's status: totals and each drive's progress (also after it ended)."""
+    _show(_producer(settings).status(uuid), as_json)
+
+
+@click.command()
+@click.argument("uuid")
+@click.option("--reason", default="cancelled by user", help="Why, as shown in the status.")
+@json_option
+@click.pass_obj
+def cancel(settings: Settings, uuid: str, reason: str, as_json: bool) -> None:
+    """Cancel the whole backup UUID: no later drive starts, everything is rolled back."""
+    producer = _producer(settings)
+    before = producer.status(uuid)
+    if not before.active:
+        raise ConflictError(f"backup {uuid} already ended: {before.status}")
+    producer.cancel(uuid, reason)
+    _show(producer.wait(uuid, timeout=30), as_json)
+
+
+@click.command()
+@click.option("--limit", default=20, show_default=True, help="How many, newest first.")
+@json_option
+@click.pass_obj
+def backups(settings: Settings, limit: int, as_json: bool) -> None:
+    """List recent backups with their status."""
+    found = _producer(settings).recent(limit)
+    if as_json:
+        print_json([s.to_dict() for s in found])
+    else:
+        headers = ["backup", "vm", "status", "started", "ended", "snapshot", "error"]
+        print_table(headers, backups_rows(found))
+
+
+@click.command(context_settings={"ignore_unknown_options": True})
+@click.option("--node", default="default", show_default=True, help="Node whose drives it reads.")
+@click.option("--name", help="Worker name. [default: NODE@hostname]")
+@click.option("--concurrency", type=int, help="Pool processes. [default: CPU count]")
+@click.option("--loglevel", default="info", show_default=True)
+@click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
+def worker(
+    node: str,
+    name: str | None,
+    concurrency: int | None,
+    loglevel: str,
+    celery_args: tuple[str, ...],
+) -> None:
+    """Run a worker for NODE: it copies that node's drives and runs commits and rollbacks.
+
+    Further arguments go to `celery worker` unchanged.
+    """
+    from workers.start import run_worker, worker_argv  # noqa: PLC0415 - see _producer
+
+    run_worker(
+        worker_argv(node, name=name, concurrency=concurrency, loglevel=loglevel, extra=celery_args)
+    )
+
+
+COMMANDS = (backup, status, cancel, backups, worker)

@@ -1,0 +1,140 @@
+"""The backup record's phase machine on a real Redis: one winner per transition."""
+
+from __future__ import annotations
+
+import inspect
+import json
+import threading
+
+import pytest
+from redis import Redis
+
+from txnbackup import errors
+from txnbackup.action import BitmapAction
+from txnbackup.errors import BackupRunning
+from txnbackup.keys import Keys
+from txnbackup.names import new_backup_id
+from txnbackup.record import BackupRecords, Phase
+from txnbackup.status import from_record
+from txnbackup.transaction import BackupPlan, DrivePlan
+
+
+@pytest.fixture
+def records(redis_client: Redis, keys: Keys) -> BackupRecords:
+    return BackupRecords(redis_client, keys, ttl=600)
+
+
+def recorded(records: BackupRecords, vmid: str = "100") -> BackupPlan:
+    backup = new_backup_id()
+    drives = (
+        DrivePlan("scsi0", "/a", "default", 1000, BitmapAction.NEW, "no bitmap yet", 1000),
+        DrivePlan("scsi1", "/b", "node2", 2000, BitmapAction.USED, "ok", 0, "vm/100/t"),
+    )
+    plan = BackupPlan(backup, vmid, "2026-01-01T00:00:00Z", drives)
+    records.lock(vmid, backup)
+    records.create(plan, "/repo", ["t1", "t2", "t3"], {})
+    return plan
+
+
+def test_commit_and_rollback_claims_exclude_each_other(records: BackupRecords) -> None:
+    # Given a running backup and 20 threads racing, half to commit and half to roll back
+    plan = recorded(records)
+    winners: list[Phase] = []
+    barrier = threading.Barrier(20)
+
+    def race(to: Phase) -> None:
+        barrier.wait()
+        if records.claim(plan.backup, to, frm=[Phase.RUNNING]).won:
+            winners.append(to)
+
+    threads = [
+        threading.Thread(target=race, args=(Phase.COMMITTING if i % 2 else Phase.ROLLING_BACK,))
+        for i in range(20)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+    # Then exactly one of them won, and the phase is the winner's
+    assert len(winners) == 1
+    assert records.phase(plan.backup) is winners[0]
+
+
+def test_commit_claim_loses_to_a_recorded_cancel(records: BackupRecords) -> None:
+    plan = recorded(records)
+    records.request_cancel(plan.backup, "cancelled by user")
+    claim = records.claim(plan.backup, Phase.COMMITTING, frm=[Phase.RUNNING], unless_cancelled=True)
+    assert not claim.won and claim.previous is Phase.RUNNING
+    assert records.stop_reason(plan.backup) == "cancelled by user"
+
+
+def test_finish_runs_once_releases_the_lock_and_keeps_the_first_error(
+    records: BackupRecords, redis_client: Redis, keys: Keys
+) -> None:
+    # Given a backup whose drive failed, and which was cancelled afterwards
+    plan = recorded(records)
+    assert records.record_error(plan.backup, "drive scsi1: disk full")
+    assert not records.record_error(plan.backup, "drive scsi1: later error")
+    records.request_cancel(plan.backup, "cancelled by user")
+
+    # When it is rolled back and finished (twice)
+    assert records.claim(plan.backup, Phase.ROLLING_BACK, frm=[Phase.RUNNING]).won
+    assert records.finish(plan.backup, Phase.ERROR, plan.vmid)
+    assert not records.finish(plan.backup, Phase.CANCELLED, plan.vmid)
+
+    # Then the status is the first real error, the lock is free and the record will expire
+    status = from_record(records.raw(plan.backup))
+    assert (status.status, status.errmsg) == ("error", "drive scsi1: disk full")
+    assert records.holder(plan.vmid) is None
+    assert 0 < redis_client.ttl(keys.backup(plan.backup)) <= 600
+
+
+def test_lock_refuses_a_second_backup_and_names_the_first(records: BackupRecords) -> None:
+    plan = recorded(records)
+    with pytest.raises(BackupRunning, match=plan.backup):
+        records.lock(plan.vmid, new_backup_id())
+
+
+def test_lock_of_an_unrecorded_submit_expires(
+    records: BackupRecords, redis_client: Redis, keys: Keys
+) -> None:
+    # A producer that died between taking the lock and recording the backup
+    records.lock("200", new_backup_id())
+    assert redis_client.ttl(keys.lock("200")) > 0
+    # while a recorded backup's lock does not expire by itself
+    plan = recorded(records, vmid="201")
+    assert redis_client.ttl(keys.lock(plan.vmid)) == -1
+
+
+def test_status_of_a_fresh_backup_reports_the_plan(records: BackupRecords) -> None:
+    plan = recorded(records)
+    status = from_record(records.raw(plan.backup))
+    assert status.status == "active" and not status.finishing
+    assert (status.total, status.dirty, status.transferred) == (3000, 1000, 0)
+    assert [(d.name, d.node, d.action, d.state) for d in status.drives] == [
+        ("scsi0", "default", "new", "pending"),
+        ("scsi1", "node2", "used", "pending"),
+    ]
+    assert json.loads(json.dumps(status.to_dict()))["drives"][1]["node"] == "node2"
+    assert records.backup_of_task("t2") == plan.backup
+
+
+ERROR_CLASSES = [
+    cls
+    for _, cls in inspect.getmembers(errors, inspect.isclass)
+    if issubclass(cls, errors.TxnBackupError)
+]
+
+
+@pytest.mark.parametrize("cls", ERROR_CLASSES, ids=lambda c: c.__name__)
+def test_every_error_rebuilds_from_its_args_with_the_same_message(
+    cls: type[errors.TxnBackupError],
+) -> None:
+    # Celery rebuilds an exception on the producer side as cls(*args) from JSON
+    placeholders = (cls.__doc__ or "{}").count("{}")
+    original = cls(*[f"arg{i}" for i in range(placeholders)])
+    rebuilt = cls(*json.loads(json.dumps(original.args)))
+    assert str(rebuilt) == str(original)
+    assert "arg0" in str(original)
+    assert 1 <= cls.exit_code <= 9
