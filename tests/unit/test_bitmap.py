@@ -1,0 +1,309 @@
+"""Dirty bitmaps in Redis: marking, and the freeze / commit / rollback transaction."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+from redis import Redis
+
+from tests.unit.builders import CS, track
+from txnbackup.bitmap import FreezeItem, Frozen, RedisBitmaps, TxnState
+from txnbackup.errors import InvalidInput, NotFound, TransactionStateError
+from txnbackup.keys import Keys
+
+VM = "100"
+DRIVE = "scsi0"
+CHUNKS = 41  # 40 full chunks and a short last one: the bitmap spans six bytes
+SIZE = 40 * CS + 1000
+
+
+@pytest.fixture
+def tracked(bitmaps: RedisBitmaps) -> RedisBitmaps:
+    """A drive with a committed, empty bitmap."""
+    track(bitmaps, VM, DRIVE, SIZE)
+    return bitmaps
+
+
+def new_backup() -> str:
+    return str(uuid.uuid4())
+
+
+def freeze(bitmaps: RedisBitmaps, backup: str, *drives: str) -> dict[str, Frozen]:
+    return bitmaps.freeze(backup, VM, [FreezeItem(d, SIZE, CS) for d in drives or (DRIVE,)])
+
+
+def frozen_set(bitmaps: RedisBitmaps, backup: str, drive: str = DRIVE) -> set[int]:
+    return {i for i, bit in enumerate(bitmaps.frozen_bits(backup, drive, CHUNKS)) if bit}
+
+
+@pytest.mark.parametrize(
+    ("offset", "length", "expected"),
+    [
+        (100, 10, {0}),
+        (CS, CS, {1}),
+        (CS - 1, 2, {0, 1}),
+        (7 * CS + 5, CS, {7, 8}),
+        (8 * CS, 1, {8}),
+        (5 * CS + 1, 4 * CS, {5, 6, 7, 8, 9}),
+        (3 * CS + 1, 20 * CS, set(range(3, 24))),
+        (8 * CS, 16 * CS, set(range(8, 24))),
+        (0, SIZE, set(range(CHUNKS))),
+        (SIZE - 1, 1, {40}),
+        (40 * CS, 1000, {40}),
+        (39 * CS + 10, CS, {39, 40}),
+        (5 * CS, 0, set()),
+        (SIZE, 0, set()),
+    ],
+    ids=[
+        "within-one-chunk",
+        "exactly-one-chunk",
+        "across-a-chunk-border",
+        "across-a-bitmap-byte",
+        "first-bit-of-a-byte",
+        "five-chunks-two-bytes",
+        "more-than-16-chunks",
+        "two-whole-bitmap-bytes",
+        "whole-drive",
+        "last-byte-of-short-last-chunk",
+        "all-of-short-last-chunk",
+        "into-short-last-chunk",
+        "zero-length",
+        "zero-length-at-the-end",
+    ],
+)
+def test_mark_dirty_sets_exactly_the_chunks_the_range_touches(
+    tracked: RedisBitmaps, offset: int, length: int, expected: set[int]
+) -> None:
+    # When a writer reports a completed write of the range
+    touched = tracked.mark_dirty(VM, DRIVE, offset, length)
+
+    # Then exactly the chunks the range overlaps are dirty, no neighbour more
+    assert tracked.dirty_chunks(VM, DRIVE) == expected
+    assert touched == len(expected)
+
+
+def test_marks_accumulate_without_clearing_neighbours(tracked: RedisBitmaps) -> None:
+    # Given single chunks marked next to and inside a later wide range
+    tracked.mark_dirty(VM, DRIVE, 2 * CS, 1)
+    tracked.mark_dirty(VM, DRIVE, 33 * CS, 1)
+
+    # When a wide range (which sets whole bitmap bytes at once) is marked
+    tracked.mark_dirty(VM, DRIVE, 9 * CS, 20 * CS)
+
+    # Then the earlier bits are still set
+    assert tracked.dirty_chunks(VM, DRIVE) == {2, 33} | set(range(9, 29))
+
+
+@pytest.mark.parametrize(
+    ("offset", "length"),
+    [(-1, 10), (0, -1), (SIZE - 10, 11), (SIZE, 1), (SIZE + 1, 0), (0, SIZE + 1)],
+    ids=["negative-offset", "negative-length", "one-past-end", "at-end", "beyond-end", "too-long"],
+)
+def test_bad_ranges_are_refused_and_mark_nothing(
+    tracked: RedisBitmaps, offset: int, length: int
+) -> None:
+    with pytest.raises(InvalidInput):
+        tracked.mark_dirty(VM, DRIVE, offset, length)
+
+    assert tracked.dirty_chunks(VM, DRIVE) == set()
+
+
+def test_a_range_past_the_end_names_the_drive_size(tracked: RedisBitmaps) -> None:
+    with pytest.raises(InvalidInput, match=f"{SIZE} bytes"):
+        tracked.mark_dirty(VM, DRIVE, SIZE - 1, 2)
+
+
+def test_an_untracked_drive_is_not_marked(
+    bitmaps: RedisBitmaps, redis_client: Redis, keys: Keys
+) -> None:
+    assert bitmaps.mark_dirty(VM, "never-backed-up", 0, CS) == -1
+
+    assert bitmaps.meta(VM, "never-backed-up") is None
+    assert redis_client.exists(keys.bitmap_bits(VM, "never-backed-up")) == 0
+
+
+def test_freeze_moves_the_bits_and_later_writes_go_to_a_fresh_bitmap(
+    tracked: RedisBitmaps,
+) -> None:
+    # Given dirty chunks 3, 4 and the short last one
+    tracked.mark_dirty(VM, DRIVE, 3 * CS, 2 * CS)
+    tracked.mark_dirty(VM, DRIVE, SIZE - 1, 1)
+    backup = new_backup()
+
+    # When a backup freezes the bitmap and a write lands afterwards
+    frozen = freeze(tracked, backup)
+    tracked.mark_dirty(VM, DRIVE, 10 * CS, 1)
+
+    # Then the backup copies what was dirty before, and the new write waits for the next one
+    assert frozen == {DRIVE: Frozen(chunks=3, last_dirty=True)}
+    assert frozen_set(tracked, backup) == {3, 4, 40}
+    assert tracked.dirty_chunks(VM, DRIVE) == {10}
+    assert tracked.state(backup) is TxnState.FROZEN
+
+
+def test_freeze_reports_a_clean_last_chunk(tracked: RedisBitmaps) -> None:
+    tracked.mark_dirty(VM, DRIVE, 0, 17 * CS)
+
+    assert freeze(tracked, new_backup()) == {DRIVE: Frozen(chunks=17, last_dirty=False)}
+
+
+def test_freeze_of_an_untracked_drive_starts_tracking(bitmaps: RedisBitmaps) -> None:
+    # Given a drive no backup has seen (writes to it are not tracked yet)
+    assert bitmaps.mark_dirty(VM, DRIVE, 0, 1) == -1
+
+    # When its first backup freezes
+    frozen = freeze(bitmaps, new_backup())
+
+    # Then there is nothing frozen, but writes from now on are tracked
+    assert frozen == {DRIVE: Frozen(chunks=0, last_dirty=False)}
+    assert bitmaps.mark_dirty(VM, DRIVE, CS, 1) == 1
+    assert bitmaps.dirty_chunks(VM, DRIVE) == {1}
+    meta = bitmaps.meta(VM, DRIVE)
+    assert meta is not None
+    assert (meta.size, meta.chunk_size, meta.base) == (SIZE, CS, "")
+
+
+def test_freezing_the_same_backup_twice_is_refused(tracked: RedisBitmaps) -> None:
+    # Given a frozen backup, and a write that landed after its freeze
+    tracked.mark_dirty(VM, DRIVE, 0, 1)
+    backup = new_backup()
+    freeze(tracked, backup)
+    tracked.mark_dirty(VM, DRIVE, 5 * CS, 1)
+
+    # When the same backup tries to freeze again
+    with pytest.raises(TransactionStateError):
+        freeze(tracked, backup)
+
+    # Then neither the frozen bits nor the new write moved
+    assert frozen_set(tracked, backup) == {0}
+    assert tracked.dirty_chunks(VM, DRIVE) == {5}
+
+
+def test_freeze_covers_all_drives_at_once(bitmaps: RedisBitmaps) -> None:
+    for drive in ("scsi0", "scsi1"):
+        track(bitmaps, VM, drive, SIZE)
+    bitmaps.mark_dirty(VM, "scsi0", 0, 1)
+    bitmaps.mark_dirty(VM, "scsi1", 20 * CS, 3 * CS)
+    backup = new_backup()
+
+    frozen = freeze(bitmaps, backup, "scsi0", "scsi1")
+
+    assert frozen == {"scsi0": Frozen(1, False), "scsi1": Frozen(3, False)}
+    assert frozen_set(bitmaps, backup, "scsi1") == {20, 21, 22}
+    assert bitmaps.dirty_chunks(VM, "scsi0") == bitmaps.dirty_chunks(VM, "scsi1") == set()
+
+
+def test_commit_drops_the_frozen_bits_and_moves_the_base(
+    tracked: RedisBitmaps, redis_client: Redis, keys: Keys
+) -> None:
+    # Given a frozen backup and a write during it
+    tracked.mark_dirty(VM, DRIVE, 0, 3 * CS)
+    backup = new_backup()
+    freeze(tracked, backup)
+    tracked.mark_dirty(VM, DRIVE, 30 * CS, 1)
+
+    # When it commits
+    assert tracked.commit(backup, "vm/100/2026-02-01T00:00:00Z", "repo-2") is True
+
+    # Then only the write made during the backup is left for the next one, relative to it
+    assert tracked.dirty_chunks(VM, DRIVE) == {30}
+    assert redis_client.exists(keys.frozen_bits(backup, DRIVE)) == 0
+    meta = tracked.meta(VM, DRIVE)
+    assert meta is not None
+    assert (meta.base, meta.repository) == ("vm/100/2026-02-01T00:00:00Z", "repo-2")
+    assert tracked.state(backup) is TxnState.COMMITTED
+
+
+def test_rollback_returns_the_frozen_bits_and_keeps_the_base(
+    tracked: RedisBitmaps, redis_client: Redis, keys: Keys
+) -> None:
+    # Given a frozen backup and writes during it, one on an already frozen chunk
+    before = tracked.meta(VM, DRIVE)
+    tracked.mark_dirty(VM, DRIVE, 0, 3 * CS)
+    tracked.mark_dirty(VM, DRIVE, SIZE - 1, 1)
+    backup = new_backup()
+    freeze(tracked, backup)
+    tracked.mark_dirty(VM, DRIVE, 2 * CS, 1)
+    tracked.mark_dirty(VM, DRIVE, 17 * CS, 1)
+
+    # When it rolls back
+    assert tracked.rollback(backup) is True
+
+    # Then the active bitmap holds the old bits and the new writes, relative to the old base
+    assert tracked.dirty_chunks(VM, DRIVE) == {0, 1, 2, 40, 17}
+    assert redis_client.exists(keys.frozen_bits(backup, DRIVE)) == 0
+    assert tracked.meta(VM, DRIVE) == before
+    assert tracked.state(backup) is TxnState.ROLLED_BACK
+
+
+def test_rollback_of_a_first_backup_keeps_it_a_first_backup(bitmaps: RedisBitmaps) -> None:
+    backup = new_backup()
+    freeze(bitmaps, backup)
+    bitmaps.mark_dirty(VM, DRIVE, 0, 1)
+
+    bitmaps.rollback(backup)
+
+    meta = bitmaps.meta(VM, DRIVE)
+    assert meta is not None
+    assert meta.base == ""
+    assert bitmaps.dirty_chunks(VM, DRIVE) == {0}
+
+
+def test_commit_is_idempotent(tracked: RedisBitmaps) -> None:
+    backup = new_backup()
+    tracked.mark_dirty(VM, DRIVE, 0, 1)
+    freeze(tracked, backup)
+    tracked.commit(backup, "vm/100/2026-02-01T00:00:00Z", "repo")
+    tracked.mark_dirty(VM, DRIVE, CS, 1)
+
+    assert tracked.commit(backup, "vm/100/2026-02-01T00:00:00Z", "repo") is False
+    assert tracked.dirty_chunks(VM, DRIVE) == {1}
+    assert tracked.state(backup) is TxnState.COMMITTED
+
+
+def test_rollback_is_idempotent(tracked: RedisBitmaps) -> None:
+    backup = new_backup()
+    tracked.mark_dirty(VM, DRIVE, 0, 1)
+    freeze(tracked, backup)
+    tracked.rollback(backup)
+
+    assert tracked.rollback(backup) is False
+    assert tracked.dirty_chunks(VM, DRIVE) == {0}
+    assert tracked.state(backup) is TxnState.ROLLED_BACK
+
+
+def test_a_committed_backup_cannot_roll_back(tracked: RedisBitmaps) -> None:
+    backup = new_backup()
+    tracked.mark_dirty(VM, DRIVE, 0, 1)
+    freeze(tracked, backup)
+    tracked.commit(backup, "vm/100/2026-02-01T00:00:00Z", "repo")
+
+    with pytest.raises(TransactionStateError, match="committed"):
+        tracked.rollback(backup)
+
+    assert tracked.dirty_chunks(VM, DRIVE) == set()
+    assert tracked.state(backup) is TxnState.COMMITTED
+
+
+def test_a_rolled_back_backup_cannot_commit(tracked: RedisBitmaps) -> None:
+    backup = new_backup()
+    before = tracked.meta(VM, DRIVE)
+    tracked.mark_dirty(VM, DRIVE, 0, 1)
+    freeze(tracked, backup)
+    tracked.rollback(backup)
+
+    with pytest.raises(TransactionStateError, match="rolledback"):
+        tracked.commit(backup, "vm/100/2026-02-01T00:00:00Z", "repo")
+
+    assert tracked.meta(VM, DRIVE) == before
+    assert tracked.dirty_chunks(VM, DRIVE) == {0}
+
+
+def test_commit_or_rollback_of_an_unknown_backup_is_not_found(bitmaps: RedisBitmaps) -> None:
+    backup = new_backup()
+    with pytest.raises(NotFound):
+        bitmaps.commit(backup, "vm/100/2026-02-01T00:00:00Z", "repo")
+    with pytest.raises(NotFound):
+        bitmaps.rollback(backup)
+    assert bitmaps.state(backup) is None
