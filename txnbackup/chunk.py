@@ -1,7 +1,7 @@
 """The chunk codec: how one chunk's plaintext becomes the bytes of its file, and back.
 
 A chunk file is a 16-byte header followed by the payload:
-magic ``TXBC``, codec version (u8), compression (u8: 0 raw, 1 zstd), reserved (u16),
+magic ``TXBC``, codec version (u8), compression (u8: 0 raw, 1 zstd), reserved (u16, zero),
 plaintext length (u32), CRC-32 of the payload (u32); all big-endian. The file's name is the
 SHA-256 of the plaintext, which decoding checks as well.
 """
@@ -67,9 +67,10 @@ def decode(blob: bytes, digest: str) -> bytes:
     """Return the plaintext of a chunk file, or raise CorruptChunk naming what is wrong."""
     if len(blob) < HEADER.size:
         raise CorruptChunk(digest, "truncated header")
-    magic, version, method, _, length, crc = HEADER.unpack_from(blob)
-    if magic != MAGIC or version != CODEC_VERSION:
-        raise CorruptChunk(digest, "bad magic or codec version")
+    magic, version, method, reserved, length, crc = HEADER.unpack_from(blob)
+    # The CRC covers only the payload; a version-1 writer always writes zero here.
+    if magic != MAGIC or version != CODEC_VERSION or reserved != 0:
+        raise CorruptChunk(digest, "bad magic, codec version or reserved field")
     payload = memoryview(blob)[HEADER.size :]
     if zlib.crc32(payload) != crc:
         raise CorruptChunk(digest, "CRC mismatch")
