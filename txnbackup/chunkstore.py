@@ -8,13 +8,14 @@ backup does not pay one directory fsync per chunk.
 
 from __future__ import annotations
 
+import errno
 import os
 import threading
 from pathlib import Path
 
 from txnbackup import chunk
 from txnbackup.errors import CorruptChunk, RepositoryWriteError
-from txnbackup.fsutil import atomic_writer, fsync_dir, write_error
+from txnbackup.fsutil import fsync_dir, temp_name, write_error
 
 
 class ChunkStore:
@@ -38,8 +39,18 @@ class ChunkStore:
             path.parent.mkdir(exist_ok=True)
         except OSError as exc:
             raise write_error(path.parent, exc) from exc
-        with atomic_writer(path, sync_dir=False) as fh:
-            fh.write(encoded)
+        tmp = temp_name(path)
+        try:
+            with open(tmp, "xb") as fh:
+                fh.write(encoded)
+                fh.flush()
+                os.fsync(fh.fileno())
+            if not _link_new(tmp, path):
+                return False
+        except OSError as exc:
+            raise write_error(path, exc) from exc
+        finally:
+            tmp.unlink(missing_ok=True)
         with self._lock:
             self._unsynced.add(path.parent)
         return True
@@ -63,3 +74,20 @@ class ChunkStore:
         except FileNotFoundError:
             raise CorruptChunk(digest, "missing from the repository") from None
         return chunk.decode(blob, digest)
+
+
+def _link_new(tmp: Path, path: Path) -> bool:
+    """Give the complete file ``tmp`` the name ``path`` unless that exists already.
+
+    A link, unlike a rename, never replaces: of two writers of one digest (two threads of one
+    backup, or two backups), exactly one stores the chunk and the other counts it as reused.
+    """
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        return False
+    except OSError as exc:
+        if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP):
+            raise
+        os.rename(tmp, path)  # a file system without hard links: the last writer wins
+    return True
