@@ -5,7 +5,9 @@ from __future__ import annotations
 import hashlib
 import os
 import random
+import shutil
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -34,6 +36,7 @@ from txnbackup.errors import (
     DriveSizeChanged,
     IntegrityError,
     InvalidInput,
+    RepositoryWriteError,
     TransactionStateError,
 )
 from txnbackup.index import IndexReader
@@ -359,6 +362,25 @@ def test_prepare_refuses_bad_input_and_changes_nothing(
 
     assert bitmaps.meta(vmid, "scsi0") is None
     assert list((repo.path / "staging").iterdir()) == []
+
+
+def test_prepare_that_cannot_stage_gives_every_bit_back(
+    repo: Repository, bitmaps: RedisBitmaps, disk: Image
+) -> None:
+    # Given a backed-up drive with dirty chunks, and a repository that cannot stage
+    run_backup(repo, bitmaps, VM, [disk.drive])
+    bitmaps.mark_dirty(VM, "scsi0", 2 * CS, CS + 1)
+    shutil.rmtree(repo.path / "staging")
+    (repo.path / "staging").write_text("not a directory")
+    backup = str(uuid.uuid4())
+
+    # When a backup is prepared
+    with pytest.raises(RepositoryWriteError):
+        prepare(repo, bitmaps, VM, [disk.drive], backup=backup)
+
+    # Then its freeze was undone: the dirty chunks wait for the next backup
+    assert bitmaps.state(backup) is TxnState.ROLLED_BACK
+    assert bitmaps.dirty_chunks(VM, "scsi0") == {2, 3}
 
 
 def test_rollback_after_a_partial_copy_keeps_every_change_for_the_next_backup(
