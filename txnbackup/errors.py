@@ -117,6 +117,10 @@ class RepositoryWriteError(DriveIOError):
     """cannot write to repository {}: {}"""
 
 
+class TargetWriteError(DriveIOError):
+    """cannot write restore target {}: {}"""
+
+
 class Cancelled(TxnBackupError):
     """backup cancelled: {}"""
 

@@ -54,5 +54,8 @@ def write_atomic(path: Path, data: bytes, *, sync_dir: bool = True) -> None:
 
 
 def write_error(path: Path, exc: OSError) -> RepositoryWriteError:
-    reason = "disk full" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else exc.strerror or str(exc)
-    return RepositoryWriteError(str(path), reason)
+    return RepositoryWriteError(str(path), os_reason(exc))
+
+
+def os_reason(exc: OSError) -> str:
+    return "disk full" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else exc.strerror or str(exc)

@@ -8,8 +8,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from txnbackup.constants import ZERO_DIGEST
-from txnbackup.errors import CorruptChunk, IntegrityError, InvalidInput, NotFound
-from txnbackup.fsutil import fsync_dir, temp_name, write_error
+from txnbackup.errors import (
+    CorruptChunk,
+    IntegrityError,
+    InvalidInput,
+    NotFound,
+    TargetWriteError,
+)
+from txnbackup.fsutil import fsync_dir, os_reason, temp_name
 from txnbackup.index import IndexReader, file_sha256
 from txnbackup.manifest import DriveEntry
 from txnbackup.repository import Repository
@@ -43,6 +49,8 @@ def restore_drive(
     index = repo.snapshot_dir(snapshot) / entry.index
     if _is_block_device(target):
         return _restore_to_device(repo, entry, index, target)
+    if target.exists() and not target.is_file():
+        raise InvalidInput(f"{target} is not a regular file or a block device; not replacing it")
     if target.exists() and not overwrite:
         raise InvalidInput(f"{target} exists; pass --overwrite to replace it")
     if not target.parent.is_dir():
@@ -60,7 +68,7 @@ def restore_drive(
         fsync_dir(target.parent)
     except OSError as exc:
         tmp.unlink(missing_ok=True)
-        raise write_error(target, exc) from exc
+        raise TargetWriteError(str(target), os_reason(exc)) from exc
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
