@@ -73,6 +73,8 @@ class ChunkStore:
             blob = self.path_for(digest).read_bytes()
         except FileNotFoundError:
             raise CorruptChunk(digest, "missing from the repository") from None
+        except OSError as exc:
+            raise CorruptChunk(digest, f"unreadable: {exc.strerror or exc}") from None
         return chunk.decode(blob, digest)
 
 

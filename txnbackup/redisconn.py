@@ -8,7 +8,7 @@ from redis import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from txnbackup.errors import ServiceUnavailable
+from txnbackup.errors import InvalidInput, ServiceUnavailable
 
 REDIS_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
 
@@ -24,7 +24,10 @@ def redacted(url: str) -> str:
 
 def connect(url: str) -> Redis:
     """A client for ``url`` that has answered a PING (ServiceUnavailable otherwise)."""
-    client = Redis.from_url(url, socket_connect_timeout=5, health_check_interval=30)
+    try:
+        client = Redis.from_url(url, socket_connect_timeout=5, health_check_interval=30)
+    except ValueError as exc:
+        raise InvalidInput(f"Redis URL {redacted(url)!r}: {exc}") from None
     try:
         client.ping()
     except REDIS_ERRORS as exc:

@@ -98,9 +98,15 @@ class Repository:
             raise RepositoryNotFound(str(path)) from None
         except (OSError, ValueError) as exc:
             raise RepositoryError(f"cannot read {path / CONFIG_NAME}: {exc}") from None
+        if not isinstance(raw, dict):
+            raise RepositoryError(f"{path / CONFIG_NAME} is not a JSON object")
         if raw.get("format") != FORMAT_VERSION:
             raise FormatVersionMismatch(str(path), raw.get("format"), FORMAT_VERSION)
-        config = RepositoryConfig(FORMAT_VERSION, int(raw["chunk_size"]), str(raw["id"]))
+        try:
+            chunk_size = check_chunk_size(int(raw["chunk_size"]))
+            config = RepositoryConfig(FORMAT_VERSION, chunk_size, str(raw["id"]))
+        except (KeyError, TypeError, ValueError, InvalidInput) as exc:
+            raise RepositoryError(f"{path / CONFIG_NAME}: bad chunk_size or id: {exc}") from None
         return cls(path, config)
 
     def snapshot_dir(self, snapshot: SnapshotId) -> Path:
