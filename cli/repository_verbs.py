@@ -1,0 +1,168 @@
+"""Verbs over a repository alone (no Redis, no Celery): init, snapshots, restore, verify."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from cli.options import json_option, open_repository, repo_option
+from cli.output import print_json, print_table, warn
+from cli.sizes import format_size, size_option_value
+from txnbackup.errors import IntegrityError, VerifyFailed
+from txnbackup.names import check_drive_name
+from txnbackup.repository import Repository
+from txnbackup.restore import restore_drive
+from txnbackup.settings import Settings
+from txnbackup.snapshot import SnapshotId
+from txnbackup.verify import Problem, VerifyReport, verify_snapshot
+
+
+@click.command()
+@click.option(
+    "--chunk-size",
+    callback=size_option_value,
+    default="4M",
+    show_default=True,
+    help="Chunk size: a power of two from 64K to 16M (plain bytes or K/M suffix).",
+)
+@click.argument("repo", type=click.Path(path_type=Path))
+def init(chunk_size: int, repo: Path) -> None:
+    """Create an empty repository in REPO (a new or empty directory)."""
+    created = Repository.init(repo, chunk_size)
+    click.echo(f"created repository {repo} (id {created.id}, chunk size {format_size(chunk_size)})")
+
+
+@click.command()
+@repo_option
+@click.argument("vmid", required=False)
+@json_option
+@click.pass_obj
+def snapshots(settings: Settings, repo: Path | None, vmid: str | None, as_json: bool) -> None:
+    """List the published snapshots, newest first (of VM VMID only, when given).
+
+    \b
+    --json prints a list, newest first, of:
+      {"snapshot": "vm/<vmid>/<time>", "vmid": str, "time": "<UTC RFC 3339>",
+       "backup": "<backup uuid>", "size": <bytes, sum over drives>,
+       "drives": [{"name": str, "size": <bytes>, "action": "new|used|invalid|not-used"}]}
+    """
+    found = _summaries(open_repository(settings, repo), vmid)
+    if as_json:
+        print_json(found)
+    elif not found:
+        click.echo("no snapshots")
+    else:
+        rows = [
+            (
+                s["snapshot"],
+                ", ".join(d["name"] for d in s["drives"]),
+                format_size(s["size"]),
+                s["backup"],
+            )
+            for s in found
+        ]
+        print_table(("snapshot", "drives", "size", "backup"), rows)
+
+
+def _summaries(repo: Repository, vmid: str | None) -> list[dict[str, Any]]:
+    found = []
+    for snapshot in repo.snapshots(vmid):
+        try:
+            manifest = repo.manifest(snapshot)
+        except IntegrityError as exc:
+            warn(f"skipping {snapshot}: {exc}")
+            continue
+        drives = [{"name": d.name, "size": d.size, "action": d.action} for d in manifest.drives]
+        found.append(
+            {
+                "snapshot": str(snapshot),
+                "vmid": snapshot.vmid,
+                "time": snapshot.time,
+                "backup": manifest.backup,
+                "size": sum(d.size for d in manifest.drives),
+                "drives": drives,
+            }
+        )
+    return found
+
+
+@click.command()
+@repo_option
+@click.argument("snapshot")
+@click.argument("drive")
+@click.argument("target", type=click.Path(path_type=Path))
+@click.option("--overwrite", is_flag=True, help="Replace TARGET when it is an existing file.")
+@click.pass_obj
+def restore(
+    settings: Settings, repo: Path | None, snapshot: str, drive: str, target: Path, overwrite: bool
+) -> None:
+    """Write DRIVE of SNAPSHOT (vm/<vmid>/<time>) to TARGET.
+
+    TARGET is a file (created sparse, appearing only complete) or a block device (written in
+    place, it must be at least as large as the drive).
+    """
+    snap = SnapshotId.parse(snapshot)
+    check_drive_name(drive)
+    result = restore_drive(
+        open_repository(settings, repo), snap, drive, target, overwrite=overwrite
+    )
+    click.echo(
+        f"restored drive {drive} of {snap} to {target}: {format_size(result.size)}, "
+        f"{result.chunks} chunks ({result.zero_chunks} all-zero)"
+    )
+
+
+@click.command()
+@repo_option
+@click.argument("snapshot")
+@json_option
+@click.pass_obj
+def verify(settings: Settings, repo: Path | None, snapshot: str, as_json: bool) -> None:
+    """Check that every chunk of SNAPSHOT is present, decodes and matches its digest.
+
+    Each bad chunk is listed by drive and byte offset; the exit code is 5 when anything is
+    bad. A damaged index or blob is listed with offset "index" (JSON: null).
+
+    \b
+    --json prints:
+      {"snapshot": "vm/<vmid>/<time>", "ok": bool, "chunks": <index entries checked>,
+       "problems": [{"drive": str, "offset": <bytes> or null, "digest": "<sha256 hex>",
+                     "reason": str}]}
+    """
+    snap = SnapshotId.parse(snapshot)
+    report = verify_snapshot(open_repository(settings, repo), snap)
+    if as_json:
+        print_json(_report_json(report))
+    elif report.ok:
+        click.echo(f"{snap}: {report.chunks} chunks verified, all good")
+    else:
+        rows = [(p.drive, _offset_text(p), p.digest, p.reason) for p in report.problems]
+        print_table(("drive", "offset", "digest", "problem"), rows)
+    if not report.ok:
+        raise VerifyFailed(str(snap), len(report.problems))
+
+
+def _report_json(report: VerifyReport) -> dict[str, Any]:
+    problems = [
+        {"drive": p.drive, "offset": _offset(p), "digest": p.digest, "reason": p.reason}
+        for p in report.problems
+    ]
+    return {
+        "snapshot": str(report.snapshot),
+        "ok": report.ok,
+        "chunks": report.chunks,
+        "problems": problems,
+    }
+
+
+def _offset(problem: Problem) -> int | None:
+    return problem.offset if problem.offset >= 0 else None
+
+
+def _offset_text(problem: Problem) -> str:
+    return str(problem.offset) if problem.offset >= 0 else "index"
+
+
+COMMANDS = (init, snapshots, restore, verify)
