@@ -84,6 +84,7 @@ def publish(
     parent = repo.snapshot_dir(target).parent
     try:
         parent.mkdir(parents=True, exist_ok=True)
+        fsync_dir(parent.parent)  # the first snapshot of a VM: make vm/<vmid> itself durable
         fsync_dir(staging.dir)
         os.rename(staging.dir, repo.snapshot_dir(target))
         fsync_dir(parent)
