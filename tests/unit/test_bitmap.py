@@ -9,8 +9,10 @@ from redis import Redis
 
 from tests.unit.builders import CS, track
 from txnbackup.bitmap import FreezeItem, Frozen, RedisBitmaps, TxnState
+from txnbackup.constants import BITMAP_READ_BLOCK
 from txnbackup.errors import InvalidInput, NotFound, TransactionStateError
 from txnbackup.keys import Keys
+from txnbackup.tracker import Tracker
 
 VM = "100"
 DRIVE = "scsi0"
@@ -307,3 +309,38 @@ def test_commit_or_rollback_of_an_unknown_backup_is_not_found(bitmaps: RedisBitm
     with pytest.raises(NotFound):
         bitmaps.rollback(backup)
     assert bitmaps.state(backup) is None
+
+
+def test_frozen_bits_of_a_bitmap_longer_than_one_read_block(bitmaps: RedisBitmaps) -> None:
+    # Given a drive whose bitmap is read from Redis in two blocks (a 37 GiB drive)
+    count = BITMAP_READ_BLOCK * 8 + 70_000
+    track(bitmaps, VM, DRIVE, count * CS)
+    marked = {0, BITMAP_READ_BLOCK * 8 - 1, BITMAP_READ_BLOCK * 8, count - 1}
+    for chunk_no in marked:
+        bitmaps.mark_dirty(VM, DRIVE, chunk_no * CS, 1)
+    backup = new_backup()
+
+    # When a backup freezes it and walks its bits
+    frozen = bitmaps.freeze(backup, VM, [FreezeItem(DRIVE, count * CS, CS)])
+    bits = list(bitmaps.frozen_bits(backup, DRIVE, count))
+
+    # Then every chunk is visited once and exactly the marked ones are dirty
+    assert frozen == {DRIVE: Frozen(chunks=4, last_dirty=True)}
+    assert len(bits) == count
+    assert {i for i, bit in enumerate(bits) if bit} == marked
+
+
+@pytest.mark.parametrize(("vmid", "drive"), [("../100", DRIVE), (VM, "../scsi0"), (VM, "SCSI0")])
+def test_the_tracker_refuses_names_that_are_no_vmid_or_drive(
+    tracked: RedisBitmaps, vmid: str, drive: str
+) -> None:
+    with pytest.raises(InvalidInput):
+        Tracker(tracked).mark_dirty(vmid, drive, 0, 1)
+
+    assert tracked.dirty_chunks(VM, DRIVE) == set()
+
+
+def test_the_tracker_marks_a_reported_write(tracked: RedisBitmaps) -> None:
+    assert Tracker(tracked).mark_dirty(VM, DRIVE, CS - 1, 2) == 2
+
+    assert tracked.dirty_chunks(VM, DRIVE) == {0, 1}
