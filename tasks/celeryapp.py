@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from celery import Celery
-from kombu import Queue
+from kombu import Exchange, Queue
 
 from tasks.queues import CONTROL_QUEUE, node_queue
 from txnbackup.drive import DEFAULT_NODE
@@ -32,7 +32,7 @@ def make_app(settings: Settings) -> Celery:
         result_expires=settings.state_ttl,
         task_default_queue=CONTROL_QUEUE,
         # A plain `celery -A tasks worker` serves the control queue and the default node.
-        task_queues=[Queue(CONTROL_QUEUE), Queue(node_queue(DEFAULT_NODE))],
+        task_queues=[_queue(CONTROL_QUEUE), _queue(node_queue(DEFAULT_NODE))],
         broker_transport_options={"visibility_timeout": settings.visibility_timeout},
         result_backend_transport_options={"visibility_timeout": settings.visibility_timeout},
         broker_connection_retry_on_startup=True,
@@ -43,6 +43,11 @@ def make_app(settings: Settings) -> Celery:
         imports=("workers.hooks",),
     )
     return app
+
+
+def _queue(name: str) -> Queue:
+    """A queue with its own direct exchange, as Celery creates missing queues."""
+    return Queue(name, Exchange(name, type="direct"), routing_key=name)
 
 
 app = make_app(Settings.from_env())

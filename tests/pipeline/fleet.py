@@ -39,10 +39,18 @@ class WorkerProcess:
         return self.log.read_text(errors="replace")
 
 
+def worker_command(node: str, name: str) -> list[str]:
+    """The default node runs plain `celery -A tasks worker`; others `txnbackup worker`."""
+    bindir = Path(sys.executable).parent
+    if node == "default":
+        return [str(bindir / "celery"), "-A", "tasks", "worker", "-l", "info", "--hostname", name]
+    return [str(bindir / "txnbackup"), "worker", "--node", node, "--name", name]
+
+
 def start_worker(node: str, env: dict[str, str], logdir: Path) -> WorkerProcess:
     name = f"{node}-{uuid.uuid4().hex[:6]}@test"
     log = logdir / f"worker-{node}.log"
-    cmd = [sys.executable, "-m", "workers", "--node", node, "--name", name]
+    cmd = worker_command(node, name)
     cmd += ["--concurrency", "2", "--without-gossip", "--without-mingle"]
     with open(log, "wb") as out:
         proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)

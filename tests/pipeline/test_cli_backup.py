@@ -1,0 +1,145 @@
+"""The fleet verbs of the real `txnbackup` command against the real worker processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tasks.producer import Producer
+from tests.pipeline.fleet import SampleVM, wait_for
+from txnbackup.names import new_backup_id
+from txnbackup.repository import Repository
+
+MIB = 1024 * 1024
+TXNBACKUP = str(Path(sys.executable).parent / "txnbackup")
+
+
+def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [TXNBACKUP, *args], capture_output=True, text=True, timeout=120, env=env, check=False
+    )
+
+
+def test_backup_wait_json_then_status_and_backups(
+    producer: Producer, vm: SampleVM, pipeline_repo: Repository
+) -> None:
+    # Given a VM with two drives on two nodes and a config file
+    vm.add_drive("scsi0", MIB, seed=1)
+    vm.add_drive("scsi1", MIB, seed=2, node="node2")
+    conf = vm.root / "100.conf"
+    conf.write_text("memory: 2048\nscsi0: local:100/disk-0.raw\n")
+    drives = [f"--drive={d.name}={d.path}@{d.node}" for d in vm.drives]
+
+    # When it is backed up with --wait --json
+    done = cli(
+        "backup",
+        vm.vmid,
+        *drives,
+        "--repo",
+        str(pipeline_repo.path),
+        "--config",
+        f"qemu-server.conf={conf}",
+        "--wait",
+        "--json",
+    )
+
+    # Then it exits 0 and prints the final status, which `status` repeats
+    assert done.returncode == 0, done.stderr
+    status = json.loads(done.stdout)
+    assert status["status"] == "done" and status["snapshot"].startswith(f"vm/{vm.vmid}/")
+    assert [d["name"] for d in status["drives"]] == ["scsi0", "scsi1"]
+    again = cli("status", status["uuid"], "--json")
+    assert json.loads(again.stdout) == status
+    listed = json.loads(cli("backups", "--json", "--limit", "50").stdout)
+    assert status["uuid"] in [b["uuid"] for b in listed]
+    # and the config file is kept with the snapshot
+    manifest = json.loads((pipeline_repo.path / status["snapshot"] / "manifest.json").read_text())
+    assert [b["name"] for b in manifest["blobs"]] == ["qemu-server.conf"]
+    blob = pipeline_repo.path / status["snapshot"] / manifest["blobs"][0]["file"]
+    assert blob.read_text() == conf.read_text()
+
+
+def test_cancel_verb_rolls_back_and_exits_9_for_the_waiter(
+    producer: Producer, vm: SampleVM, pipeline_repo: Repository
+) -> None:
+    vm.add_drive("scsi0", 4 * MIB, seed=3)
+    started = cli(
+        "backup",
+        vm.vmid,
+        f"--drive=scsi0={vm.path('scsi0')}",
+        "--repo",
+        str(pipeline_repo.path),
+        "--speed-limit",
+        "1M",
+    )
+    assert started.returncode == 0, started.stderr
+    uuid = started.stdout.strip()
+    wait_for(lambda: producer.status(uuid).drives[0].transferred > 0, 20, "copy to start")
+
+    cancelled = cli("cancel", uuid, "--json")
+
+    assert cancelled.returncode == 0, cancelled.stderr
+    status = json.loads(cancelled.stdout)
+    assert (status["status"], status["errmsg"]) == ("cancelled", "cancelled by user")
+    again = cli("cancel", uuid)
+    assert again.returncode == 6 and "already ended: cancelled" in again.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "message"),
+    [
+        (["backup", "{vmid}", "--drive=scsi0={missing}"], 3, "does not exist"),
+        (["backup", "{vmid}", "--drive=scsi0={path}", "--drive=scsi0={path}"], 2, "duplicate"),
+        (["backup", "{vmid}", "--drive=a/b={path}"], 2, "drive name"),
+        (["backup", "../x", "--drive=scsi0={path}"], 2, "vmid"),
+        (["backup", "{vmid}", "--drive=scsi0={path}@bad/node"], 2, "node"),
+        (["status", "not-a-uuid"], 2, "not a backup uuid"),
+        (["status", "{unknown}"], 3, "not found"),
+        (["cancel", "{unknown}"], 3, "not found"),
+    ],
+)
+def test_bad_input_gets_a_message_and_an_exit_code(
+    producer: Producer,
+    vm: SampleVM,
+    pipeline_repo: Repository,
+    args: list[str],
+    code: int,
+    message: str,
+) -> None:
+    drive = vm.add_drive("scsi0", MIB, seed=4)
+    values = {
+        "vmid": vm.vmid,
+        "path": drive.path,
+        "missing": str(vm.root / "missing.raw"),
+        "unknown": new_backup_id(),
+    }
+    argv = [a.format(**values) for a in args]
+    if argv[0] == "backup":
+        argv += ["--repo", str(pipeline_repo.path)]
+    result = cli(*argv)
+    assert result.returncode == code, result.stderr
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+    assert producer.rt.records.holder(vm.vmid) is None
+    assert producer.rt.bitmaps.meta(vm.vmid, "scsi0") is None
+
+
+def test_redis_unreachable_is_a_clear_error(vm: SampleVM, pipeline_repo: Repository) -> None:
+    drive = vm.add_drive("scsi0", MIB, seed=5)
+    env = dict(os.environ, TXNBACKUP_REDIS_URL="redis://127.0.0.1:1/0")
+    result = cli(
+        "backup",
+        vm.vmid,
+        f"--drive=scsi0={drive.path}",
+        "--repo",
+        str(pipeline_repo.path),
+        env=env,
+    )
+    assert result.returncode == 7
+    assert "cannot reach Redis at redis://127.0.0.1:1/0" in result.stderr
+    assert "Traceback" not in result.stderr
