@@ -33,7 +33,7 @@ def make_app(settings: Settings) -> Celery:
         task_default_queue=CONTROL_QUEUE,
         # A plain `celery -A tasks worker` serves the control queue and the default node.
         task_queues=[_queue(CONTROL_QUEUE), _queue(node_queue(DEFAULT_NODE))],
-        broker_transport_options={"visibility_timeout": settings.visibility_timeout},
+        broker_transport_options=_transport_options(settings),
         result_backend_transport_options={"visibility_timeout": settings.visibility_timeout},
         broker_connection_retry_on_startup=True,
         # The rollback errback goes on every header task too (the future Celery default).
@@ -43,6 +43,14 @@ def make_app(settings: Settings) -> Celery:
         imports=("workers.hooks",),
     )
     return app
+
+
+def _transport_options(settings: Settings) -> dict[str, object]:
+    options: dict[str, object] = {"visibility_timeout": settings.visibility_timeout}
+    if settings.broker_key_prefix:
+        # Several fleets (or test runs) can share one Redis broker without sharing queues.
+        options["global_keyprefix"] = settings.broker_key_prefix
+    return options
 
 
 def _queue(name: str) -> Queue:

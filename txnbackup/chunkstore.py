@@ -12,13 +12,29 @@ import errno
 import os
 import threading
 from pathlib import Path
+from typing import Protocol
 
 from txnbackup import chunk
 from txnbackup.errors import CorruptChunk, RepositoryWriteError
 from txnbackup.fsutil import fsync_dir, temp_name, write_error
 
 
+class ChunkBackend(Protocol):
+    """The repository seam the engine, restore and verify use: a directory today,
+    S3-compatible object storage later."""
+
+    def has(self, digest: str) -> bool: ...
+
+    def put(self, digest: str, encoded: bytes) -> bool: ...
+
+    def get(self, digest: str) -> bytes: ...
+
+    def flush(self) -> None: ...
+
+
 class ChunkStore:
+    """Chunks as files in a directory tree (the ChunkBackend of a directory repository)."""
+
     def __init__(self, root: Path) -> None:
         self.root = root
         self._unsynced: set[Path] = set()

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from txnbackup import chunk
 from txnbackup.action import BitmapAction
-from txnbackup.chunkstore import ChunkStore
+from txnbackup.chunkstore import ChunkBackend
 from txnbackup.constants import ZERO_DIGEST
 from txnbackup.drive import DriveReader
 from txnbackup.errors import Cancelled, IntegrityError
@@ -60,7 +60,7 @@ class CopyJob:
     workers: int = max(1, min(4, os.cpu_count() or 1))
 
 
-def process_chunk(store: ChunkStore, data: bytes) -> ChunkResult:
+def process_chunk(store: ChunkBackend, data: bytes) -> ChunkResult:
     """Zero check, hash, dedup check, compress and store one chunk."""
     if data.count(0) == len(data):
         return ChunkResult(ZERO_DIGEST, len(data), Outcome.ZERO)
@@ -184,7 +184,7 @@ def _plan(
 def _pipeline(
     plan: Iterator[tuple[int, int, bytes | None]],
     reader: DriveReader,
-    store: ChunkStore,
+    store: ChunkBackend,
     pool: ThreadPoolExecutor,
     max_inflight: int,
     index: IndexWriter,

@@ -28,6 +28,7 @@ class Settings:
     state_ttl: int = DEFAULT_STATE_TTL
     visibility_timeout: int = DEFAULT_VISIBILITY_TIMEOUT
     rollback_wait: float = 5.0
+    broker_key_prefix: str = ""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -44,6 +45,7 @@ class Settings:
                 env, "TXNBACKUP_VISIBILITY_TIMEOUT", DEFAULT_VISIBILITY_TIMEOUT
             ),
             rollback_wait=_positive_int(env, "TXNBACKUP_ROLLBACK_WAIT", 5),
+            broker_key_prefix=env.get("TXNBACKUP_BROKER_KEY_PREFIX", ""),
         )
 
 
