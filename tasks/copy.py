@@ -7,6 +7,7 @@ import time
 from typing import Any
 
 from celery import Task
+from celery.exceptions import Ignore
 
 from tasks.celeryapp import app
 from tasks.finish import send_rollback
@@ -14,8 +15,11 @@ from tasks.runtime import Runtime, runtime
 from txnbackup import transaction
 from txnbackup.constants import STOP_CHECK_INTERVAL
 from txnbackup.errors import Cancelled
-from txnbackup.record import BackupRecords, DriveState
+from txnbackup.lease import Heartbeat
+from txnbackup.manifest import DriveEntry
+from txnbackup.record import BackupRecords, DriveState, LeaseRole
 from txnbackup.stats import DriveStats
+from txnbackup.transaction import BackupPlan
 
 log = logging.getLogger(__name__)
 
@@ -66,18 +70,41 @@ def run_copy(rt: Runtime, backup: str, drive: str, task_id: str, worker: str) ->
     records = rt.records
     plan = records.plan(backup)
     d = plan.drive(drive)
+    _check_may_start(records, backup, drive)
     progress = Progress(records, backup, drive, DriveStats(size=d.size, dirty=d.dirty), worker)
+    # The lease is taken before the drive is marked running and dropped after it is not:
+    # the reaper reads "running without a lease" as "its worker died".
+    holder = f"{worker}/{task_id}"
+    with Heartbeat(records, backup, LeaseRole.COPY, holder, rt.settings.lease_ttl):
+        records.set_fields(backup, {"running": drive, "running_task": task_id})
+        progress.report(DriveState.RUNNING)
+        log.info("vm %s backup %s drive %s: started (%s)", plan.vmid, backup, drive, d.action)
+        entry = _copy(rt, plan, drive, progress)
+        progress.last = entry.stats
+        progress.report(DriveState.DONE)
+        records.delete_field(backup, "running", only_if=drive)
+    log.info("vm %s backup %s drive %s: done %s", plan.vmid, backup, drive, entry.stats)
+    return entry.stats.to_dict()
+
+
+def _check_may_start(records: BackupRecords, backup: str, drive: str) -> None:
     reason = records.stop_reason(backup)
     if reason is not None:
         raise Cancelled(reason)
-    records.set_fields(backup, {"running": drive, "running_task": task_id})
-    progress.report(DriveState.RUNNING)
-    log.info("vm %s backup %s drive %s: started (%s)", plan.vmid, backup, drive, d.action)
+    running = records.raw(backup).get("running")
+    if running == drive and records.lease_holder(backup, LeaseRole.COPY):
+        # A redelivered copy while the first delivery still runs: it must not go on the chain.
+        log.warning("backup %s drive %s: duplicate delivery ignored", backup, drive)
+        raise Ignore()
+
+
+def _copy(rt: Runtime, plan: BackupPlan, drive: str, progress: Progress) -> DriveEntry:
+    records, backup = rt.records, plan.backup
     try:
         repo = rt.repository(records.field(backup, "repository"))
         speed = _speed_limit(records.raw(backup))
         check = StopCheck(records, backup)
-        entry = transaction.copy(repo, rt.bitmaps, plan, drive, check, progress, speed)
+        return transaction.copy(repo, rt.bitmaps, plan, drive, check, progress, speed)
     except Cancelled:
         _stopped(rt, backup, drive, progress, DriveState.CANCELLED)
         raise
@@ -85,11 +112,6 @@ def run_copy(rt: Runtime, backup: str, drive: str, task_id: str, worker: str) ->
         records.record_error(backup, f"drive {drive}: {exc}")
         _stopped(rt, backup, drive, progress, DriveState.FAILED)
         raise
-    progress.last = entry.stats
-    progress.report(DriveState.DONE)
-    records.delete_field(backup, "running", only_if=drive)
-    log.info("vm %s backup %s drive %s: done %s", plan.vmid, backup, drive, entry.stats)
-    return entry.stats.to_dict()
 
 
 def _stopped(rt: Runtime, backup: str, drive: str, progress: Progress, state: DriveState) -> None:

@@ -7,9 +7,13 @@ number of deliveries of either task ends in exactly one outcome (txnbackup.recor
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import logging
+import os
+import socket
 import time
+from collections.abc import Iterator
 
 from celery import Task
 
@@ -17,7 +21,8 @@ from tasks.celeryapp import app
 from tasks.queues import CONTROL_QUEUE
 from tasks.runtime import Runtime, runtime
 from txnbackup import transaction
-from txnbackup.record import DriveState, Phase, drive_fields
+from txnbackup.lease import Heartbeat
+from txnbackup.record import DriveState, LeaseRole, Phase, drive_fields
 from txnbackup.stats import DriveStats
 from txnbackup.transaction import BackupPlan
 
@@ -48,6 +53,7 @@ class PublishedButNotCommitted(Exception):
 
 
 def run_commit(rt: Runtime, backup: str, *, resume: bool = False) -> str:
+    """Claim running -> committing (or resume a claimed commit) and complete it."""
     records = rt.records
     allowed = [Phase.RUNNING, Phase.COMMITTING] if resume else [Phase.RUNNING]
     claim = records.claim(backup, Phase.COMMITTING, frm=allowed, unless_cancelled=True)
@@ -56,6 +62,12 @@ def run_commit(rt: Runtime, backup: str, *, resume: bool = False) -> str:
             send_rollback(backup)  # a cancel was recorded first: it wins
         log.info("backup %s: commit skipped, backup is %s", backup, claim.previous)
         return f"skipped: {claim.previous}"
+    with _finishing(rt, backup):
+        return _commit(rt, backup)
+
+
+def _commit(rt: Runtime, backup: str) -> str:
+    records = rt.records
     plan = records.plan(backup)
     repo = rt.repository(records.field(backup, "repository"))
     try:
@@ -65,7 +77,7 @@ def run_commit(rt: Runtime, backup: str, *, resume: bool = False) -> str:
             raise PublishedButNotCommitted(str(exc)) from exc
         records.record_error(backup, f"commit: {exc}")
         if records.claim(backup, Phase.ROLLING_BACK, frm=[Phase.COMMITTING]).won:
-            roll_back(rt, backup, plan)
+            roll_back(rt, backup, plan)  # the lease of this commit covers it
         raise
     records.set_fields(backup, {"snapshot": str(snapshot)})
     records.count(backup, "commit_runs")
@@ -78,13 +90,37 @@ def run_rollback(rt: Runtime, backup: str) -> str:
     claim = rt.records.claim(backup, Phase.ROLLING_BACK, frm=[Phase.RUNNING])
     if not claim.won:
         return f"skipped: {claim.previous}"
-    return roll_back(rt, backup, rt.records.plan(backup))
+    with _finishing(rt, backup):
+        return roll_back(rt, backup, rt.records.plan(backup))
 
 
-def roll_back(rt: Runtime, backup: str, plan: BackupPlan) -> str:
+def resume_rollback(rt: Runtime, backup: str) -> str:
+    """Finish a rollback whose worker died part way (every step of it is idempotent)."""
+    if rt.records.phase(backup) is not Phase.ROLLING_BACK:
+        return "skipped"
+    with _finishing(rt, backup):
+        return roll_back(rt, backup, rt.records.plan(backup), resumed=True)
+
+
+def abandon(rt: Runtime, backup: str, reason: str) -> str:
+    """Roll back a running backup whose worker is gone or whose drive no worker takes."""
+    records = rt.records
+    records.record_error(backup, reason)
+    records.delete_field(backup, "running")  # its worker will never report that it stopped
+    return run_rollback(rt, backup)
+
+
+@contextlib.contextmanager
+def _finishing(rt: Runtime, backup: str) -> Iterator[None]:
+    holder = f"{socket.gethostname()}:{os.getpid()}"
+    with Heartbeat(rt.records, backup, LeaseRole.FINISH, holder, rt.settings.lease_ttl):
+        yield
+
+
+def roll_back(rt: Runtime, backup: str, plan: BackupPlan, *, resumed: bool = False) -> str:
     """Undo a claimed backup: wait for its running drive to stop, discard, return the bits."""
     records = rt.records
-    records.count(backup, "rollback_runs")
+    records.count(backup, "rollback_resumed" if resumed else "rollback_runs")
     _wait_for_running_drive(rt, backup)
     repo = rt.repository(records.field(backup, "repository"))
     transaction.rollback(repo, rt.bitmaps, plan)

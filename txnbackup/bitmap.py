@@ -17,6 +17,7 @@ rollback ORs the frozen bits back into the active bitmap.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
@@ -186,6 +187,9 @@ class RedisBitmaps:
         plan = [
             {"drive": i.drive, "size": str(i.size), "chunk_size": str(i.chunk_size)} for i in items
         ]
+        # Registered before the freeze, forgotten after commit/rollback: a producer that dies
+        # in between leaves an entry, and the reaper gives the frozen bits back.
+        self.redis.zadd(self.keys.bitmap_txns(), {backup: time.time()})
         try:
             counts = self._freeze(keys=keys, args=[vmid, json.dumps(plan)])
         except ResponseError:
@@ -211,7 +215,9 @@ class RedisBitmaps:
         keys = [self.keys.bitmap_txn(backup)]
         for drive in drives:
             keys += [self.keys.bitmap_meta(vmid, drive), self.keys.frozen_bits(backup, drive)]
-        return self._run(self._commit, backup, "commit", keys, [snapshot, repository, self.ttl])
+        done = self._run(self._commit, backup, "commit", keys, [snapshot, repository, self.ttl])
+        self.redis.zrem(self.keys.bitmap_txns(), backup)
+        return done
 
     def rollback(self, backup: str) -> bool:
         """OR the frozen bits back into the active bitmaps; bases stay as they were."""
@@ -219,7 +225,20 @@ class RedisBitmaps:
         keys = [self.keys.bitmap_txn(backup)]
         for drive in drives:
             keys += [self.keys.bitmap_bits(vmid, drive), self.keys.frozen_bits(backup, drive)]
-        return self._run(self._rollback, backup, "roll back", keys, [self.ttl])
+        done = self._run(self._rollback, backup, "roll back", keys, [self.ttl])
+        self.redis.zrem(self.keys.bitmap_txns(), backup)
+        return done
+
+    def pending_since(self, before: float) -> list[str]:
+        """Backups registered for a freeze before ``before``, not committed or rolled back."""
+        members: list[bytes] = self.redis.zrangebyscore(  # type: ignore[assignment]
+            self.keys.bitmap_txns(), "-inf", before
+        )
+        return [_text(m) for m in members]
+
+    def forget(self, backup: str) -> None:
+        """Drop a registration whose freeze never happened (no transaction exists)."""
+        self.redis.zrem(self.keys.bitmap_txns(), backup)
 
     def state(self, backup: str) -> TxnState | None:
         raw = self.redis.hget(self.keys.bitmap_txn(backup), "state")

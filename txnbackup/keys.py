@@ -25,6 +25,27 @@ class Keys:
         """Hash: state (frozen|committed|rolledback), vmid, drives (JSON), snapshot."""
         return f"{self.prefix}bitmaptxn:{backup}"
 
+    def bitmap_txns(self) -> str:
+        """Sorted set: backups that may have frozen bitmaps, scored by freeze time (seconds)."""
+        return f"{self.prefix}bitmaptxns"
+
+    def lease(self, backup: str, role: str) -> str:
+        """String with a TTL: who works on the backup in ``role`` (copy or finish); it
+        vanishes when its worker is gone."""
+        return f"{self.prefix}lease:{backup}:{role}"
+
+    def active(self) -> str:
+        """Set: uuids of backups not yet finished (what the reaper watches)."""
+        return f"{self.prefix}active"
+
+    def reaping(self, backup: str) -> str:
+        """String with a TTL: a reaper is acting on this backup; others keep off."""
+        return f"{self.prefix}reaping:{backup}"
+
+    def repositories(self) -> str:
+        """Set: repository paths backups were made to (where the reaper looks for orphans)."""
+        return f"{self.prefix}repositories"
+
     def lock(self, vmid: str) -> str:
         """String: uuid of the VM's active backup; absent when none is active."""
         return f"{self.prefix}lock:{vmid}"

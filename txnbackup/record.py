@@ -43,6 +43,11 @@ class Phase(StrEnum):
         return self in (Phase.DONE, Phase.ERROR, Phase.CANCELLED)
 
 
+class LeaseRole(StrEnum):
+    COPY = "copy"  # a drive task copying
+    FINISH = "finish"  # a commit or a rollback
+
+
 class DriveState(StrEnum):
     PENDING = "pending"
     RUNNING = "running"
@@ -73,9 +78,10 @@ if not cur then return 0 end
 if cur == 'done' or cur == 'error' or cur == 'cancelled' then return 0 end
 redis.call('HSET', KEYS[1], 'phase', ARGV[1], 'end_time', ARGV[2])
 if redis.call('GET', KEYS[2]) == ARGV[3] then redis.call('DEL', KEYS[2]) end
-for i = 1, #KEYS do
-  if i ~= 2 then redis.call('EXPIRE', KEYS[i], ARGV[4]) end
-end
+redis.call('SREM', KEYS[3], ARGV[3])
+redis.call('DEL', KEYS[4], KEYS[5])
+redis.call('EXPIRE', KEYS[1], ARGV[4])
+for i = 6, #KEYS do redis.call('EXPIRE', KEYS[i], ARGV[4]) end
 return 1
 """
 
@@ -132,6 +138,7 @@ class BackupRecords:
             "phase": Phase.RUNNING,
             "start_time": plan.start_time,
             "started": str(time.time()),
+            "last_activity": str(time.time()),
             "plan": json.dumps(plan.to_dict()),
             "repository": repository,
             "tasks": json.dumps(ids),
@@ -146,6 +153,8 @@ class BackupRecords:
         for task_id in ids:
             pipe.set(self.keys.task(task_id), plan.backup, ex=self.ttl)
         now = time.time()
+        pipe.sadd(self.keys.active(), plan.backup)
+        pipe.sadd(self.keys.repositories(), repository)
         pipe.zadd(self.keys.backups(), {plan.backup: now})
         pipe.zremrangebyscore(self.keys.backups(), "-inf", now - self.ttl)
         pipe.execute()
@@ -155,8 +164,14 @@ class BackupRecords:
         raw = self.redis.hget(self.keys.backup(backup), "tasks")
         ids = json.loads(raw) if raw else []
         keys = [self.keys.backup(backup), self.keys.cancel(backup)]
+        keys += [self.keys.lease(backup, role) for role in LeaseRole]
         self.redis.delete(*keys, *(self.keys.task(t) for t in ids))
         self.redis.zrem(self.keys.backups(), backup)
+        self.redis.srem(self.keys.active(), backup)
+
+    def raw_or_none(self, backup: str) -> dict[str, str] | None:
+        data = self.redis.hgetall(self.keys.backup(backup))
+        return {_text(k): _text(v) for k, v in data.items()} if data else None
 
     def raw(self, backup: str) -> dict[str, str]:
         data = self.redis.hgetall(self.keys.backup(backup))
@@ -196,7 +211,14 @@ class BackupRecords:
 
     def finish(self, backup: str, final: Phase, vmid: str) -> bool:
         """Set the final phase and end time, release the lock, start the TTL; once only."""
-        keys = [self.keys.backup(backup), self.keys.lock(vmid), self.keys.cancel(backup)]
+        keys = [
+            self.keys.backup(backup),
+            self.keys.lock(vmid),
+            self.keys.active(),
+            self.keys.lease(backup, LeaseRole.COPY),
+            self.keys.lease(backup, LeaseRole.FINISH),
+            self.keys.cancel(backup),
+        ]
         keys += [self.keys.task(t) for t in self.task_ids(backup)]
         end = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         return bool(self._finish(keys=keys, args=[final, end, backup, self.ttl]))
@@ -243,6 +265,41 @@ class BackupRecords:
     ) -> None:
         value = _drive_json(state, stats, worker)
         self.redis.hset(self.keys.backup(backup), f"drive:{drive}", value)
+
+    def touch(self, backup: str, role: LeaseRole, holder: str, ttl: float) -> None:
+        """Renew a lease: ``holder`` works on the backup in ``role`` for ``ttl`` more seconds."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.set(self.keys.lease(backup, role), holder, px=int(ttl * 1000))
+        pipe.hset(self.keys.backup(backup), "last_activity", str(time.time()))
+        pipe.execute()
+
+    def drop_lease(self, backup: str, role: LeaseRole, holder: str) -> None:
+        self._unlock(keys=[self.keys.lease(backup, role)], args=[holder])
+
+    def lease_holder(self, backup: str, role: LeaseRole) -> str | None:
+        raw = self.redis.get(self.keys.lease(backup, role))
+        return _text(raw) if raw else None
+
+    def leased(self, backup: str) -> bool:
+        """Whether any live worker holds a lease on the backup."""
+        return bool(self.redis.exists(*(self.keys.lease(backup, role) for role in LeaseRole)))
+
+    def start_reaping(self, backup: str, ttl: float) -> bool:
+        """Whether this reaper may act on the backup now (one reaper at a time)."""
+        return bool(self.redis.set(self.keys.reaping(backup), "1", nx=True, px=int(ttl * 1000)))
+
+    def active(self) -> list[str]:
+        return sorted(_text(u) for u in self.redis.smembers(self.keys.active()))
+
+    def forget_active(self, backup: str) -> None:
+        """Stop watching a backup whose record is gone (expired or never written)."""
+        self.redis.srem(self.keys.active(), backup)
+
+    def repositories(self) -> list[str]:
+        return sorted(_text(p) for p in self.redis.smembers(self.keys.repositories()))
+
+    def exists(self, backup: str) -> bool:
+        return bool(self.redis.exists(self.keys.backup(backup)))
 
     def recent(self, limit: int) -> list[str]:
         members: list[bytes] = self.redis.zrevrange(self.keys.backups(), 0, limit - 1)  # type: ignore[assignment]

@@ -29,6 +29,10 @@ class Settings:
     visibility_timeout: int = DEFAULT_VISIBILITY_TIMEOUT
     rollback_wait: float = 5.0
     broker_key_prefix: str = ""
+    lease_ttl: int = 30
+    queue_timeout: int = 3600
+    reaper_interval: int = 5
+    orphan_grace: int = 300
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -46,6 +50,10 @@ class Settings:
             ),
             rollback_wait=_positive_int(env, "TXNBACKUP_ROLLBACK_WAIT", 5),
             broker_key_prefix=env.get("TXNBACKUP_BROKER_KEY_PREFIX", ""),
+            lease_ttl=_positive_int(env, "TXNBACKUP_LEASE_TTL", 30),
+            queue_timeout=_positive_int(env, "TXNBACKUP_QUEUE_TIMEOUT", 3600),
+            reaper_interval=_positive_int(env, "TXNBACKUP_REAPER_INTERVAL", 5),
+            orphan_grace=_positive_int(env, "TXNBACKUP_ORPHAN_GRACE", 300),
         )
 
 

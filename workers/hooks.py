@@ -10,10 +10,11 @@ from celery.worker import state as worker_state
 
 from tasks.finish import send_rollback
 from tasks.runtime import runtime
+from workers.reaper import Reaper, ReaperThread
 from workers.revocation import RevokeWatcher, handle_revoked
 
 log = logging.getLogger(__name__)
-_watchers: list[RevokeWatcher] = []
+_threads: list[RevokeWatcher | ReaperThread] = []
 
 
 def _on_revoked(task_id: str) -> object:
@@ -21,17 +22,21 @@ def _on_revoked(task_id: str) -> object:
 
 
 @worker_ready.connect
-def start_revoke_watcher(**_: Any) -> None:
+def start_background_threads(**_: Any) -> None:
+    rt = runtime()
+    reaper = ReaperThread(Reaper(rt), rt.settings.reaper_interval)
+    reaper.start()
     watcher = RevokeWatcher(lambda: list(worker_state.revoked), _on_revoked)
     watcher.start()
-    _watchers.append(watcher)
+    _threads.extend([reaper, watcher])
+    log.info("txnbackup reaper started (every %s s)", rt.settings.reaper_interval)
     log.info("txnbackup revoke watcher started")
 
 
 @worker_shutdown.connect
-def stop_revoke_watcher(**_: Any) -> None:
-    for watcher in _watchers:
-        watcher.stopping.set()
+def stop_background_threads(**_: Any) -> None:
+    for thread in _threads:
+        thread.stopping.set()
 
 
 @task_revoked.connect

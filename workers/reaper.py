@@ -1,0 +1,154 @@
+"""The reaper: no backup stays active forever, no frozen bit and no staging area is orphaned.
+
+Every worker runs one in its main process (a thread, every TXNBACKUP_REAPER_INTERVAL s);
+`txnbackup reap` runs one pass by hand. For each active backup without a live lease
+(txnbackup.lease) it decides, from the record alone, what the dead worker left:
+
+| phase        | what it finds                          | what it does                        |
+|--------------|----------------------------------------|-------------------------------------|
+| running      | a drive marked running, no lease       | roll back: worker lost              |
+| running      | no drive running, idle > queue timeout | roll back: no worker took the drive |
+| committing   | no lease                               | finish the commit (or roll back)    |
+| rolling_back | no lease                               | finish the rollback                 |
+
+Only one reaper acts on a backup at a time, and every action is a claim on the record, so a
+reaper racing a slow but live worker changes nothing the worker did not already decide.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+
+from tasks.finish import abandon, resume_rollback, run_commit
+from tasks.runtime import Runtime
+from txnbackup.bitmap import TxnState
+from txnbackup.record import Phase
+
+log = logging.getLogger(__name__)
+
+
+class Verdict(StrEnum):
+    ALIVE = "alive"
+    FORGET = "forget"
+    ABANDON = "abandon"
+    RESUME_COMMIT = "resume-commit"
+    RESUME_ROLLBACK = "resume-rollback"
+
+
+@dataclass(frozen=True)
+class Judgement:
+    verdict: Verdict
+    reason: str = ""
+
+
+def judge(
+    raw: Mapping[str, str] | None, leased: bool, now: float, queue_timeout: float
+) -> Judgement:
+    """What the reaper must do with one backup; a pure function of what Redis holds."""
+    if raw is None or Phase(raw["phase"]).final:
+        return Judgement(Verdict.FORGET)
+    if leased:
+        return Judgement(Verdict.ALIVE)
+    phase = Phase(raw["phase"])
+    if phase is Phase.COMMITTING:
+        return Judgement(Verdict.RESUME_COMMIT, "commit lost its worker")
+    if phase is Phase.ROLLING_BACK:
+        return Judgement(Verdict.RESUME_ROLLBACK, "rollback lost its worker")
+    if running := raw.get("running"):
+        return Judgement(Verdict.ABANDON, f"worker lost while copying drive {running}")
+    idle = now - float(raw.get("last_activity") or raw.get("started") or now)
+    if idle > queue_timeout:
+        return Judgement(Verdict.ABANDON, f"no worker took the next drive for {idle:.0f} s")
+    return Judgement(Verdict.ALIVE)
+
+
+class Reaper:
+    def __init__(self, rt: Runtime, on_action: Callable[[str], None] | None = None) -> None:
+        self.rt = rt
+        self.on_action = on_action or (lambda kind: None)
+
+    def run_once(self) -> dict[str, Verdict]:
+        """One pass over active backups, unrecorded freezes and staging areas."""
+        acted = {b: v for b in self.rt.records.active() if (v := self._reap(b)) is not None}
+        self._orphan_freezes()
+        self._orphan_staging()
+        return acted
+
+    def _reap(self, backup: str) -> Verdict | None:
+        records, s = self.rt.records, self.rt.settings
+        raw = records.raw_or_none(backup)
+        judgement = judge(raw, records.leased(backup), time.time(), s.queue_timeout)
+        if judgement.verdict is Verdict.ALIVE:
+            return None
+        if judgement.verdict is Verdict.FORGET:
+            if raw is None:
+                records.forget_active(backup)
+            return None
+        if not records.start_reaping(backup, s.lease_ttl):
+            return None
+        log.warning("reaper: backup %s: %s -> %s", backup, judgement.reason, judgement.verdict)
+        self._actions()[judgement.verdict](backup, judgement.reason)
+        self.on_action(str(judgement.verdict))
+        return judgement.verdict
+
+    def _actions(self) -> dict[Verdict, Callable[[str, str], object]]:
+        rt = self.rt
+        return {
+            Verdict.ABANDON: lambda b, why: abandon(rt, b, why),
+            Verdict.RESUME_COMMIT: lambda b, why: run_commit(rt, b, resume=True),
+            Verdict.RESUME_ROLLBACK: lambda b, why: resume_rollback(rt, b),
+        }
+
+    def _orphan_freezes(self) -> None:
+        """Give back bits frozen by a producer that died before recording its backup."""
+        bitmaps, records = self.rt.bitmaps, self.rt.records
+        for backup in bitmaps.pending_since(time.time() - self.rt.settings.orphan_grace):
+            state = bitmaps.state(backup)
+            if state is TxnState.FROZEN and not records.exists(backup):
+                log.warning("reaper: backup %s was never recorded; returning its bits", backup)
+                bitmaps.rollback(backup)
+                self.on_action("orphan-freeze")
+            elif state is not TxnState.FROZEN:
+                bitmaps.forget(backup)
+
+    def _orphan_staging(self) -> None:
+        """Delete staging areas of backups that ended or never started (I1)."""
+        records = self.rt.records
+        cutoff = time.time() - self.rt.settings.orphan_grace
+        for repo in records.repositories():
+            for staging in _staging_dirs(Path(repo)):
+                raw = records.raw_or_none(staging.name)
+                ended = raw is None or Phase(raw["phase"]).final
+                if ended and staging.stat().st_mtime < cutoff:
+                    log.warning("reaper: removing orphaned staging area %s", staging)
+                    shutil.rmtree(staging, ignore_errors=True)
+                    self.on_action("orphan-staging")
+
+
+def _staging_dirs(repo: Path) -> list[Path]:
+    try:
+        return [p for p in (repo / "staging").iterdir() if p.is_dir()]
+    except OSError:
+        return []
+
+
+class ReaperThread(threading.Thread):
+    def __init__(self, reaper: Reaper, interval: float) -> None:
+        super().__init__(name="txnbackup-reaper", daemon=True)
+        self.reaper = reaper
+        self.interval = interval
+        self.stopping = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopping.wait(self.interval):
+            try:
+                self.reaper.run_once()
+            except Exception:
+                log.exception("reaper: pass failed; retrying in %s s", self.interval)
