@@ -11,13 +11,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from celery import chain, chord, uuid
+from celery import Celery, chain, chord, uuid
 from celery.canvas import Signature
 
-from tasks.copy import copy_drive
-from tasks.finish import commit, rollback
 from tasks.queues import CONTROL_QUEUE, node_queue
 from txnbackup.transaction import BackupPlan
+
+COPY_DRIVE = "txnbackup.copy_drive"  # task names, as registered by tasks.copy and tasks.finish
+COMMIT = "txnbackup.commit"
+ROLLBACK = "txnbackup.rollback"
 
 
 @dataclass(frozen=True)
@@ -36,14 +38,20 @@ class TaskIds:
         return (*self.copies, self.commit)
 
 
-def build(plan: BackupPlan, ids: TaskIds) -> Signature:
+def build(plan: BackupPlan, ids: TaskIds, app: Celery) -> Signature:
+    """The canvas, bound to ``app`` (the producer's, configured from its own settings)."""
     n = len(plan.drives)
     copies = [
-        copy_drive.si(plan.backup, d.name, vm=plan.vmid, part=f"{i}/{n}").set(
-            queue=node_queue(d.node), task_id=task_id
-        )
+        app.signature(
+            COPY_DRIVE,
+            (plan.backup, d.name),
+            {"vm": plan.vmid, "part": f"{i}/{n}"},
+            immutable=True,
+        ).set(queue=node_queue(d.node), task_id=task_id)
         for i, (d, task_id) in enumerate(zip(plan.drives, ids.copies, strict=True), start=1)
     ]
-    body = commit.si(plan.backup).set(queue=CONTROL_QUEUE, task_id=ids.commit)
-    errback = rollback.si(plan.backup).set(queue=CONTROL_QUEUE)
-    return chord([chain(*copies)], body).on_error(errback)
+    body = app.signature(COMMIT, (plan.backup,), immutable=True).set(
+        queue=CONTROL_QUEUE, task_id=ids.commit
+    )
+    errback = app.signature(ROLLBACK, (plan.backup,), immutable=True).set(queue=CONTROL_QUEUE)
+    return chord([chain(*copies, app=app)], body, app=app).on_error(errback)

@@ -12,9 +12,9 @@ from pathlib import Path
 from celery import Celery
 from kombu.exceptions import OperationalError
 
-from tasks.canvas import TaskIds, build
-from tasks.celeryapp import app as celery_app
-from tasks.finish import send_rollback
+from tasks.canvas import ROLLBACK, TaskIds, build
+from tasks.celeryapp import make_app
+from tasks.queues import CONTROL_QUEUE
 from tasks.runtime import Runtime
 from txnbackup import transaction
 from txnbackup.drive import Drive, drive_size
@@ -41,7 +41,7 @@ class Producer:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Producer:
-        return cls(Runtime.from_settings(settings), celery_app)
+        return cls(Runtime.from_settings(settings), make_app(settings))
 
     def submit(
         self,
@@ -89,7 +89,7 @@ class Producer:
         }
         try:
             self.rt.records.create(plan, str(repo.path.resolve()), ids.all, extra)
-            build(plan, ids).apply_async()
+            build(plan, ids, self.app).apply_async()
             _unsubscribe(self.app, ids.all)
         except BaseException as exc:
             transaction.rollback(repo, self.rt.bitmaps, plan)
@@ -123,7 +123,7 @@ class Producer:
         ]
         if pending:
             self.app.control.revoke(pending)
-        send_rollback(backup)
+        self.app.send_task(ROLLBACK, (backup,), queue=CONTROL_QUEUE)
         return self.status(backup)
 
     def wait(

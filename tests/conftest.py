@@ -15,6 +15,8 @@ from txnbackup.bitmap import RedisBitmaps
 from txnbackup.keys import Keys
 from txnbackup.repository import Repository
 
+pytest_plugins = ("tests.fleet_plugin",)
+
 TEST_REDIS_URL = os.environ.get("TXNBACKUP_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 SMALL_CHUNK = 64 * 1024
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from tasks.producer import Producer
-from tests.pipeline.fleet import SampleVM, WorkerProcess
+from tests.fleet import SampleVM, WorkerProcess
 from txnbackup.drive import Drive
 from txnbackup.errors import BackupRunning, DriveNotFound, InvalidInput
 from txnbackup.record import drive_fields

@@ -14,10 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from celery import Celery
 
-from tasks.celeryapp import app
 from tasks.producer import Producer
-from tests.pipeline.fleet import SampleVM, drive_state, wait_for
+from tests.fleet import SampleVM, drive_state, wait_for
 from tests.pipeline.test_backup import restores_identical
 from txnbackup.repository import Repository
 from txnbackup.status import BackupStatus
@@ -104,16 +104,16 @@ def test_cancel_command_cancels_the_whole_backup(
     assert_cancelled_mid_drive(status, "cancelled by user")
 
 
-RevokeAction = Callable[[list[str]], None]
+RevokeAction = Callable[[Celery, list[str]], None]
 
 
 @pytest.mark.parametrize(
     ("action", "reason"),
     [
-        pytest.param(lambda ids: app.control.revoke(ids[1]), "revoked", id="queued-drive"),
-        pytest.param(lambda ids: app.control.revoke(ids[0]), "revoked", id="running-drive"),
+        pytest.param(lambda app, ids: app.control.revoke(ids[1]), "revoked", id="queued-drive"),
+        pytest.param(lambda app, ids: app.control.revoke(ids[0]), "revoked", id="running-drive"),
         pytest.param(
-            lambda ids: app.control.revoke(ids[0], terminate=True),
+            lambda app, ids: app.control.revoke(ids[0], terminate=True),
             "",
             id="running-drive-terminate",
         ),
@@ -129,7 +129,7 @@ def test_revoking_any_one_task_cancels_the_whole_backup(
 ) -> None:
     run = start_slow_incremental(producer, vm, pipeline_repo)
     ids = producer.rt.records.task_ids(run.backup)
-    action(ids)
+    action(producer.app, ids)
     status = assert_rolled_back(producer, vm, pipeline_repo, run, tmp_path)
     assert_cancelled_mid_drive(status, reason)
     assert "task " in status.errmsg

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from tasks.producer import Producer
-from tests.pipeline.fleet import SampleVM, wait_for
+from tests.fleet import SampleVM, env_for_workers, wait_for
+from tests.fleet_plugin import FLEET_ENV
 from txnbackup.names import new_backup_id
 from txnbackup.repository import Repository
 
@@ -20,8 +20,14 @@ TXNBACKUP = str(Path(sys.executable).parent / "txnbackup")
 
 
 def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """The real command, configured like the test fleet unless ``env`` says otherwise."""
     return subprocess.run(
-        [TXNBACKUP, *args], capture_output=True, text=True, timeout=120, env=env, check=False
+        [TXNBACKUP, *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env or env_for_workers(FLEET_ENV),
+        check=False,
     )
 
 
@@ -131,7 +137,7 @@ def test_bad_input_gets_a_message_and_an_exit_code(
 
 def test_redis_unreachable_is_a_clear_error(vm: SampleVM, pipeline_repo: Repository) -> None:
     drive = vm.add_drive("scsi0", MIB, seed=5)
-    env = dict(os.environ, TXNBACKUP_REDIS_URL="redis://127.0.0.1:1/0")
+    env = env_for_workers({**FLEET_ENV, "TXNBACKUP_REDIS_URL": "redis://127.0.0.1:1/0"})
     result = cli(
         "backup",
         vm.vmid,

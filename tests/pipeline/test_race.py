@@ -7,7 +7,7 @@ import time
 import pytest
 
 from tasks.producer import Producer
-from tests.pipeline.fleet import SampleVM
+from tests.fleet import SampleVM
 from tests.pipeline.test_cancel import settle
 from txnbackup.bitmap import TxnState
 from txnbackup.repository import Repository

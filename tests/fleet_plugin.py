@@ -1,7 +1,8 @@
-"""Pipeline fixtures: a real Redis broker and backend, real worker processes for two nodes.
+"""Fleet fixtures: a real Redis broker and backend, real worker processes for two nodes.
 
-The Celery app is configured from the environment when `tasks` is first imported, so the
-environment is set here, before that import, and checked right after it.
+The producer in the test process builds its Celery app from its Settings; the worker
+processes read the same settings from their environment. Every test session uses its own
+key prefix and broker key prefix, so several sessions can share one Redis.
 """
 
 from __future__ import annotations
@@ -14,10 +15,15 @@ from pathlib import Path
 import pytest
 from redis import Redis
 
+from tasks.producer import Producer
 from tests.conftest import SMALL_CHUNK, TEST_REDIS_URL
+from tests.fleet import SampleVM, WorkerProcess, env_for_workers, new_vmid, start_worker
+from txnbackup.repository import Repository
+from txnbackup.settings import Settings
+from txnbackup.tracker import Tracker
 
-SESSION_PREFIX = f"txnbackup-pipeline:{uuid.uuid4().hex[:10]}:"
-PIPELINE_ENV = {
+SESSION_PREFIX = f"txnbackup-test:{uuid.uuid4().hex[:10]}:"
+FLEET_ENV = {
     "TXNBACKUP_REDIS_URL": TEST_REDIS_URL,
     "TXNBACKUP_BROKER_URL": os.environ.get("TXNBACKUP_TEST_BROKER_URL", TEST_REDIS_URL),
     "TXNBACKUP_KEY_PREFIX": SESSION_PREFIX,
@@ -25,36 +31,25 @@ PIPELINE_ENV = {
     "TXNBACKUP_STATE_TTL": "900",
     "TXNBACKUP_ROLLBACK_WAIT": "5",
 }
-os.environ.update(PIPELINE_ENV)
 
-from tasks.celeryapp import app  # noqa: E402
-from tasks.producer import Producer  # noqa: E402
-from tests.pipeline.fleet import (  # noqa: E402
-    SampleVM,
-    WorkerProcess,
-    env_for_workers,
-    new_vmid,
-    start_worker,
-)
-from txnbackup.repository import Repository  # noqa: E402
-from txnbackup.settings import Settings  # noqa: E402
-from txnbackup.tracker import Tracker  # noqa: E402
 
-if app.conf.broker_url != PIPELINE_ENV["TXNBACKUP_BROKER_URL"]:
-    raise RuntimeError("tasks was imported before the pipeline test environment was set")
+def delete_keys(prefix: str) -> None:
+    client = Redis.from_url(TEST_REDIS_URL)
+    stale = list(client.scan_iter(match=f"{prefix}*", count=1000))
+    if stale:
+        client.delete(*stale)
+    client.close()
 
 
 @pytest.fixture(scope="session")
 def settings() -> Settings:
-    return Settings.from_env(PIPELINE_ENV)
+    return Settings.from_env(FLEET_ENV)
 
 
 @pytest.fixture(scope="session")
-def fleet(
-    tmp_path_factory: pytest.TempPathFactory, settings: Settings
-) -> Iterator[dict[str, WorkerProcess]]:
+def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, WorkerProcess]]:
     logdir = tmp_path_factory.mktemp("workers")
-    env = env_for_workers(PIPELINE_ENV)
+    env = env_for_workers(FLEET_ENV)
     workers: dict[str, WorkerProcess] = {}
     try:
         for node in ("default", "node2"):
@@ -63,10 +58,7 @@ def fleet(
     finally:
         for worker in workers.values():
             worker.stop()
-        client = Redis.from_url(TEST_REDIS_URL)
-        stale = list(client.scan_iter(match=f"{SESSION_PREFIX}*", count=1000))
-        if stale:
-            client.delete(*stale)
+        delete_keys(SESSION_PREFIX)
 
 
 @pytest.fixture
