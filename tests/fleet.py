@@ -35,6 +35,15 @@ class WorkerProcess:
                 self.proc.kill()
                 self.proc.wait()
 
+    def kill_all(self) -> None:
+        """SIGKILL the worker and its pool at once, as a host loss or the OOM killer would."""
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
+
+    def pool_pids(self) -> list[int]:
+        children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children")
+        return [int(pid) for pid in children.read_text().split()]
+
     def log_text(self) -> str:
         return self.log.read_text(errors="replace")
 
@@ -53,7 +62,9 @@ def start_worker(node: str, env: dict[str, str], logdir: Path) -> WorkerProcess:
     cmd = worker_command(node, name)
     cmd += ["--concurrency", "2", "--without-gossip", "--without-mingle"]
     with open(log, "wb") as out:
-        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
     worker = WorkerProcess(node, name, log, proc)
     deadline = time.monotonic() + READY_TIMEOUT
     while "revoke watcher started" not in worker.log_text():

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -76,3 +76,52 @@ def vm(tmp_path: Path, settings: Settings) -> SampleVM:
     root = tmp_path / "drives"
     root.mkdir()
     return SampleVM(new_vmid(), root, Tracker.from_settings(settings))
+
+
+class Fleet:
+    """A fleet of its own (own key and broker prefix): for tests that kill or starve workers."""
+
+    def __init__(self, logdir: Path, overrides: dict[str, str]) -> None:
+        self.prefix = f"txnbackup-test:{uuid.uuid4().hex[:10]}:"
+        self.env = {
+            **FLEET_ENV,
+            "TXNBACKUP_KEY_PREFIX": self.prefix,
+            "TXNBACKUP_BROKER_KEY_PREFIX": self.prefix,
+            **overrides,
+        }
+        self.settings = Settings.from_env(self.env)
+        self.logdir = logdir
+        self.workers: dict[str, WorkerProcess] = {}
+        self._producer: Producer | None = None
+
+    @property
+    def producer(self) -> Producer:
+        if self._producer is None:
+            self._producer = Producer.from_settings(self.settings)
+        return self._producer
+
+    def start(self, node: str = "default") -> WorkerProcess:
+        self.workers[node] = start_worker(node, env_for_workers(self.env), self.logdir)
+        return self.workers[node]
+
+    def stop(self) -> None:
+        for worker in self.workers.values():
+            worker.stop()
+        delete_keys(self.prefix)
+
+
+@pytest.fixture
+def make_fleet(tmp_path: Path) -> Iterator[Callable[[dict[str, str]], Fleet]]:
+    """``make_fleet({"TXNBACKUP_LEASE_TTL": "3"})``: a fleet with those settings, no workers
+    started yet (``fleet.start(node)``); stopped and its keys deleted after the test."""
+    fleets: list[Fleet] = []
+
+    def make(overrides: dict[str, str]) -> Fleet:
+        logdir = tmp_path / f"fleet{len(fleets)}"
+        logdir.mkdir()
+        fleets.append(Fleet(logdir, overrides))
+        return fleets[-1]
+
+    yield make
+    for fleet in fleets:
+        fleet.stop()
