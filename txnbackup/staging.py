@@ -17,6 +17,7 @@ from pathlib import Path
 
 from txnbackup.constants import FORMAT_VERSION
 from txnbackup.errors import IntegrityError, RepositoryWriteError
+from txnbackup.failpoints import failpoint
 from txnbackup.fsutil import fsync_dir, write_atomic
 from txnbackup.manifest import MANIFEST_NAME, BlobEntry, DriveEntry, Manifest
 from txnbackup.names import check_blob_name
@@ -80,6 +81,7 @@ def publish(
         manifest = _write_manifest(staging, vmid, _free_time(repo, start_time), drives, blobs)
     for name in drives:
         (staging.dir / f"{name}{ENTRY_SUFFIX}").unlink(missing_ok=True)
+    failpoint("commit.before_rename")
     target = SnapshotId(vmid, manifest.time)
     parent = repo.snapshot_dir(target).parent
     try:

@@ -22,6 +22,7 @@ from txnbackup.bitmap import FreezeItem, RedisBitmaps, TxnState
 from txnbackup.drive import Drive, FileDrive, drive_size
 from txnbackup.engine import CancelCheck, CopyJob, Incremental, ProgressSink, copy_drive
 from txnbackup.errors import DriveSizeChanged, InvalidInput, NotFound, TransactionStateError
+from txnbackup.failpoints import failpoint
 from txnbackup.index import chunk_count, dirty_bytes
 from txnbackup.manifest import DriveEntry
 from txnbackup.names import check_backup_id, check_vmid, new_backup_id
@@ -186,4 +187,5 @@ def rollback(repo: Repository, bitmaps: RedisBitmaps, plan: BackupPlan) -> bool:
     if bitmaps.state(plan.backup) is TxnState.COMMITTED:
         raise TransactionStateError(plan.backup, "committed", "roll back")
     Staging(repo, plan.backup).discard()
+    failpoint("rollback.after_discard")
     return bitmaps.rollback(plan.backup)
