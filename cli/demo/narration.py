@@ -1,0 +1,94 @@
+"""What the demo prints: a rule per step, what happens and why, progress bars, checks, tables."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from rich import box
+from rich.console import Console, RenderableType
+from rich.progress import BarColumn, DownloadColumn, Progress, TaskID, TextColumn
+from rich.table import Table
+
+from cli.sizes import format_size
+from cli.status_view import status_table
+from txnbackup.status import BackupStatus, DriveStatus
+
+PIPE_WIDTH = 110  # columns when stdout is not a terminal (CI logs)
+STEPS = 7
+
+StatusSink = Callable[[BackupStatus], None]
+Watcher = Callable[[str, StatusSink], BackupStatus]
+
+
+@dataclass(frozen=True)
+class StepResult:
+    number: int
+    title: str
+    seconds: float
+
+
+class Narrator:
+    def __init__(self, console: Console | None = None) -> None:
+        self.console = console or _console()
+
+    def step(self, number: int, title: str, about: str) -> None:
+        self.console.print()
+        self.console.rule(f"[bold]Step {number}/{STEPS} · {title}", align="left")
+        self.console.print(about, style="dim")
+
+    def say(self, text: str) -> None:
+        self.console.print(text)
+
+    def ok(self, text: str) -> None:
+        self.console.print(f"  [green]✓[/] {text}")
+
+    def show(self, renderable: RenderableType) -> None:
+        self.console.print(renderable)
+
+    def status(self, status: BackupStatus) -> None:
+        self.console.print(status_table(status))
+
+    def watch(self, watcher: Watcher, backup: str, on_update: StatusSink) -> BackupStatus:
+        """Follow a backup with one progress bar per drive until it ends."""
+        with Progress(
+            TextColumn("  {task.description:<16}"),
+            BarColumn(bar_width=36),
+            DownloadColumn(binary_units=True),
+            TextColumn("{task.fields[state]}"),
+            console=self.console,
+        ) as progress:
+            bars: dict[str, TaskID] = {}
+
+            def update(status: BackupStatus) -> None:
+                for d in status.drives:
+                    _bar(progress, bars, d)
+                on_update(status)
+
+            return watcher(backup, update)
+
+    def summary(self, results: Sequence[StepResult], total: float) -> None:
+        table = Table("step", "what", "seconds", box=box.SIMPLE_HEAD, title="All steps as expected")
+        for r in results:
+            table.add_row(str(r.number), r.title, f"{r.seconds:.1f}")
+        table.add_row("", "[bold]total (with start-up and clean-up)", f"[bold]{total:.1f}")
+        self.console.print()
+        self.console.print(table)
+
+
+def _bar(progress: Progress, bars: dict[str, TaskID], d: DriveStatus) -> None:
+    if d.name not in bars:
+        bars[d.name] = progress.add_task(f"{d.name} @ {d.node}", total=d.dirty, state="")
+    progress.update(bars[d.name], total=d.dirty, completed=d.transferred, state=d.state)
+
+
+def sizes(*pairs: tuple[str, int]) -> str:
+    """``dirty 8.0 MiB, reused 4.0 MiB``: labelled byte counts for people."""
+    return ", ".join(f"{label} {format_size(value)}" for label, value in pairs)
+
+
+def _console() -> Console:
+    console = Console(highlight=False)
+    if console.is_terminal:
+        return console
+    return Console(highlight=False, width=PIPE_WIDTH)
