@@ -1,3 +1,10 @@
-.PHONY: test
-test:  ## lint, type-check and run the whole test suite (creates .venv, starts Redis if needed)
+VENV ?= .venv
+export VENV
+
+.PHONY: demo test
+demo:  ## the whole idea on a private two-node fleet (creates the venv; DEMO_ARGS=--help for options)
+	scripts/ensure-venv.sh
+	$(VENV)/bin/txnbackup demo $(DEMO_ARGS)
+
+test:  ## lint, types, the test suite, then the demo as a smoke test (creates the venv, starts Redis if needed)
 	scripts/test.sh

@@ -1,22 +1,26 @@
 #!/usr/bin/env bash
-# The test command (README: `make test`): venv + install, Redis if none answers, lint, types, tests.
+# The test command (README: `make test`): venv + install, Redis if none answers, lint, types,
+# tests, then the demo as a smoke test (SKIP_DEMO=1 leaves it out).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
-PY=${PYTHON:-python3}
+export VENV
 
-if [ ! -x "$VENV/bin/python" ]; then
-    "$PY" -m venv "$VENV"
-fi
-if [ ! -f "$VENV/.installed" ] || [ pyproject.toml -nt "$VENV/.installed" ]; then
-    "$VENV/bin/python" -m pip install --quiet --upgrade pip
-    "$VENV/bin/python" -m pip install --quiet -e '.[dev]'
-    touch "$VENV/.installed"
-fi
-
+scripts/ensure-venv.sh dev
 scripts/ensure-redis.sh
 
 "$VENV/bin/ruff" check .
 "$VENV/bin/ruff" format --check .
 "$VENV/bin/mypy"
 "$VENV/bin/pytest" "$@"
+
+if [ -z "${SKIP_DEMO:-}" ]; then
+    # Every step of the demo must come out as expected; its work directory is kept on failure.
+    demo_dir=$(mktemp -d "${TMPDIR:-/tmp}/txnbackup-smoke-XXXXXX")
+    if ! "$VENV/bin/txnbackup" demo --workdir "$demo_dir/work"; then
+        tail -n 40 "$demo_dir"/work/logs/*.log >&2 || true
+        echo "demo failed; its work directory is $demo_dir/work" >&2
+        exit 1
+    fi
+    rm -rf "$demo_dir"
+fi
