@@ -1,4 +1,6 @@
-# The worker/producer image: slim Python, the project installed, a non-root user.
+# The image of the workers, Flower and the producer: slim Python, txnbackup and Flower,
+# a non-root user. Packages are installed in a build stage; the final stage gets only the
+# installed files, and neither a compiler nor setuptools/wheel.
 FROM python:3.11-slim AS build
 WORKDIR /src
 COPY pyproject.toml README.md ./
@@ -6,11 +8,17 @@ COPY txnbackup ./txnbackup
 COPY tasks ./tasks
 COPY workers ./workers
 COPY cli ./cli
-RUN pip install --no-cache-dir --prefix=/install . flower
+RUN pip install --no-cache-dir --no-compile --prefix=/install ".[flower]"
 
 FROM python:3.11-slim
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1
 COPY --from=build /install /usr/local
-RUN useradd --create-home --uid 1000 txnbackup
+RUN pip uninstall --yes --quiet setuptools wheel \
+    && useradd --create-home --uid 1000 --user-group txnbackup \
+    && mkdir /repository \
+    && chown txnbackup:txnbackup /repository
+# /repository is owned by the user, so a named volume mounted there starts out writable.
 USER txnbackup
 WORKDIR /home/txnbackup
 ENTRYPOINT ["txnbackup"]
