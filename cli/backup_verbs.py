@@ -1,8 +1,8 @@
-"""Verbs over the Celery fleet: backup, status, cancel, backups, worker.
+"""Verbs over the Celery fleet: backup, watch, status, cancel, backups, worker.
 
-JSON shapes (``--json``), stable:
+JSON shapes (``--json``), stable (docs/json.md has them all):
 
-- ``status``/``backup --wait``/``cancel``: one object with uuid, vmid, status
+- ``status``/``backup --wait``/``watch``/``cancel``: one object with uuid, vmid, status
   (active|done|error|cancelled), phase, errmsg, start_time, end_time, finishing, snapshot,
   total, dirty, transferred, zero_bytes, reused (bytes) and drives: a list of objects with
   name, node, action, reason, state, size, dirty, transferred, zero_bytes, reused.
@@ -12,6 +12,8 @@ JSON shapes (``--json``), stable:
 
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -21,15 +23,14 @@ from cli.options import json_option, repo_option
 from cli.output import print_json, print_renderable, print_table
 from cli.sizes import size_option_value
 from cli.status_view import backups_rows, status_table
+from cli.watch import follow_and_show, watch
 from txnbackup.drive import Drive
-from txnbackup.errors import Cancelled, ConflictError, InvalidInput, TxnBackupError
+from txnbackup.errors import ConflictError, InvalidInput
 from txnbackup.settings import Settings
 from txnbackup.status import BackupStatus
 
 if TYPE_CHECKING:
     from tasks.producer import Producer
-
-EXIT_FOR_STATUS = {"done": 0, "error": TxnBackupError.exit_code, "cancelled": Cancelled.exit_code}
 
 
 def _producer(settings: Settings) -> Producer:
@@ -80,7 +81,11 @@ def _parse_config(values: tuple[str, ...]) -> dict[str, Path]:
     metavar="NAME=PATH",
     help="Config file to keep with the snapshot.",
 )
-@click.option("--wait", is_flag=True, help="Wait for the end and print the final status.")
+@click.option(
+    "--wait",
+    is_flag=True,
+    help="Show progress until the end, then the final status (see `txnbackup watch`).",
+)
 @json_option
 @click.pass_obj
 def backup(
@@ -96,7 +101,7 @@ def backup(
 ) -> None:
     """Back up every drive of VMID in one transaction; print the backup uuid.
 
-    Exit code with --wait: 0 done, 1 error, 9 cancelled.
+    Exit code with --wait: 0 done, 1 error, 9 cancelled, 130 stopped watching (Ctrl-C).
     """
     producer = _producer(settings)
     parsed = [Drive.parse(spec) for spec in drives]
@@ -111,9 +116,7 @@ def backup(
     if not wait:
         print_json({"uuid": uuid}) if as_json else click.echo(uuid)
         return
-    status = producer.wait(uuid)
-    _show(status, as_json)
-    raise SystemExit(EXIT_FOR_STATUS.get(status.status, 1))
+    raise SystemExit(follow_and_show(producer, uuid, as_json))
 
 
 @click.command()
@@ -159,18 +162,37 @@ def backups(settings: Settings, limit: int, as_json: bool) -> None:
 @click.option("--name", help="Worker name. [default: NODE@hostname]")
 @click.option("--concurrency", type=int, help="Pool processes. [default: CPU count]")
 @click.option("--loglevel", default="info", show_default=True)
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(1, 65535),
+    help="Serve Prometheus metrics on this port (http://ADDRESS:PORT/metrics).",
+)
+@click.option(
+    "--metrics-address", default="0.0.0.0", show_default=True, help="Address to serve them on."
+)
+@click.option(
+    "--metrics-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="This worker's own directory for the pool processes' metric files, emptied at "
+    "start. [default: a new temporary directory]",
+)
 @click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
 def worker(
     node: str,
     name: str | None,
     concurrency: int | None,
     loglevel: str,
+    metrics_port: int | None,
+    metrics_address: str,
+    metrics_dir: Path | None,
     celery_args: tuple[str, ...],
 ) -> None:
     """Run a worker for NODE: it copies that node's drives and runs commits and rollbacks.
 
     Further arguments go to `celery worker` unchanged.
     """
+    if metrics_port is not None:
+        _metrics_environment(metrics_port, metrics_address, metrics_dir)
     from workers.start import run_worker, worker_argv  # noqa: PLC0415 - see _producer
 
     run_worker(
@@ -178,4 +200,13 @@ def worker(
     )
 
 
-COMMANDS = (backup, status, cancel, backups, worker)
+def _metrics_environment(port: int, address: str, directory: Path | None) -> None:
+    """What workers.metrics reads at start-up; set before prometheus_client is imported."""
+    if directory is None:
+        directory = Path(tempfile.mkdtemp(prefix="txnbackup-metrics-"))
+    os.environ["TXNBACKUP_METRICS_PORT"] = str(port)
+    os.environ["TXNBACKUP_METRICS_ADDRESS"] = address
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(directory.resolve())
+
+
+COMMANDS = (backup, watch, status, cancel, backups, worker)

@@ -46,12 +46,20 @@ def build(plan: BackupPlan, ids: TaskIds, app: Celery) -> Signature:
             COPY_DRIVE,
             (plan.backup, d.name),
             {"vm": plan.vmid, "part": f"{i}/{n}"},
+            options=_shown(plan, f"drive {d.name} ({i}/{n})", f", node {d.node}"),
             immutable=True,
         ).set(queue=node_queue(d.node), task_id=task_id)
         for i, (d, task_id) in enumerate(zip(plan.drives, ids.copies, strict=True), start=1)
     ]
-    body = app.signature(COMMIT, (plan.backup,), immutable=True).set(
-        queue=CONTROL_QUEUE, task_id=ids.commit
-    )
-    errback = app.signature(ROLLBACK, (plan.backup,), immutable=True).set(queue=CONTROL_QUEUE)
+    body = app.signature(
+        COMMIT, (plan.backup,), options=_shown(plan, f"commit {n} drive(s)"), immutable=True
+    ).set(queue=CONTROL_QUEUE, task_id=ids.commit)
+    errback = app.signature(
+        ROLLBACK, (plan.backup,), options=_shown(plan, "rollback"), immutable=True
+    ).set(queue=CONTROL_QUEUE)
     return chord([chain(*copies, app=app)], body, app=app).on_error(errback)
+
+
+def _shown(plan: BackupPlan, what: str, where: str = "") -> dict[str, str]:
+    """How monitors (Flower, `celery inspect`) show a task: ids and names only, never data."""
+    return {"argsrepr": f"vm {plan.vmid}, {what}", "kwargsrepr": f"backup {plan.backup}{where}"}

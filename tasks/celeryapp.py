@@ -40,7 +40,7 @@ def make_app(settings: Settings) -> Celery:
         task_allow_error_cb_on_chord_header=True,
         worker_hijack_root_logger=True,
         # Loaded by worker processes only: signal handlers and the revoke watcher.
-        imports=("workers.hooks",),
+        imports=("workers.hooks", "workers.metrics"),
     )
     return app
 

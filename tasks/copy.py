@@ -10,6 +10,7 @@ from celery import Task
 from celery.exceptions import Ignore
 
 from tasks.celeryapp import app
+from tasks.events import DriveInfo, DriveReporter, current_task_events
 from tasks.finish import send_rollback
 from tasks.runtime import Runtime, runtime
 from txnbackup import transaction
@@ -47,7 +48,9 @@ class StopCheck:
 
 
 class Progress:
-    """Publishes a drive's counters to its record (the engine throttles the calls)."""
+    """Publishes a drive's counters (the engine throttles the calls): to its record, and via
+    tasks.events as Flower progress events, vzdump-style log lines and, at the end, metrics.
+    """
 
     def __init__(
         self, records: BackupRecords, backup: str, drive: str, stats: DriveStats, worker: str
@@ -57,6 +60,7 @@ class Progress:
         self.drive = drive
         self.worker = worker
         self.last = stats
+        self._reporter: DriveReporter | None = None
 
     def __call__(self, stats: DriveStats) -> None:
         self.last = stats
@@ -64,6 +68,16 @@ class Progress:
 
     def report(self, state: DriveState) -> None:
         self.records.update_drive(self.backup, self.drive, state, self.last, self.worker)
+        try:
+            self._watchers().update(state, self.last)
+        except Exception:  # telling watchers must never fail the copy
+            log.exception("backup %s drive %s: progress report failed", self.backup, self.drive)
+
+    def _watchers(self) -> DriveReporter:
+        if self._reporter is None:
+            info = DriveInfo.of(self.records.plan(self.backup), self.drive)
+            self._reporter = DriveReporter(info, current_task_events())
+        return self._reporter
 
 
 def run_copy(rt: Runtime, backup: str, drive: str, task_id: str, worker: str) -> dict[str, int]:

@@ -1,0 +1,119 @@
+"""Following a backup to its end: ``txnbackup watch UUID`` and ``txnbackup backup --wait``.
+
+People get one live bar per drive (cli.progress_view), then the status table; without a
+terminal each change of a drive's state is a line instead of bars; ``--json`` prints only
+the final status (the shape of ``status --json``). Ctrl-C asks whether to cancel the backup
+or just stop watching it; anything but an explicit ``cancel`` (Enter, end of input, a second
+Ctrl-C) only stops watching, so a script never cancels a backup by accident.
+
+Exit codes: 0 done, 1 error, 9 cancelled, 130 stopped watching (the backup goes on; the
+status printed then is the one at that moment).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Protocol
+
+import click
+from rich.console import Console
+
+from cli.errors import EXIT_INTERRUPTED
+from cli.options import json_option
+from cli.output import print_json, print_renderable
+from cli.progress_view import DriveBars, StateLines
+from cli.status_view import status_table
+from txnbackup.errors import Cancelled, TxnBackupError
+from txnbackup.settings import Settings
+from txnbackup.status import BackupStatus
+
+if TYPE_CHECKING:
+    from tasks.producer import Producer
+
+EXIT_FOR_STATUS = {"done": 0, "error": TxnBackupError.exit_code, "cancelled": Cancelled.exit_code}
+CANCEL, STOP, WATCH = "cancel", "stop", "watch"
+CTRL_C_REASON = "cancelled by user (Ctrl-C while watching)"
+
+
+class View(Protocol):
+    def update(self, status: BackupStatus) -> None: ...
+    def pause(self) -> None: ...
+    def resume(self) -> None: ...
+
+
+def follow_and_show(producer: Producer, uuid: str, as_json: bool) -> int:
+    """Follow the backup until it ends or the user stops watching; print it; the exit code."""
+    console = Console()
+    with _view(console, as_json) as view:
+        final = follow(producer, uuid, view)
+    status = final or producer.status(uuid)
+    if as_json:
+        print_json(status.to_dict())
+    else:
+        print_renderable(status_table(status))
+    if final is None:
+        click.echo(f"stopped watching; backup {uuid} goes on (txnbackup watch {uuid})", err=True)
+        return EXIT_INTERRUPTED
+    return EXIT_FOR_STATUS.get(final.status, 1)
+
+
+def follow(producer: Producer, uuid: str, view: View | None) -> BackupStatus | None:
+    """The final status, or None when the user chose to stop watching."""
+    on_update = view.update if view is not None else None
+    while True:
+        try:
+            return producer.wait(uuid, on_update=on_update)
+        except KeyboardInterrupt:
+            pass
+        if view is not None:
+            view.pause()
+        answer = ask(uuid)
+        if answer == STOP:
+            return None
+        if answer == CANCEL:
+            producer.cancel(uuid, CTRL_C_REASON)
+        if view is not None:
+            view.resume()
+
+
+def ask(uuid: str) -> str:
+    """What to do after Ctrl-C; anything but an explicit ``cancel`` leaves the backup alone."""
+    try:
+        answer: str = click.prompt(
+            f"\nCancel backup {uuid} (rolls everything back), stop watching (it goes on), "
+            "or watch on?",
+            type=click.Choice([CANCEL, STOP, WATCH], case_sensitive=False),
+            default=STOP,
+            err=True,
+        )
+    except click.Abort:  # end of input or another Ctrl-C
+        return STOP
+    return answer.lower()
+
+
+@contextlib.contextmanager
+def _view(console: Console, as_json: bool) -> Iterator[View | None]:
+    if as_json:
+        yield None
+    elif not console.is_terminal:
+        yield StateLines(click.echo)
+    else:
+        with DriveBars(console) as bars:
+            yield bars
+
+
+@click.command()
+@click.argument("uuid")
+@json_option
+@click.pass_obj
+def watch(settings: Settings, uuid: str, as_json: bool) -> None:
+    """Follow backup UUID to its end: a progress bar per drive, then its status.
+
+    Ctrl-C asks whether to cancel the backup or just stop watching.
+    Exit code: 0 done, 1 error, 9 cancelled, 130 stopped watching.
+    """
+    from tasks.producer import Producer  # noqa: PLC0415 - Celery loads only where needed
+
+    producer = Producer.from_settings(settings)
+    raise SystemExit(follow_and_show(producer, uuid, as_json))
