@@ -16,6 +16,7 @@ from tasks.runtime import Runtime, runtime
 from txnbackup import transaction
 from txnbackup.constants import STOP_CHECK_INTERVAL
 from txnbackup.errors import Cancelled
+from txnbackup.failpoints import failpoint
 from txnbackup.lease import Heartbeat
 from txnbackup.manifest import DriveEntry
 from txnbackup.record import BackupRecords, DriveState, LeaseRole
@@ -63,6 +64,7 @@ class Progress:
         self._reporter: DriveReporter | None = None
 
     def __call__(self, stats: DriveStats) -> None:
+        failpoint("copy.progress", self.drive)
         self.last = stats
         self.report(DriveState.RUNNING)
 
@@ -84,6 +86,7 @@ def run_copy(rt: Runtime, backup: str, drive: str, task_id: str, worker: str) ->
     records = rt.records
     plan = records.plan(backup)
     d = plan.drive(drive)
+    failpoint("copy.before", drive)
     _check_may_start(records, backup, drive)
     progress = Progress(records, backup, drive, DriveStats(size=d.size, dirty=d.dirty), worker)
     # The lease is taken before the drive is marked running and dropped after it is not:
@@ -98,6 +101,7 @@ def run_copy(rt: Runtime, backup: str, drive: str, task_id: str, worker: str) ->
         progress.report(DriveState.DONE)
         records.delete_field(backup, "running", only_if=drive)
     log.info("vm %s backup %s drive %s: done %s", plan.vmid, backup, drive, entry.stats)
+    failpoint("copy.after", drive)
     return entry.stats.to_dict()
 
 

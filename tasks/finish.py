@@ -122,6 +122,7 @@ def roll_back(rt: Runtime, backup: str, plan: BackupPlan, *, resumed: bool = Fal
     records = rt.records
     records.count(backup, "rollback_resumed" if resumed else "rollback_runs")
     _wait_for_running_drive(rt, backup)
+    _explain(rt, backup)
     repo = rt.repository(records.field(backup, "repository"))
     transaction.rollback(repo, rt.bitmaps, plan)
     raw = records.raw(backup)
@@ -136,6 +137,19 @@ def roll_back(rt: Runtime, backup: str, plan: BackupPlan, *, resumed: bool = Fal
     records.finish(backup, final, plan.vmid)
     log.info("vm %s backup %s: rolled back (%s)", plan.vmid, backup, final)
     return str(final)
+
+
+def _explain(rt: Runtime, backup: str) -> None:
+    """A rollback nobody asked for is an error: a drive task that died says nothing itself."""
+    records = rt.records
+    raw = records.raw(backup)
+    if "error" in raw or records.cancel_reason(backup):
+        return
+    if running := raw.get("running"):
+        records.record_error(backup, f"drive {running}: worker lost while copying")
+        records.delete_field(backup, "running", only_if=running)
+    else:
+        records.record_error(backup, "a task of the backup failed without reporting why")
 
 
 def _wait_for_running_drive(rt: Runtime, backup: str) -> None:

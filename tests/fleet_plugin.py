@@ -100,8 +100,11 @@ class Fleet:
             self._producer = Producer.from_settings(self.settings)
         return self._producer
 
-    def start(self, node: str = "default") -> WorkerProcess:
-        self.workers[node] = start_worker(node, env_for_workers(self.env), self.logdir)
+    def start(
+        self, node: str = "default", extra_env: dict[str, str] | None = None
+    ) -> WorkerProcess:
+        env = env_for_workers({**self.env, **(extra_env or {})})
+        self.workers[node] = start_worker(node, env, self.logdir)
         return self.workers[node]
 
     def stop(self) -> None:
