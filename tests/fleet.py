@@ -58,7 +58,7 @@ def worker_command(node: str, name: str) -> list[str]:
 
 def start_worker(node: str, env: dict[str, str], logdir: Path) -> WorkerProcess:
     name = f"{node}-{uuid.uuid4().hex[:6]}@test"
-    log = logdir / f"worker-{name.split('@')[0]}.log"
+    log = logdir / f"worker-{name.partition('@')[0]}.log"
     cmd = worker_command(node, name)
     cmd += ["--concurrency", "2", "--without-gossip", "--without-mingle"]
     with open(log, "wb") as out:
