@@ -209,4 +209,25 @@ def _metrics_environment(port: int, address: str, directory: Path | None) -> Non
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(directory.resolve())
 
 
-COMMANDS = (backup, watch, status, cancel, backups, worker)
+@click.command()
+@json_option
+@click.pass_obj
+def reap(settings: Settings, as_json: bool) -> None:
+    """Run one reaper pass now (every worker runs one every TXNBACKUP_REAPER_INTERVAL s).
+
+    Rolls back backups whose worker is gone, finishes commits and rollbacks that lost their
+    worker, returns bits frozen by producers that died, removes orphaned staging areas.
+    """
+    from tasks.runtime import Runtime  # noqa: PLC0415 - see _producer
+    from workers.reaper import Reaper  # noqa: PLC0415 - see _producer
+
+    acted = Reaper(Runtime.from_settings(settings)).run_once()
+    if as_json:
+        print_json({backup: str(verdict) for backup, verdict in acted.items()})
+    else:
+        for backup, verdict in acted.items():
+            click.echo(f"{backup}: {verdict}")
+        click.echo(f"{len(acted)} backup(s) acted on")
+
+
+COMMANDS = (backup, watch, status, cancel, backups, worker, reap)

@@ -1,0 +1,113 @@
+"""The reaper's decisions and actions, on a real Redis and a real repository (no workers)."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+from redis import Redis
+
+from tasks.runtime import Runtime
+from tests.conftest import TEST_REDIS_URL
+from tests.fleet import sample_content
+from txnbackup import transaction
+from txnbackup.bitmap import TxnState
+from txnbackup.drive import Drive
+from txnbackup.keys import Keys
+from txnbackup.names import new_backup_id
+from txnbackup.record import LeaseRole, Phase
+from txnbackup.repository import Repository
+from txnbackup.settings import Settings
+from txnbackup.status import from_record
+from workers.reaper import Reaper, Verdict, judge
+
+NOW = 1_000_000.0
+
+
+@pytest.mark.parametrize(
+    ("raw", "leased", "verdict"),
+    [
+        (None, False, Verdict.FORGET),
+        ({"phase": "done"}, False, Verdict.FORGET),
+        ({"phase": "running", "running": "scsi0"}, True, Verdict.ALIVE),
+        ({"phase": "running", "running": "scsi0"}, False, Verdict.ABANDON),
+        ({"phase": "running", "last_activity": str(NOW - 10)}, False, Verdict.ALIVE),
+        ({"phase": "running", "last_activity": str(NOW - 100)}, False, Verdict.ABANDON),
+        ({"phase": "committing"}, False, Verdict.RESUME_COMMIT),
+        ({"phase": "committing"}, True, Verdict.ALIVE),
+        ({"phase": "rolling_back"}, False, Verdict.RESUME_ROLLBACK),
+    ],
+)
+def test_judge(raw: dict[str, str] | None, leased: bool, verdict: Verdict) -> None:
+    assert judge(raw, leased, NOW, queue_timeout=60).verdict is verdict
+
+
+@pytest.fixture
+def rt(keys: Keys, redis_client: Redis) -> Runtime:
+    settings = Settings(redis_url=TEST_REDIS_URL, key_prefix=keys.prefix, orphan_grace=1)
+    return Runtime.from_settings(settings)
+
+
+def started_backup(rt: Runtime, repo: Repository, tmp_path: Path) -> transaction.BackupPlan:
+    path = tmp_path / "scsi0.raw"
+    path.write_bytes(sample_content(512 * 1024, seed=1))
+    plan = transaction.prepare(repo, rt.bitmaps, "100", [Drive("scsi0", str(path))])
+    rt.records.lock("100", plan.backup)
+    rt.records.create(plan, str(repo.path), ["t1", "t2"], {})
+    return plan
+
+
+def test_a_backup_whose_worker_died_mid_drive_is_rolled_back(
+    rt: Runtime, repo: Repository, tmp_path: Path
+) -> None:
+    # Given a running backup whose drive task holds no lease any more (its worker is gone)
+    plan = started_backup(rt, repo, tmp_path)
+    rt.records.set_fields(plan.backup, {"running": "scsi0"})
+
+    # When the reaper runs
+    acted = Reaper(rt).run_once()
+
+    # Then it rolled the backup back as an error naming the drive, freeing the VM
+    assert acted == {plan.backup: Verdict.ABANDON}
+    status = from_record(rt.records.raw(plan.backup))
+    assert (status.status, status.errmsg) == ("error", "worker lost while copying drive scsi0")
+    assert rt.records.holder("100") is None
+    assert rt.bitmaps.state(plan.backup) is TxnState.ROLLED_BACK
+    assert not (repo.path / "staging" / plan.backup).exists()
+    assert Reaper(rt).run_once() == {}
+
+
+def test_a_live_backup_is_left_alone(rt: Runtime, repo: Repository, tmp_path: Path) -> None:
+    plan = started_backup(rt, repo, tmp_path)
+    rt.records.set_fields(plan.backup, {"running": "scsi0"})
+    rt.records.touch(plan.backup, LeaseRole.COPY, "w", 30)
+    assert Reaper(rt).run_once() == {}
+    assert rt.records.phase(plan.backup) is Phase.RUNNING
+
+
+def test_bits_frozen_by_a_producer_that_died_are_returned(
+    rt: Runtime, repo: Repository, tmp_path: Path, redis_client: Redis, keys: Keys
+) -> None:
+    # Given a committed backup, a write, and a producer that froze the bitmap and died
+    plan = started_backup(rt, repo, tmp_path)
+    transaction.copy(repo, rt.bitmaps, plan, "scsi0", lambda: None, lambda s: None)
+    transaction.commit(repo, rt.bitmaps, plan)
+    rt.records.finish(plan.backup, Phase.DONE, "100")
+    assert rt.bitmaps.mark_dirty("100", "scsi0", 70_000, 10) == 1
+    orphan = new_backup_id()
+    drive = Drive("scsi0", str(tmp_path / "scsi0.raw"))
+    transaction.prepare(repo, rt.bitmaps, "100", [drive], backup=orphan)
+    assert rt.bitmaps.dirty_chunks("100", "scsi0") == set()
+    redis_client.zadd(keys.bitmap_txns(), {orphan: time.time() - 10})
+    old = time.time() - 10
+    os.utime(repo.path / "staging" / orphan, (old, old))
+
+    # When the reaper runs
+    Reaper(rt).run_once()
+
+    # Then the frozen bit is back in the active bitmap and the staging area is gone
+    assert rt.bitmaps.state(orphan) is TxnState.ROLLED_BACK
+    assert rt.bitmaps.dirty_chunks("100", "scsi0") == {1}
+    assert not (repo.path / "staging" / orphan).exists()
