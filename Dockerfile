@@ -14,6 +14,8 @@ FROM python:3.11-slim
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1
 COPY --from=build /install /usr/local
+# Flower's config (readable task rows, drive progress): celery -A tasks flower --conf=...
+COPY tasks/flowerconfig.py /etc/txnbackup/flowerconfig.py
 RUN pip uninstall --yes --quiet setuptools wheel \
     && useradd --create-home --uid 1000 --user-group txnbackup \
     && mkdir /repository \

@@ -98,7 +98,12 @@ def catch_up_backup(s: Scenario) -> None:
         "frozen bits, and the write made during the cancelled one went to the active bitmap: "
         "this backup must read every chunk changed since the snapshot of step 3, and only those.",
     )
-    s.committed_backup(incremental=True)
+    status = s.committed_backup(incremental=True)
+    if status.reused:
+        s.narrator.say(
+            f"{format_size(status.reused)} of it was reused: chunks the failed and the "
+            "cancelled backup had stored stay in the repository (unreferenced until now)"
+        )
     left = {name: s.producer.rt.bitmaps.dirty_chunks(VMID, name) for name in s.vm.drives}
     s.check(not any(left.values()), "every bitmap is clean again", left)
 
