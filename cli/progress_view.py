@@ -16,12 +16,14 @@ from rich.progress import (
     BarColumn,
     DownloadColumn,
     Progress,
+    ProgressColumn,
+    Task,
     TaskID,
     TaskProgressColumn,
     TextColumn,
     TimeRemainingColumn,
-    TransferSpeedColumn,
 )
+from rich.text import Text
 
 from cli.sizes import format_size
 from txnbackup.status import BackupStatus, DriveStatus
@@ -40,6 +42,16 @@ def drive_label(d: DriveStatus) -> str:
     return MARK.get(d.state, "  {}").format(d.name)
 
 
+class RateColumn(ProgressColumn):
+    """Read throughput in binary units, like every other size txnbackup shows."""
+
+    def render(self, task: Task) -> Text:
+        speed = task.finished_speed or task.speed
+        if speed is None:
+            return Text("?", style="progress.data.speed")
+        return Text(f"{format_size(int(speed))}/s", style="progress.data.speed")
+
+
 class DriveBars:
     """Live bars, fed with each new status of the backup (a context manager)."""
 
@@ -51,7 +63,7 @@ class DriveBars:
             TaskProgressColumn(),
             DownloadColumn(binary_units=True),
             TextColumn("dirty of {task.fields[size]}"),
-            TransferSpeedColumn(),
+            RateColumn(),
             TimeRemainingColumn(),
             TextColumn("{task.fields[state]}"),
             console=console,
@@ -79,7 +91,9 @@ class DriveBars:
     def update(self, status: BackupStatus) -> None:
         for d in status.drives:
             if d.name not in self._bars:
-                self._bars[d.name] = self.progress.add_task(drive_label(d), start=False)
+                self._bars[d.name] = self.progress.add_task(
+                    drive_label(d), start=False, action=d.action, size="", state=""
+                )
             if d.state != "pending":
                 self.progress.start_task(self._bars[d.name])  # the clock of speed and ETA
             self.progress.update(

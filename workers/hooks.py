@@ -10,6 +10,7 @@ from celery.worker import state as worker_state
 
 from tasks.finish import send_rollback
 from tasks.runtime import runtime
+from workers.metrics import count_reaper_action
 from workers.reaper import Reaper, ReaperThread
 from workers.revocation import RevokeWatcher, handle_revoked
 
@@ -24,7 +25,7 @@ def _on_revoked(task_id: str) -> object:
 @worker_ready.connect
 def start_background_threads(**_: Any) -> None:
     rt = runtime()
-    reaper = ReaperThread(Reaper(rt), rt.settings.reaper_interval)
+    reaper = ReaperThread(Reaper(rt, on_action=count_reaper_action), rt.settings.reaper_interval)
     reaper.start()
     watcher = RevokeWatcher(lambda: list(worker_state.revoked), _on_revoked)
     watcher.start()
