@@ -6,6 +6,10 @@ import re
 
 import click
 
+from txnbackup.units import format_size
+
+__all__ = ["format_size", "parse_size", "size_option_value"]
+
 # Binary multiples, as Proxmox and qemu-img read them: 4M is 4 MiB.
 UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 SIZE_RE = re.compile(r"(?P<number>[0-9]+)\s*(?P<unit>[KMGT]?)(?:I?B)?", re.IGNORECASE)
@@ -19,18 +23,6 @@ def parse_size(text: str) -> int:
             raise ValueError(f"{text!r} is negative; sizes and offsets start at 0")
         raise ValueError(f"{text!r} is not a size like 4096, 64K, 4M or 1G")
     return int(match["number"]) * UNITS[match["unit"].upper()]
-
-
-def format_size(size: int) -> str:
-    """``size`` bytes for people: ``512 B``, ``64.0 KiB``, ``4.0 MiB``."""
-    if size < 1024:
-        return f"{size} B"
-    value = size / 1024
-    for unit in ("KiB", "MiB", "GiB"):
-        if value < 1024:
-            return f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{value:.1f} TiB"
 
 
 def size_option_value(ctx: click.Context, param: click.Parameter, value: str) -> int:

@@ -1,0 +1,30 @@
+"""`--json` is documented: every verb that has it is in docs/json.md, with the real shape."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+
+from cli.main import txnbackup
+from tests.operators.fleet import REPO_ROOT
+from txnbackup.status import BackupStatus, DriveStatus
+
+DOC = (REPO_ROOT / "docs" / "json.md").read_text()
+
+
+def test_every_verb_with_json_is_documented() -> None:
+    verbs = [
+        name
+        for name, command in txnbackup.commands.items()
+        if any("--json" in p.opts for p in command.params if hasattr(p, "opts"))
+    ]
+    assert {"status", "watch", "backups", "snapshots", "verify"} <= set(verbs)
+    missing = [v for v in verbs if not re.search(rf"`{v}\b", DOC)]
+    assert missing == []
+
+
+def test_the_documented_status_is_the_real_one() -> None:
+    example = json.loads(DOC.split("```json", 1)[1].split("```", 1)[0])
+    assert list(example) == [f.name for f in dataclasses.fields(BackupStatus)]
+    assert list(example["drives"][0]) == [f.name for f in dataclasses.fields(DriveStatus)]
