@@ -45,13 +45,9 @@ class ShrinkFault:
 
 
 def failing_backup(s: Scenario) -> None:
-    s.narrator.step(
-        4,
-        "A drive fails mid-copy",
-        "More guest writes, then a backup read slowly, so that it can be broken: while its "
-        "second drive is being read, that drive's image shrinks. The whole backup must end in "
-        "error with the reason, publish nothing, and keep every dirty bit for the next backup.",
-    )
+    """More guest writes, then a backup read slowly, so that it can be broken: while its second
+    drive is being read, that drive's image shrinks. The whole backup must end in error with
+    the reason, publish nothing, and keep every dirty bit for the next backup."""
     s.vm.write("scsi0", s.offset(0.3, 7), b"apt: upgraded 3 packages\n" * 300)
     rng = random.Random(42)
     for fraction in (0.1, 0.3, 0.6, 0.8, 0.95):
@@ -101,13 +97,9 @@ class RevokeOne:
 
 
 def revoked_backup(s: Scenario) -> None:
-    s.narrator.step(
-        5,
-        "Revoking one task",
-        "The guest upgrades packages (three chunks of scsi0) and writes to scsi2. A slow backup "
-        "starts; while it copies scsi0, its task, just that one, is revoked. The whole backup "
-        "must be cancelled: no later drive starts, everything is rolled back.",
-    )
+    """The guest upgrades packages (three chunks of scsi0) and writes to scsi2. A slow backup
+    starts; while it copies scsi0, its task, just that one, is revoked. The whole backup must
+    be cancelled: no later drive starts, everything is rolled back."""
     s.vm.write("scsi0", s.offset(0.5), b"".join(content("text", 3 * s.vm.chunk_size, 51)))
     s.vm.write("scsi2", s.offset(0.6, 4096), b"new file contents\n" * 500)
     revoke = RevokeOne(s, "scsi0")

@@ -16,7 +16,6 @@ from cli.status_view import status_table
 from txnbackup.status import BackupStatus
 
 PIPE_WIDTH = 110  # columns when stdout is not a terminal (CI logs)
-STEPS = 7
 
 StatusSink = Callable[[BackupStatus], None]
 Watcher = Callable[[str, StatusSink], BackupStatus]
@@ -33,10 +32,10 @@ class Narrator:
     def __init__(self, console: Console | None = None) -> None:
         self.console = console or _console()
 
-    def step(self, number: int, title: str, about: str) -> None:
+    def step(self, number: int, steps: int, title: str, about: str) -> None:
         self.console.print()
-        self.console.rule(f"[bold]Step {number}/{STEPS} · {title}", align="left")
-        self.console.print(about, style="dim")
+        self.console.rule(f"[bold]Step {number}/{steps} · {title}", align="left")
+        self.console.print(" ".join(about.split()), style="dim")
 
     def say(self, text: str) -> None:
         self.console.print(text)

@@ -7,6 +7,7 @@ raises DemoFailed, so the demo is also a smoke test of the whole system.
 
 from __future__ import annotations
 
+import inspect
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -54,6 +55,8 @@ class Scenario:
         results = []
         for self.number, (title, step) in enumerate(steps, start=1):
             started = time.monotonic()
+            # A step's docstring is what the demo says before doing it.
+            self.narrator.step(self.number, len(steps), title, inspect.getdoc(step) or "")
             step(self)
             results.append(StepResult(self.number, title, time.monotonic() - started))
         return results

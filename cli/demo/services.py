@@ -200,8 +200,10 @@ def wait_ready(app: Celery, workers: Sequence[Worker]) -> None:
 
 
 def delete_keys(url: str, prefix: str, task_ids: Iterable[str]) -> int:
-    """Delete every key under ``prefix`` and the results of ``task_ids``; return how many
-    keys under ``prefix`` are left (0 unless something still writes)."""
+    """Delete every key under ``prefix`` and the results of ``task_ids``.
+
+    Returns how many keys under ``prefix`` are left: 0 unless something still writes there.
+    """
     client: Redis = connect(url)
     try:
         stale = list(client.scan_iter(match=f"{prefix}*", count=1000))

@@ -18,12 +18,8 @@ from txnbackup.verify import verify_snapshot
 
 
 def sample_vm(s: Scenario) -> None:
-    s.narrator.step(
-        1,
-        "A sample VM",
-        f"VM {VMID} gets three raw drives on two nodes (each node has a worker that reads only "
-        "its own drives), a config file, and an empty repository.",
-    )
+    """VM 100 gets three raw drives on two nodes (each node has a worker that reads only its
+    own drives), a config file, and an empty repository."""
     Repository.init(s.repo, s.vm.chunk_size)
     for seed, spec in enumerate(DRIVES, start=1):
         s.vm.create(spec, s.drive_size, seed)
@@ -44,13 +40,9 @@ def _drive_table(s: Scenario) -> Table:
 
 
 def full_backup(s: Scenario) -> None:
-    s.narrator.step(
-        2,
-        "Full backup",
-        "No drive has a dirty bitmap yet (action 'new'), so every chunk is read. The drives "
-        "are copied one after another, each by the worker of its node; all-zero chunks are "
-        "counted, not stored; the snapshot is published only after the last drive.",
-    )
+    """No drive has a dirty bitmap yet (action 'new'), so every chunk is read. The drives are
+    copied one after another, each by the worker of its node; all-zero chunks are counted,
+    not stored; the snapshot is published only after the last drive."""
     status = s.committed_backup()
     s.check(all(d.action == "new" for d in status.drives), "every bitmap action 'new'")
     s.check(status.dirty == status.total, "every byte read", sizes(("read", status.dirty)))
@@ -59,13 +51,9 @@ def full_backup(s: Scenario) -> None:
 
 
 def incremental_backup(s: Scenario) -> None:
-    s.narrator.step(
-        3,
-        "Incremental backup",
-        "The guest writes to two drives; after each write completes, the writer reports the "
-        "range with mark_dirty. The next backup reads only the chunks marked dirty and takes "
-        "every other chunk's digest from the last snapshot.",
-    )
+    """The guest writes to two drives; after each write completes, the writer reports the
+    range with mark_dirty. The next backup reads only the chunks marked dirty and takes every
+    other chunk's digest from the last snapshot."""
     _guest_writes(s)
     status = s.committed_backup(incremental=True)
     copied = drive(status, "scsi2")
@@ -91,13 +79,9 @@ def _guest_writes(s: Scenario) -> None:
 
 
 def catch_up_backup(s: Scenario) -> None:
-    s.narrator.step(
-        6,
-        "Nothing was lost",
-        "One more incremental backup. The failed and the cancelled backup returned their "
-        "frozen bits, and the write made during the cancelled one went to the active bitmap: "
-        "this backup must read every chunk changed since the snapshot of step 3, and only those.",
-    )
+    """One more incremental backup. The failed and the cancelled backup returned their frozen
+    bits, and the write made during the cancelled one went to the active bitmap: this backup
+    must read every chunk changed since the snapshot of step 3, and only those."""
     status = s.committed_backup(incremental=True)
     if status.reused:
         s.narrator.say(
@@ -109,13 +93,10 @@ def catch_up_backup(s: Scenario) -> None:
 
 
 def restore_and_verify(s: Scenario) -> None:
+    """Every drive of the last snapshot is restored to a new file and compared byte for byte
+    with the drive it was taken from; then every chunk of the snapshot is verified."""
     snapshot = SnapshotId.parse(s.snapshots[-1])
-    s.narrator.step(
-        7,
-        "Restore and verify",
-        f"Every drive of {snapshot} is restored to a new file and compared byte for byte with "
-        "the drive it was taken from; then every chunk of the snapshot is verified.",
-    )
+    s.narrator.say(f"snapshot {snapshot}")
     repo = Repository.open(s.repo)
     target_dir = s.workdir / "restore"
     target_dir.mkdir()
