@@ -8,8 +8,10 @@
   own fields too. Events are best effort: a lost event never fails a backup.
 - The worker log, in vzdump's words: one line when the drive starts (which bitmap mode), one
   each time another tenth of its dirty bytes is read, one with its totals when it stops.
-- ``drive_stopped``: a signal sent in the copying process when a drive stops for good (done,
-  failed, cancelled), with a DriveReport; the worker metrics count it.
+- Two signals, sent in the copying process, for the worker metrics: ``drive_read`` with the
+  bytes counted since the previous report (so byte counters grow while a drive is copied,
+  and a drive killed mid-copy has had every reported byte counted), and ``drive_stopped``
+  with a DriveReport when the drive stops for good (done, failed, cancelled).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ PROGRESS_EVENT = "task-progress"
 LOG_STEP = 10  # percent of a drive's dirty bytes between two progress lines in the log
 FINAL_STATES = frozenset({DriveState.DONE, DriveState.FAILED, DriveState.CANCELLED})
 
+drive_read = Signal(name="txnbackup_drive_read")  # keywords: info (DriveInfo), delta (DriveStats)
 drive_stopped = Signal(name="txnbackup_drive_stopped")  # keyword: report (a DriveReport)
 
 EventSender = Callable[..., object]
@@ -161,6 +164,7 @@ class DriveReporter:
         self._clock = clock
         self._start: float | None = None
         self._logged_step = 0
+        self._counted = DriveStats()
 
     def update(self, state: DriveState, stats: DriveStats) -> None:
         now = self._clock()
@@ -168,6 +172,7 @@ class DriveReporter:
             self._start = now
             log.info("%s", bitmap_line(self.info, stats))
         seconds = now - self._start
+        self._count(stats)
         if state in FINAL_STATES:
             report = DriveReport(self.info, state, stats, seconds)
             log.info("%s", totals_line(report))
@@ -175,6 +180,18 @@ class DriveReporter:
             return
         self._log_progress(stats, seconds)
         self._event(stats, seconds)
+
+    def _count(self, stats: DriveStats) -> None:
+        c = self._counted
+        delta = DriveStats(
+            transferred=stats.transferred - c.transferred,
+            zero_bytes=stats.zero_bytes - c.zero_bytes,
+            reused=stats.reused - c.reused,
+            stored=stats.stored - c.stored,
+        )
+        self._counted = stats
+        if delta != DriveStats():
+            drive_read.send(sender=self.__class__, info=self.info, delta=delta)
 
     def _log_progress(self, stats: DriveStats, seconds: float) -> None:
         step = percent(stats.transferred, stats.dirty) // LOG_STEP if stats.transferred else 0

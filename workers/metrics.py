@@ -25,8 +25,9 @@ live in no global registry, so Flower, which imports this module with the app, k
 
 A backup's outcome is counted once in the whole fleet: by the first worker process that sees
 it ended after a commit or rollback task (or a reaper action naming it), which claims it with
-a counter in the backup record. Drive bytes are counted by the process that copied the
-drive, when it stops; a drive terminated mid-copy is counted by its worker's main process.
+a counter in the backup record. Drive bytes are counted by the process that copies the drive,
+at each progress report, so they equal the status's counters, also for a drive killed
+mid-copy (its status keeps the last report).
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,7 +43,6 @@ from typing import Any
 from celery.signals import (
     task_postrun,
     task_prerun,
-    task_revoked,
     worker_init,
     worker_process_shutdown,
     worker_ready,
@@ -59,10 +59,17 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from tasks.events import COPY_TASK, DriveReport, backup_summary, drive_stopped
+from tasks.events import (
+    COPY_TASK,
+    DriveInfo,
+    DriveReport,
+    backup_summary,
+    drive_read,
+    drive_stopped,
+)
 from tasks.runtime import runtime
 from txnbackup.errors import NotFound
-from txnbackup.record import BackupRecords, Phase, drive_fields
+from txnbackup.record import BackupRecords, Phase
 from txnbackup.stats import DriveStats
 from txnbackup.status import from_record
 
@@ -137,8 +144,6 @@ def count_reaper_action(kind: str, backup: str | None = None) -> None:
 
 
 def count_drive(report: DriveReport) -> None:
-    vmid, s = report.info.vmid, report.stats
-    _count_bytes(vmid, s)
     DRIVE_SECONDS.labels(report.info.action, str(report.state)).observe(report.seconds)
 
 
@@ -281,19 +286,12 @@ def task_ended(task: Any = None, args: Any = None, **_: Any) -> None:
         observe_ended(runtime().records, str(args[0]))
 
 
-@task_revoked.connect
-def drive_terminated(request: Any = None, terminated: bool = False, **_: Any) -> None:
-    """A drive task killed mid-copy never reports its bytes; count what its record holds."""
-    if not terminated or getattr(request, "name", None) != COPY_TASK:
-        return
-    args: Sequence[Any] = getattr(request, "args", None) or ()
-    if len(args) < 2:
-        return
-    try:
-        raw = runtime().records.raw(str(args[0]))
-    except NotFound:
-        return
-    _count_bytes(raw["vmid"], DriveStats.from_dict(drive_fields(raw, str(args[1]))))
+@drive_read.connect
+def drive_bytes_read(
+    sender: Any = None, info: DriveInfo | None = None, delta: DriveStats | None = None, **_: Any
+) -> None:
+    if info is not None and delta is not None:
+        _count_bytes(info.vmid, delta)
 
 
 @drive_stopped.connect

@@ -18,6 +18,7 @@ from tasks.events import (
     DriveReporter,
     backup_summary,
     bitmap_line,
+    drive_read,
     drive_stopped,
 )
 from tests.operators.fleet import FLOWER_CONFIG
@@ -88,13 +89,17 @@ def test_a_drive_copy_is_logged_like_vzdump_and_sent_to_flower(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     # Given a reporter of a drive with 4 MiB dirty
-    clock, sent, stopped = Clock(), Sent(), []
+    clock, sent, stopped, read = Clock(), Sent(), [], []
     reporter = DriveReporter(INFO, sent, clock)
 
     def on_stopped(sender: object, report: DriveReport, **_: object) -> None:
         stopped.append(report)
 
+    def on_read(sender: object, info: DriveInfo, delta: DriveStats, **_: object) -> None:
+        read.append(delta)
+
     drive_stopped.connect(on_stopped, weak=False)
+    drive_read.connect(on_read, weak=False)
     try:
         with caplog.at_level(logging.INFO, logger="tasks.events"):
             # When the engine reports 0 %, 5 %, 15 %, 35 %, 100 % and then the end
@@ -106,6 +111,7 @@ def test_a_drive_copy_is_logged_like_vzdump_and_sent_to_flower(
             reporter.update(DriveState.DONE, stats(4 * MIB, reused=MIB, zero=2 * MIB))
     finally:
         drive_stopped.disconnect(on_stopped)
+        drive_read.disconnect(on_read)
 
     # Then the log has the mode, a line per tenth reached, and the totals
     lines = [r.getMessage() for r in caplog.records]
@@ -130,7 +136,10 @@ def test_a_drive_copy_is_logged_like_vzdump_and_sent_to_flower(
     assert last["result"] == (
         "35% · scsi0 1/2 · 1.4 MiB of 4.0 MiB dirty (drive 8.0 MiB) · 490.7 KiB/s · ETA 6s"
     )
-    # and the metrics heard of the drive once, when it stopped
+    # and the metrics heard of every byte once, as it was read, and of the drive's end once
+    assert len(read) == 4
+    assert sum(d.transferred for d in read) == 4 * MIB
+    assert (sum(d.reused for d in read), sum(d.zero_bytes for d in read)) == (MIB, 2 * MIB)
     assert [(r.state, r.seconds, r.stats.transferred) for r in stopped] == [
         (DriveState.DONE, 4.0, 4 * MIB)
     ]
