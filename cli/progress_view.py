@@ -14,7 +14,6 @@ from types import TracebackType
 from rich.console import Console
 from rich.progress import (
     BarColumn,
-    DownloadColumn,
     Progress,
     ProgressColumn,
     Task,
@@ -61,8 +60,7 @@ class DriveBars:
             TextColumn("[dim]{task.fields[action]}[/]"),
             BarColumn(),
             TaskProgressColumn(),
-            DownloadColumn(binary_units=True),
-            TextColumn("dirty of {task.fields[size]}"),
+            TextColumn("{task.fields[amount]}"),
             RateColumn(),
             TimeRemainingColumn(),
             TextColumn("{task.fields[state]}"),
@@ -92,17 +90,20 @@ class DriveBars:
         for d in status.drives:
             if d.name not in self._bars:
                 self._bars[d.name] = self.progress.add_task(
-                    drive_label(d), start=False, action=d.action, size="", state=""
+                    drive_label(d), start=False, action=d.action, amount="", state=""
                 )
             if d.state != "pending":
                 self.progress.start_task(self._bars[d.name])  # the clock of speed and ETA
+            # A drive with nothing dirty has nothing to read: its bar is full once it is done.
+            nothing = d.dirty == 0
             self.progress.update(
                 self._bars[d.name],
                 description=drive_label(d),
-                total=d.dirty,
-                completed=d.transferred,
+                total=1 if nothing else d.dirty,
+                completed=int(d.state == "done") if nothing else d.transferred,
                 action=d.action,
-                size=format_size(d.size),
+                amount=f"{format_size(d.transferred)} of {format_size(d.dirty)} dirty, "
+                f"drive {format_size(d.size)}",
                 state=d.state,
             )
 

@@ -139,7 +139,8 @@ def test_backup_wait_on_a_terminal_shows_a_bar_per_drive(
     assert proc.wait(timeout=60) == 0, screen
     assert "▶ scsi0" in screen and "▶ scsi1" in screen
     assert "✓ scsi0" in screen and "✓ scsi1" in screen
-    assert "dirty of 4.0 MiB" in screen and "dirty of 1.0 MiB" in screen
+    assert "of 4.0 MiB dirty, drive 4.0 MiB" in screen
+    assert "of 1.0 MiB dirty, drive 1.0 MiB" in screen
     assert "/s" in screen  # throughput
     assert screen.rindex("status") > screen.rindex("✓ scsi1")
 
