@@ -12,6 +12,7 @@ JSON shapes (``--json``), stable (docs/json.md has them all):
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 from pathlib import Path
@@ -191,19 +192,25 @@ def worker(
 
     Further arguments go to `celery worker` unchanged.
     """
-    if metrics_port is not None:
-        _metrics_environment(metrics_port, metrics_address, metrics_dir)
-    from workers.start import run_worker, worker_argv  # noqa: PLC0415 - see _producer
+    with contextlib.ExitStack() as cleanup:
+        if metrics_port is not None:
+            if metrics_dir is None:
+                metrics_dir = Path(cleanup.enter_context(_temporary_metrics_dir()))
+            _metrics_environment(metrics_port, metrics_address, metrics_dir)
+        from workers.start import run_worker, worker_argv  # noqa: PLC0415 - see _producer
 
-    run_worker(
-        worker_argv(node, name=name, concurrency=concurrency, loglevel=loglevel, extra=celery_args)
-    )
+        argv = worker_argv(
+            node, name=name, concurrency=concurrency, loglevel=loglevel, extra=celery_args
+        )
+        run_worker(argv)
 
 
-def _metrics_environment(port: int, address: str, directory: Path | None) -> None:
+def _temporary_metrics_dir() -> tempfile.TemporaryDirectory[str]:
+    return tempfile.TemporaryDirectory(prefix="txnbackup-metrics-", ignore_cleanup_errors=True)
+
+
+def _metrics_environment(port: int, address: str, directory: Path) -> None:
     """What workers.metrics reads at start-up; set before prometheus_client is imported."""
-    if directory is None:
-        directory = Path(tempfile.mkdtemp(prefix="txnbackup-metrics-"))
     os.environ["TXNBACKUP_METRICS_PORT"] = str(port)
     os.environ["TXNBACKUP_METRICS_ADDRESS"] = address
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(directory.resolve())

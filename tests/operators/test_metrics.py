@@ -3,14 +3,25 @@
 from __future__ import annotations
 
 import random
+import subprocess
 import urllib.request
+import uuid
+from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
 from tasks.producer import Producer
 from tests.fleet import SampleVM, wait_for
-from tests.operators.conftest import STALE_COUNT, OpsFleet
-from tests.operators.fleet import Samples, metric
+from tests.operators.conftest import OPS_ENV, STALE_COUNT, OpsFleet, delete_keys
+from tests.operators.fleet import (
+    Samples,
+    env_with,
+    free_port,
+    metric,
+    metrics_worker_command,
+    stop_process,
+    wait_for_log,
+)
 from txnbackup.record import drive_fields
 from txnbackup.repository import Repository
 
@@ -92,3 +103,33 @@ def test_the_metrics_endpoint_speaks_prometheus(ops_fleet: OpsFleet) -> None:
 
 def _delta(after: Samples, before: Samples, name: str, **labels: str) -> float:
     return metric(after, name, **labels) - metric(before, name, **labels)
+
+
+def test_a_worker_without_a_metrics_dir_uses_a_temporary_one(tmp_path: Path) -> None:
+    # Given a worker started with --metrics-port only, on a fleet of its own
+    prefix = f"txnbackup-ops-tmp:{uuid.uuid4().hex[:8]}:"
+    env = env_with(
+        {
+            **OPS_ENV,
+            "TXNBACKUP_KEY_PREFIX": prefix,
+            "TXNBACKUP_BROKER_KEY_PREFIX": prefix,
+            "TMPDIR": str(tmp_path),
+        }
+    )
+    port = free_port()
+    log = tmp_path / "worker.log"
+    cmd = [*metrics_worker_command("default", "ops-tmp@test", port, tmp_path), "--pool=solo"]
+    cmd.remove("--metrics-dir")
+    cmd.remove(str(tmp_path))
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        wait_for_log(proc, log, "txnbackup metrics on")
+        # Then it serves from a new directory of its own, removed when it stops
+        (directory,) = tmp_path.glob("txnbackup-metrics-*")
+        assert f"files in {directory}" in log.read_text()
+    finally:
+        stop_process(proc)
+        delete_keys(prefix)
+    assert proc.returncode == 0
+    assert not directory.exists()
