@@ -34,7 +34,7 @@ def make_app(settings: Settings) -> Celery:
         # A plain `celery -A tasks worker` serves the control queue and the default node.
         task_queues=[_queue(CONTROL_QUEUE), _queue(node_queue(DEFAULT_NODE))],
         broker_transport_options=_transport_options(settings),
-        result_backend_transport_options={"visibility_timeout": settings.visibility_timeout},
+        result_backend_transport_options=_transport_options(settings),
         broker_connection_retry_on_startup=True,
         # The rollback errback goes on every header task too (the future Celery default).
         task_allow_error_cb_on_chord_header=True,

@@ -127,7 +127,10 @@ def _copy(rt: Runtime, plan: BackupPlan, drive: str, progress: Progress) -> Driv
         _stopped(rt, backup, drive, progress, DriveState.CANCELLED)
         raise
     except Exception as exc:
-        records.record_error(backup, f"drive {drive}: {exc}")
+        message = str(exc)
+        if not message.startswith(f"drive {drive}:"):
+            message = f"drive {drive}: {message}"
+        records.record_error(backup, message)
         _stopped(rt, backup, drive, progress, DriveState.FAILED)
         raise
 
