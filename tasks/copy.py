@@ -95,12 +95,11 @@ def run_copy(rt: Runtime, backup: str, drive: str, task_id: str, worker: str) ->
     with Heartbeat(records, backup, LeaseRole.COPY, holder, rt.settings.lease_ttl):
         records.set_fields(backup, {"running": drive, "running_task": task_id})
         progress.report(DriveState.RUNNING)
-        log.info("vm %s backup %s drive %s: started (%s)", plan.vmid, backup, drive, d.action)
         entry = _copy(rt, plan, drive, progress)
         progress.last = entry.stats
         progress.report(DriveState.DONE)
         records.delete_field(backup, "running", only_if=drive)
-    log.info("vm %s backup %s drive %s: done %s", plan.vmid, backup, drive, entry.stats)
+    log.debug("vm %s backup %s drive %s: done %s", plan.vmid, backup, drive, entry.stats)
     failpoint("copy.after", drive)
     return entry.stats.to_dict()
 

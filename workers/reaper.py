@@ -25,6 +25,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
+from typing import Protocol
 
 from tasks.finish import abandon, resume_rollback, run_commit
 from tasks.runtime import Runtime
@@ -69,10 +70,16 @@ def judge(
     return Judgement(Verdict.ALIVE)
 
 
+class ActionSink(Protocol):
+    """Told of every action (metrics); ``backup`` when it ended one, to count its outcome."""
+
+    def __call__(self, kind: str, backup: str | None = None) -> None: ...
+
+
 class Reaper:
-    def __init__(self, rt: Runtime, on_action: Callable[[str], None] | None = None) -> None:
+    def __init__(self, rt: Runtime, on_action: ActionSink | None = None) -> None:
         self.rt = rt
-        self.on_action = on_action or (lambda kind: None)
+        self.on_action: ActionSink = on_action or (lambda kind, backup=None: None)
 
     def run_once(self) -> dict[str, Verdict]:
         """One pass over active backups, unrecorded freezes and staging areas."""
@@ -95,7 +102,7 @@ class Reaper:
             return None
         log.warning("reaper: backup %s: %s -> %s", backup, judgement.reason, judgement.verdict)
         self._actions()[judgement.verdict](backup, judgement.reason)
-        self.on_action(str(judgement.verdict))
+        self.on_action(str(judgement.verdict), backup)
         return judgement.verdict
 
     def _actions(self) -> dict[Verdict, Callable[[str, str], object]]:
