@@ -23,7 +23,7 @@ def status_table(status: BackupStatus) -> Group:
         ("backup", status.uuid),
         ("vm", status.vmid),
         ("status", f"[{style}]{status.status}[/]" + (" (finishing)" if status.finishing else "")),
-        ("error", status.errmsg),
+        ("reason" if status.status == "cancelled" else "error", status.errmsg),
         ("started", status.start_time),
         ("ended", status.end_time),
         ("snapshot", status.snapshot),
