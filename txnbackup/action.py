@@ -9,6 +9,7 @@ from txnbackup.bitmap import BitmapMeta
 from txnbackup.errors import InvalidInput
 from txnbackup.repository import Repository
 from txnbackup.snapshot import SnapshotId
+from txnbackup.verify import failed_verification
 
 
 class BitmapAction(StrEnum):
@@ -58,4 +59,6 @@ def _base_problem(meta: BitmapMeta, repo: Repository, drive: str, size: int) -> 
         return f"base snapshot {base} missing or incomplete"
     if entry.size != size:
         return f"drive size changed ({entry.size} -> {size} bytes)"
+    if failed_verification(repo, base):
+        return f"base snapshot {base} failed verification"
     return None

@@ -4,6 +4,13 @@ Chunk files are write-once: putting a digest that is present is a no-op, and a c
 appears under its final name only complete and fsynced. Directory entries of new chunks are
 fsynced in batches by ``flush`` (called before anything that refers to them is written), so a
 backup does not pay one directory fsync per chunk.
+
+Garbage collection (txnbackup.gc) deletes a chunk file that nothing refers to only when its
+mtime is older than its cutoff. A writer that deduplicates against a stored chunk therefore
+``reuse``s it, which refreshes the mtime: a chunk a running backup counts on looks in use.
+
+Verify moves a corrupt chunk file aside (``quarantine``, to ``<digest>.bad``), so that the
+digest reads as not stored and the next backup that reads the chunk stores it again.
 """
 
 from __future__ import annotations
@@ -15,8 +22,11 @@ from pathlib import Path
 from typing import Protocol
 
 from txnbackup import chunk
-from txnbackup.errors import CorruptChunk, RepositoryWriteError
+from txnbackup.errors import CorruptChunk
 from txnbackup.fsutil import fsync_dir, temp_name, write_error
+
+BAD_SUFFIX = ".bad"
+QUARANTINED = "found corrupt by verify and moved aside (.bad)"
 
 
 class ChunkBackend(Protocol):
@@ -24,6 +34,8 @@ class ChunkBackend(Protocol):
     S3-compatible object storage later."""
 
     def has(self, digest: str) -> bool: ...
+
+    def reuse(self, digest: str) -> bool: ...
 
     def put(self, digest: str, encoded: bytes) -> bool: ...
 
@@ -43,13 +55,27 @@ class ChunkStore:
     def path_for(self, digest: str) -> Path:
         return self.root / digest[:4] / digest
 
+    def bad_path_for(self, digest: str) -> Path:
+        return self.root / digest[:4] / f"{digest}{BAD_SUFFIX}"
+
     def has(self, digest: str) -> bool:
         return os.path.exists(self.path_for(digest))
+
+    def reuse(self, digest: str) -> bool:
+        """Whether the chunk is stored; if so, mark it in use now (its mtime, for gc)."""
+        path = self.path_for(digest)
+        try:
+            os.utime(path)
+        except FileNotFoundError:
+            return False
+        except OSError:  # a chunk we may read but not touch: dedup still holds
+            return path.exists()
+        return True
 
     def put(self, digest: str, encoded: bytes) -> bool:
         """Store an encoded chunk; return False when the digest was already stored."""
         path = self.path_for(digest)
-        if path.exists():
+        if self.reuse(digest):
             return False
         try:
             path.parent.mkdir(exist_ok=True)
@@ -81,17 +107,41 @@ class ChunkStore:
             if pending:
                 fsync_dir(self.root)
         except OSError as exc:
-            raise RepositoryWriteError(str(self.root), exc.strerror or str(exc)) from exc
+            raise write_error(self.root, exc) from exc
 
     def get(self, digest: str) -> bytes:
         """Return a chunk's plaintext, checked against its digest."""
         try:
             blob = self.path_for(digest).read_bytes()
         except FileNotFoundError:
+            if self.bad_path_for(digest).exists():
+                raise CorruptChunk(digest, QUARANTINED) from None
             raise CorruptChunk(digest, "missing from the repository") from None
         except OSError as exc:
             raise CorruptChunk(digest, f"unreadable: {exc.strerror or exc}") from None
         return chunk.decode(blob, digest)
+
+    def quarantine(self, digest: str) -> bool:
+        """Move a corrupt chunk file aside to ``<digest>.bad``; False when it was not there.
+
+        A file that decodes after the move was replaced by a good copy in the meantime (gc
+        removed the bad one and a backup stored the chunk again): it is put back.
+        """
+        path, bad = self.path_for(digest), self.bad_path_for(digest)
+        try:
+            os.replace(path, bad)
+        except FileNotFoundError:
+            return False
+        except OSError as exc:
+            raise write_error(path, exc) from exc
+        try:
+            chunk.decode(bad.read_bytes(), digest)
+        except (CorruptChunk, OSError):
+            fsync_dir(path.parent)
+            return True
+        _link_new(bad, path)
+        bad.unlink(missing_ok=True)
+        return False
 
 
 def _link_new(tmp: Path, path: Path) -> bool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -43,6 +44,11 @@ class DriveReader(Protocol):
 
     def read(self, offset: int, length: int) -> bytes: ...
 
+    def next_data(self, offset: int) -> int:
+        """The first offset at or after ``offset`` that may hold data (the bytes between read
+        as zeros); ``offset`` itself when the drive cannot tell."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -53,16 +59,29 @@ class FileDrive:
         self.name = name
         self.path = path
         try:
-            self._fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            # Non-blocking, so that a FIFO is refused instead of waiting for a writer.
+            self._fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
         except FileNotFoundError:
             raise DriveNotFound(name, str(path)) from None
         except OSError as exc:
             raise DriveUnreadable(name, str(path), exc.strerror or str(exc)) from None
         try:
-            self._size = os.lseek(self._fd, 0, os.SEEK_END)
-        except OSError as exc:
+            self._size = self._check_size()
+        except BaseException:
             os.close(self._fd)
-            raise DriveUnreadable(name, str(path), exc.strerror or str(exc)) from None
+            raise
+
+    def _check_size(self) -> int:
+        try:
+            mode = os.fstat(self._fd).st_mode
+            if not (stat.S_ISREG(mode) or stat.S_ISBLK(mode)):
+                raise DriveUnreadable(
+                    self.name, str(self.path), f"not a raw image or block device ({_kind(mode)})"
+                )
+            os.set_blocking(self._fd, True)
+            return os.lseek(self._fd, 0, os.SEEK_END)
+        except OSError as exc:
+            raise DriveUnreadable(self.name, str(self.path), exc.strerror or str(exc)) from None
 
     @property
     def size(self) -> int:
@@ -75,10 +94,26 @@ class FileDrive:
             reason = "drive shrank" if exc.errno == errno.EINVAL else exc.strerror or str(exc)
             raise DriveReadError(self.name, offset, reason) from None
         if len(data) != length:
-            raise DriveReadError(
-                self.name, offset + len(data), f"short read ({len(data)} of {length} bytes)"
-            )
+            raise DriveReadError(self.name, offset + len(data), self._short_read(len(data), length))
         return data
+
+    def _short_read(self, got: int, wanted: int) -> str:
+        try:
+            now = os.lseek(self._fd, 0, os.SEEK_END)
+        except OSError:
+            now = self._size
+        if now < self._size:
+            return f"drive shrank from {self._size} to {now} bytes during the backup"
+        return f"short read ({got} of {wanted} bytes)"
+
+    def next_data(self, offset: int) -> int:
+        try:
+            return os.lseek(self._fd, offset, os.SEEK_DATA)
+        except OSError as exc:
+            if exc.errno != errno.ENXIO:
+                return offset  # no SEEK_DATA here: everything may be data
+        # No data after offset: a hole up to the end of the file, which may have shrunk since.
+        return os.fstat(self._fd).st_size
 
     def close(self) -> None:
         os.close(self._fd)
@@ -97,4 +132,18 @@ class FileDrive:
 
 def drive_size(name: str, path: str) -> int:
     with FileDrive(name, Path(path)) as reader:
+        if reader.size == 0:
+            raise InvalidInput(f"drive {name}: {path} is empty (0 bytes); nothing to back up")
         return reader.size
+
+
+def _kind(mode: int) -> str:
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO"
+    if stat.S_ISCHR(mode):
+        return "a character device"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "not a regular file"

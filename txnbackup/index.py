@@ -48,7 +48,10 @@ class IndexWriter:
         self._count = chunk_count(size, chunk_size)
         self._written = 0
         self._hash = hashlib.sha256()
-        self._fh: BinaryIO = open(self._tmp, "xb")  # noqa: SIM115 - closed by finish/abort
+        try:
+            self._fh: BinaryIO = open(self._tmp, "xb")  # noqa: SIM115 - closed by finish/abort
+        except OSError as exc:
+            raise write_error(self.path, exc) from exc
         self._info = (size, chunk_size)
         self._write(HEADER.pack(MAGIC, VERSION, chunk_size, size, self._count))
 

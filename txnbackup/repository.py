@@ -10,8 +10,10 @@ Layout (see docs/format.md)::
 Transaction rules: a backup writes chunks (shared, content addressed, harmless if the backup
 fails) and its indexes into its staging area only. Publishing writes the manifest into the
 staging area, then renames the staging area to ``vm/<vmid>/<time>`` in one step. A snapshot
-therefore exists completely or not at all; nothing under ``vm/`` is modified afterwards.
-Rolling back deletes the staging area. Chunks of a failed backup stay and are reused by dedup.
+therefore exists completely or not at all; nothing in it is modified afterwards (verify keeps
+its verdict beside it, ``vm/<vmid>/<time>.verify-failed``: txnbackup.verify).
+Rolling back deletes the staging area. Chunks of a failed backup stay and are reused by dedup
+until `txnbackup gc` (txnbackup.gc) deletes the unreferenced ones.
 """
 
 from __future__ import annotations

@@ -16,9 +16,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from txnbackup.constants import FORMAT_VERSION
-from txnbackup.errors import IntegrityError, RepositoryWriteError
+from txnbackup.errors import IntegrityError
 from txnbackup.failpoints import failpoint
-from txnbackup.fsutil import fsync_dir, write_atomic
+from txnbackup.fsutil import fsync_dir, write_atomic, write_error
 from txnbackup.manifest import MANIFEST_NAME, BlobEntry, DriveEntry, Manifest
 from txnbackup.names import check_blob_name
 from txnbackup.repository import Repository
@@ -38,7 +38,7 @@ class Staging:
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise RepositoryWriteError(str(self.dir), exc.strerror or str(exc)) from exc
+            raise write_error(self.dir, exc) from exc
 
     def index_path(self, drive: str) -> Path:
         return self.dir / f"{drive}.fidx"
@@ -92,7 +92,7 @@ def publish(
         fsync_dir(parent)
         fsync_dir(staging.dir.parent)
     except OSError as exc:
-        raise RepositoryWriteError(str(parent), exc.strerror or str(exc)) from exc
+        raise write_error(parent, exc) from exc
     log.info("vm %s backup %s: published snapshot %s", vmid, staging.backup, target)
     return target
 

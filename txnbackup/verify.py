@@ -1,16 +1,30 @@
-"""Verify a snapshot: every referenced chunk is present, decodes and matches its digest."""
+"""Verify a snapshot: every referenced chunk is present, decodes and matches its digest.
+
+As Proxmox Backup Server does, verify also acts on what it finds. A chunk file that does not
+decode is moved aside (``ChunkStore.quarantine``): its digest then reads as not stored, so
+the next backup that reads the chunk stores it again instead of deduplicating against the
+damage. A snapshot that fails gets a marker beside it, ``vm/<vmid>/<time>.verify-failed``
+(outside the write-once snapshot directory; a later verify that passes removes it), and a
+dirty bitmap based on a marked snapshot is not used (txnbackup.action).
+"""
 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+import json
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
 
 from txnbackup.constants import ZERO_DIGEST
 from txnbackup.errors import CorruptChunk, IntegrityError
+from txnbackup.fsutil import fsync_dir, write_atomic, write_error
 from txnbackup.index import IndexReader, file_sha256
 from txnbackup.manifest import DriveEntry
 from txnbackup.repository import Repository
-from txnbackup.snapshot import SnapshotId
+from txnbackup.snapshot import SnapshotId, format_time
+
+FAILED_SUFFIX = ".verify-failed"
 
 
 @dataclass(frozen=True)
@@ -53,7 +67,36 @@ def verify_snapshot(repo: Repository, snapshot: SnapshotId) -> VerifyReport:
             problems.append(
                 Problem(f"blob:{blob.name}", -1, blob.sha256, "blob missing or damaged")
             )
-    return VerifyReport(snapshot, chunks, tuple(problems))
+    report = VerifyReport(snapshot, chunks, tuple(problems))
+    _record(repo, report)
+    return report
+
+
+def failed_marker(repo: Repository, snapshot: SnapshotId) -> Path:
+    return repo.snapshot_dir(snapshot).with_name(f"{snapshot.time}{FAILED_SUFFIX}")
+
+
+def failed_verification(repo: Repository, snapshot: SnapshotId) -> bool:
+    """Whether the last verify of the snapshot found a problem."""
+    return failed_marker(repo, snapshot).exists()
+
+
+def _record(repo: Repository, report: VerifyReport) -> None:
+    marker = failed_marker(repo, report.snapshot)
+    try:
+        if report.ok:
+            if marker.exists():
+                marker.unlink()
+                fsync_dir(marker.parent)
+            return
+    except OSError as exc:
+        raise write_error(marker, exc) from exc
+    record = {
+        "snapshot": str(report.snapshot),
+        "verified": format_time(datetime.now(UTC)),
+        "problems": [asdict(p) for p in report.problems],
+    }
+    write_atomic(marker, json.dumps(record, indent=2).encode() + b"\n")
 
 
 def _verify_drive(
@@ -83,5 +126,8 @@ def _check_chunk(repo: Repository, digest: str) -> str | None:
     try:
         repo.chunks.get(digest)
     except CorruptChunk as exc:
-        return str(exc.args[1])
+        reason = str(exc.args[1])
+        if repo.chunks.has(digest) and repo.chunks.quarantine(digest):
+            reason += "; file moved aside (.bad)"
+        return reason
     return None

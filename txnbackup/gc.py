@@ -1,0 +1,228 @@
+"""Garbage collection: delete chunk files that no snapshot and no running backup refers to.
+
+Chunks of a failed or cancelled backup stay in ``chunks/`` after its rollback (they are
+content addressed and may be reused); ``collect`` reclaims their space. It runs beside
+backups, never stopping them, by these rules:
+
+1. **Cutoff.** ``cutoff = min(now - grace, mtime of every staging directory)``. Only a chunk
+   file whose mtime is older than the cutoff may be deleted. A running backup counts on
+   chunks its current drive stored or reused (``ChunkStore.reuse`` refreshes the mtime) but
+   has not indexed yet; the engine changes its staging directory only before such a drive
+   starts and after its index is complete, so all of them are newer than the cutoff.
+2. **Mark.** Every digest in the indexes of every staging area (drives already copied), then
+   in the indexes of every published snapshot, listed after the staging areas were read (a
+   backup publishing meanwhile is found in one place or the other). An index that cannot be
+   read stops the collection before anything is deleted.
+3. **Sweep.** An unmarked chunk file older than the cutoff is renamed to a ``.tmp-`` name,
+   looked at again, and deleted only if its mtime is still old: a backup that reused it
+   just before the rename has refreshed it (it is put back), one just after finds it gone
+   and stores the chunk again.
+
+Also removed: ``<digest>.bad`` files (moved aside by verify) once no snapshot refers to
+the digest or a good copy was stored again, and stray ``.tmp-*`` files older than the
+cutoff in ``chunks/`` and ``vm/<vmid>/``. Snapshots themselves are never touched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from txnbackup.chunkstore import BAD_SUFFIX
+from txnbackup.constants import ZERO_DIGEST
+from txnbackup.errors import IntegrityError, InvalidInput
+from txnbackup.fsutil import temp_name
+from txnbackup.index import IndexReader, file_sha256
+from txnbackup.repository import Repository
+
+log = logging.getLogger(__name__)
+
+DEFAULT_GRACE = 3600  # seconds; longer than any clock skew between the hosts of a fleet
+TMP_PREFIX = ".tmp-"
+DIGEST_HEX = 64
+HEX = frozenset("0123456789abcdef")
+
+
+@dataclass
+class GcReport:
+    """What a collection found and did (a dry run counts what it would remove)."""
+
+    dry_run: bool
+    cutoff: float
+    chunks: int = 0  # chunk files looked at
+    referenced: int = 0
+    young: int = 0  # unreferenced, but not older than the cutoff: kept
+    removed: int = 0
+    removed_bytes: int = 0
+    bad_removed: int = 0
+    tmp_removed: int = 0
+    marked: set[bytes] = field(default_factory=set, repr=False)
+
+
+def collect(repo: Repository, *, grace: float = DEFAULT_GRACE, dry_run: bool = False) -> GcReport:
+    """Mark every referenced chunk, then sweep the unreferenced ones older than the cutoff."""
+    if grace < 0:
+        raise InvalidInput(f"grace period {grace} must not be negative")
+    report = GcReport(dry_run, _cutoff(repo, time.time() - grace))
+    _mark_all(repo, report.marked)
+    _sweep(repo, report)
+    log.info(
+        "gc %s: %d chunk files, %d referenced, %d removed (%d bytes), %d kept as too young",
+        repo.path,
+        report.chunks,
+        report.referenced,
+        report.removed,
+        report.removed_bytes,
+        report.young,
+    )
+    return report
+
+
+def _mark_all(repo: Repository, marked: set[bytes]) -> None:
+    # Staging areas first, published snapshots second: see the module docstring.
+    for index in _staging_indexes(repo):
+        _mark(marked, index, expected_sha256=None)
+    for snapshot in repo.snapshots():
+        manifest = repo.manifest(snapshot)
+        for entry in manifest.drives:
+            index = repo.snapshot_dir(snapshot) / entry.index
+            _mark(marked, index, expected_sha256=entry.index_sha256)
+
+
+def _sweep(repo: Repository, report: GcReport) -> None:
+    for prefix in _subdirs(repo.path / "chunks"):
+        for path in _files(prefix):
+            _sweep_chunk_dir_entry(repo, path, report)
+    for vmdir in _subdirs(repo.path / "vm"):
+        for path in _files(vmdir):
+            if path.name.startswith(TMP_PREFIX):
+                _remove_stray(path, report)
+
+
+def _cutoff(repo: Repository, oldest_allowed: float) -> float:
+    cutoff = oldest_allowed
+    for staging in _subdirs(repo.path / "staging"):
+        try:
+            cutoff = min(cutoff, staging.stat().st_mtime)
+        except FileNotFoundError:
+            continue  # published or rolled back meanwhile
+    return cutoff
+
+
+def _staging_indexes(repo: Repository) -> Iterator[Path]:
+    for staging in _subdirs(repo.path / "staging"):
+        for path in _files(staging):
+            if path.suffix == ".fidx" and not path.name.startswith(TMP_PREFIX):
+                yield path
+
+
+def _mark(marked: set[bytes], index: Path, expected_sha256: str | None) -> None:
+    try:
+        if expected_sha256 is not None and file_sha256(index) != expected_sha256:
+            raise IntegrityError(f"gc: index {index} does not match its checksum; nothing deleted")
+        with IndexReader(index) as reader:
+            marked.update(reader)
+    except FileNotFoundError:
+        if expected_sha256 is not None:
+            raise IntegrityError(f"gc: index {index} is missing; nothing deleted") from None
+    except IntegrityError:
+        if expected_sha256 is None and not index.exists():
+            return  # a staging area published or rolled back while we read it
+        raise
+    marked.discard(ZERO_DIGEST)
+
+
+def _sweep_chunk_dir_entry(repo: Repository, path: Path, report: GcReport) -> None:
+    name = path.name
+    if name.startswith(TMP_PREFIX):
+        _remove_stray(path, report)
+    elif name.endswith(BAD_SUFFIX):
+        digest = name.removesuffix(BAD_SUFFIX)
+        stored_again = repo.chunks.has(digest)
+        if stored_again or _raw(digest) not in report.marked:
+            report.bad_removed += _remove(path, report.dry_run)
+    elif _is_digest(name):
+        report.chunks += 1
+        if _raw(name) in report.marked:
+            report.referenced += 1
+        else:
+            _sweep_chunk(path, report)
+
+
+def _sweep_chunk(path: Path, report: GcReport) -> None:
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return
+    if st.st_mtime >= report.cutoff:
+        report.young += 1
+        return
+    if report.dry_run:
+        report.removed += 1
+        report.removed_bytes += st.st_size
+        return
+    doomed = temp_name(path)
+    try:
+        os.rename(path, doomed)
+    except FileNotFoundError:
+        return
+    st = doomed.stat()
+    if st.st_mtime >= report.cutoff:
+        _put_back(doomed, path)  # a backup reused it between our stat and the rename
+        report.young += 1
+        return
+    doomed.unlink()
+    report.removed += 1
+    report.removed_bytes += st.st_size
+
+
+def _put_back(doomed: Path, path: Path) -> None:
+    with contextlib.suppress(FileExistsError):  # a backup stored the chunk again meanwhile
+        os.link(doomed, path)
+    doomed.unlink()
+
+
+def _remove_stray(path: Path, report: GcReport) -> None:
+    try:
+        old = path.stat().st_mtime < report.cutoff
+    except FileNotFoundError:
+        return
+    if old:
+        report.tmp_removed += _remove(path, report.dry_run)
+
+
+def _remove(path: Path, dry_run: bool) -> int:
+    if dry_run:
+        return 1
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        return 0
+    return 1
+
+
+def _is_digest(name: str) -> bool:
+    return len(name) == DIGEST_HEX and all(c in HEX for c in name)
+
+
+def _raw(digest: str) -> bytes:
+    return bytes.fromhex(digest) if _is_digest(digest) else b""
+
+
+def _subdirs(path: Path) -> list[Path]:
+    try:
+        return sorted(p for p in path.iterdir() if p.is_dir())
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+
+
+def _files(path: Path) -> list[Path]:
+    try:
+        return sorted(p for p in path.iterdir() if not p.is_dir())
+    except (FileNotFoundError, NotADirectoryError):
+        return []
