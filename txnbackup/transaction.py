@@ -25,7 +25,7 @@ from txnbackup.errors import DriveSizeChanged, InvalidInput, NotFound, Transacti
 from txnbackup.failpoints import failpoint
 from txnbackup.index import chunk_count, dirty_bytes
 from txnbackup.manifest import DriveEntry
-from txnbackup.names import check_backup_id, check_vmid, new_backup_id
+from txnbackup.names import check_backup_id, check_drive_name, check_vmid, new_backup_id
 from txnbackup.repository import Repository
 from txnbackup.snapshot import SnapshotId, format_time
 from txnbackup.staging import Staging, publish
@@ -76,7 +76,9 @@ class BackupPlan:
 def check_drives(drives: Sequence[Drive]) -> None:
     if not drives:
         raise InvalidInput("a backup needs at least one drive")
-    names = [d.name for d in drives]
+    # Drive.parse checks names too, but API callers may build a Drive directly; a name
+    # becomes a file name in the staging area and the snapshot.
+    names = [check_drive_name(d.name) for d in drives]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
         raise InvalidInput(f"duplicate drive name(s): {', '.join(duplicates)}")
