@@ -15,12 +15,13 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from tasks.producer import Producer
-from tests.fleet import SampleVM, env_for_workers, wait_for
+from tests.fleet import SampleVM, env_for_workers, sample_content, wait_for
 from tests.fleet_plugin import FLEET_ENV
 from tests.pipeline.test_backup import restores_identical
 from tests.unit.builders import CS, make_image, mixed_content, run_backup
@@ -38,6 +39,7 @@ from txnbackup.verify import failed_marker, failed_verification, verify_snapshot
 
 MIB = 1024 * 1024
 TXNBACKUP = str(Path(sys.executable).parent / "txnbackup")
+REPO_ROOT = Path(__file__).resolve().parents[2]
 SMALL_DISK = "12m"  # the tmpfs the repository lives on in the disk-full case
 HOUR = 3600
 
@@ -222,6 +224,93 @@ def test_a_drive_that_shrinks_mid_copy_fails_naming_drive_and_offset(
         f"drive size changed ({2 * MIB} -> {MIB} bytes)",
     )
     assert restores_identical(repo, after.snapshot, vm, tmp_path)
+
+
+@dataclass(frozen=True)
+class FailingDisk:
+    """A drive image (written to directly, as the guest would) and the read-only view of it
+    that the backup reads, which fails with EIO where ``fail`` says."""
+
+    image: Path
+    view: Path
+
+    def fail(self, offset: int, length: int) -> None:
+        self.image.with_name(f"{self.image.name}.fail").write_text(f"{offset} {length}")
+
+    def repair(self) -> None:
+        self.image.with_name(f"{self.image.name}.fail").unlink()
+
+
+@pytest.fixture
+def failing_disk(tmp_path: Path) -> Iterator[FailingDisk]:
+    """A 2 MiB image served through tests.faults.failing_drive (FUSE); skipped without FUSE."""
+    image = tmp_path / "disk" / "scsi0.raw"
+    image.parent.mkdir()
+    image.write_bytes(sample_content(2 * MIB, seed=8))
+    mountpoint = tmp_path / "mnt"
+    mountpoint.mkdir()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "tests.faults.failing_drive", str(image), str(mountpoint)],
+        cwd=REPO_ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    view = mountpoint / image.name
+    deadline = time.monotonic() + 20
+    while not view.exists():
+        if server.poll() is not None or time.monotonic() > deadline:
+            server.kill()
+            _, err = server.communicate()
+            reason = f"cannot serve a failing drive over FUSE: {err.strip()[-300:]}"
+            print(reason)
+            pytest.skip(reason)
+        time.sleep(0.05)
+    try:
+        yield FailingDisk(image, view)
+    finally:
+        subprocess.run(["fusermount", "-u", str(mountpoint)], check=False)
+        try:
+            server.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+
+
+def test_a_drive_whose_disk_fails_mid_copy_names_drive_and_offset(
+    producer: Producer, vm: SampleVM, pipeline_repo: Repository, failing_disk: FailingDisk
+) -> None:
+    # Given a committed backup of a drive, then guest writes to chunks 10 and 20
+    repo, disk = pipeline_repo, failing_disk
+    vm.drives.append(Drive("scsi0", str(disk.view)))
+    base = backup(producer, vm, repo)
+    assert base.status == "done", base.errmsg
+    for chunk_no in (10, 20):
+        with open(disk.image, "r+b") as fh:
+            fh.seek(chunk_no * CS)
+            fh.write(b"changed")
+        vm.tracker.mark_dirty(vm.vmid, "scsi0", chunk_no * CS, 7)
+
+    # When the drive's disk fails reading chunk 20 during the next backup
+    disk.fail(20 * CS + 4096, 4096)
+    failed = settled(producer, producer.submit(vm.vmid, vm.drives, repository=repo.path))
+
+    # Then the backup fails naming the drive, the chunk's byte offset and the I/O error
+    assert failed.status == "error"
+    assert failed.errmsg == f"drive scsi0: read failed at offset {20 * CS}: Input/output error"
+    # And it was rolled back once, keeping both writes relative to the old snapshot
+    assert_rolled_back_once(producer, vm, repo, failed, base.snapshot)
+    assert producer.rt.bitmaps.dirty_chunks(vm.vmid, "scsi0") >= {10, 20}
+    meta = producer.rt.bitmaps.meta(vm.vmid, "scsi0")
+    assert meta is not None and meta.base == base.snapshot
+    # And once the disk reads again, the next backup copies both and restores byte-identical
+    disk.repair()
+    after = backup(producer, vm, repo)
+    assert after.status == "done", after.errmsg
+    assert (after.drives[0].action, after.drives[0].dirty) == ("used", 2 * CS)
+    out = disk.image.with_name("restored.raw")
+    restore_drive(repo, SnapshotId.parse(after.snapshot), "scsi0", out)
+    assert out.read_bytes() == disk.image.read_bytes()
 
 
 def damage(repo: Repository, digest: str) -> None:
