@@ -7,7 +7,17 @@ from kombu import Exchange, Queue
 
 from tasks.queues import CONTROL_QUEUE, node_queue
 from txnbackup.drive import DEFAULT_NODE
+from txnbackup.redisconn import COMMAND_TIMEOUT, CONNECT_TIMEOUT, OUTAGE_RIDE_OUT
 from txnbackup.settings import Settings
+
+# Sending a task (the next drive of a chain, a rollback, a submit) retries for about 7 s.
+PUBLISH_RETRY_POLICY = {
+    "max_retries": 6,
+    "interval_start": 0,
+    "interval_step": 0.5,
+    "interval_max": 2,
+}
+BACKEND_RETRIES = OUTAGE_RIDE_OUT  # about one a second once backed off
 
 
 def make_app(settings: Settings) -> Celery:
@@ -36,6 +46,22 @@ def make_app(settings: Settings) -> Celery:
         broker_transport_options=_transport_options(settings),
         result_backend_transport_options=_transport_options(settings),
         broker_connection_retry_on_startup=True,
+        # A worker rides out any broker outage (docs/brokers.md); its consumer survives
+        # losing the connection while a late-acked task runs (workers/consumer.py).
+        broker_connection_max_retries=None,
+        worker_consumer="workers.consumer:Consumer",
+        # A running drive goes on when the broker connection drops (its redelivered message
+        # is ignored); cancelling it, Celery 6's default, would cancel the whole backup.
+        worker_cancel_long_running_tasks_on_connection_loss=False,
+        task_publish_retry_policy=PUBLISH_RETRY_POLICY,
+        # Storing a result or counting a chord part waits out a Redis restart.
+        result_backend_always_retry=True,
+        result_backend_max_retries=BACKEND_RETRIES,
+        result_backend_max_sleep_between_retries_ms=1000,
+        redis_socket_connect_timeout=CONNECT_TIMEOUT,
+        redis_socket_timeout=COMMAND_TIMEOUT,
+        redis_retry_on_timeout=True,
+        redis_backend_health_check_interval=30,
         # The rollback errback goes on every header task too (the future Celery default).
         task_allow_error_cb_on_chord_header=True,
         worker_hijack_root_logger=True,

@@ -19,7 +19,7 @@ from txnbackup.errors import Cancelled
 from txnbackup.failpoints import failpoint
 from txnbackup.lease import Heartbeat
 from txnbackup.manifest import DriveEntry
-from txnbackup.record import BackupRecords, DriveState, LeaseRole
+from txnbackup.record import BackupRecords, DriveState, LeaseRole, drive_fields
 from txnbackup.stats import DriveStats
 from txnbackup.transaction import BackupPlan
 
@@ -108,10 +108,16 @@ def _check_may_start(records: BackupRecords, backup: str, drive: str) -> None:
     reason = records.stop_reason(backup)
     if reason is not None:
         raise Cancelled(reason)
-    running = records.raw(backup).get("running")
-    if running == drive and records.lease_holder(backup, LeaseRole.COPY):
+    raw = records.raw(backup)
+    if raw.get("running") == drive and records.lease_holder(backup, LeaseRole.COPY):
         # A redelivered copy while the first delivery still runs: it must not go on the chain.
         log.warning("backup %s drive %s: duplicate delivery ignored", backup, drive)
+        raise Ignore()
+    if drive_fields(raw, drive).get("state") == DriveState.DONE:
+        # Redelivered after the first delivery copied it (and went on along the chain).
+        log.warning(
+            "backup %s drive %s: delivered again after it was copied; ignored", backup, drive
+        )
         raise Ignore()
 
 

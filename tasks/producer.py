@@ -26,7 +26,7 @@ from txnbackup.names import (
     check_vmid,
     new_backup_id,
 )
-from txnbackup.redisconn import redacted
+from txnbackup.redisconn import redacted, unavailable_as_error
 from txnbackup.repository import Repository
 from txnbackup.settings import Settings
 from txnbackup.status import BackupStatus, from_record
@@ -53,7 +53,23 @@ class Producer:
         speed_limit: int | None = None,
         config: Mapping[str, Path] | None = None,
     ) -> str:
-        """Validate, lock the VM, freeze its bitmaps, dispatch; return the backup uuid."""
+        """Validate, lock the VM, freeze its bitmaps, dispatch; return the backup uuid.
+
+        ServiceUnavailable when Redis stops answering for longer than a client rides out;
+        what the submit had done by then expires (the lock) or the reaper returns (bits).
+        """
+        with unavailable_as_error(self.rt.settings.redis_url):
+            return self._submit(vmid, drives, repository, full, speed_limit, config)
+
+    def _submit(
+        self,
+        vmid: str,
+        drives: Sequence[Drive],
+        repository: Path | None,
+        full: bool,
+        speed_limit: int | None,
+        config: Mapping[str, Path] | None,
+    ) -> str:
         check_vmid(vmid)
         transaction.check_drives(drives)
         for d in drives:
