@@ -54,13 +54,20 @@ def digest_of(data: bytes | memoryview) -> str:
 
 def encode(data: bytes | memoryview) -> bytes:
     """Compress with zstd, or store raw when compression does not pay (random data)."""
+    return b"".join(encode_parts(data))
+
+
+def encode_parts(data: bytes | memoryview) -> tuple[bytes, bytes | memoryview]:
+    """``encode`` as (header, payload), which a writer can write without joining them:
+    the raw payload is ``data`` itself, not a copy."""
     compressed = _compressor().compress(data)
+    payload: bytes | memoryview
     if len(compressed) < len(data) - len(data) // 64:
         method, payload = Compression.ZSTD, compressed
     else:
-        method, payload = Compression.RAW, bytes(data)
+        method, payload = Compression.RAW, data
     header = HEADER.pack(MAGIC, CODEC_VERSION, method, 0, len(data), zlib.crc32(payload))
-    return header + payload
+    return header, payload
 
 
 def decode(blob: bytes, digest: str) -> bytes:

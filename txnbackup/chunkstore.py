@@ -37,7 +37,7 @@ class ChunkBackend(Protocol):
 
     def reuse(self, digest: str) -> bool: ...
 
-    def put(self, digest: str, encoded: bytes) -> bool: ...
+    def put(self, digest: str, *encoded: bytes | memoryview) -> bool: ...
 
     def get(self, digest: str) -> bytes: ...
 
@@ -72,8 +72,9 @@ class ChunkStore:
             return path.exists()
         return True
 
-    def put(self, digest: str, encoded: bytes) -> bool:
-        """Store an encoded chunk; return False when the digest was already stored."""
+    def put(self, digest: str, *encoded: bytes | memoryview) -> bool:
+        """Store an encoded chunk, given whole or in parts (chunk.encode_parts); return False
+        when the digest was already stored."""
         path = self.path_for(digest)
         if self.reuse(digest):
             return False
@@ -83,10 +84,7 @@ class ChunkStore:
             raise write_error(path.parent, exc) from exc
         tmp = temp_name(path)
         try:
-            with open(tmp, "xb") as fh:
-                fh.write(encoded)
-                fh.flush()
-                os.fsync(fh.fileno())
+            _write_synced(tmp, encoded)
             if not _link_new(tmp, path):
                 return False
         except OSError as exc:
@@ -142,6 +140,30 @@ class ChunkStore:
         _link_new(bad, path)
         bad.unlink(missing_ok=True)
         return False
+
+
+def _write_synced(path: Path, parts: tuple[bytes | memoryview, ...]) -> None:
+    """Create ``path`` holding the parts one after another, and fsync it."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+    try:
+        left = sum(len(p) for p in parts)
+        views = [memoryview(p) for p in parts]
+        while left:
+            written = os.writev(fd, views)
+            left -= written
+            views = _advance(views, written)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _advance(views: list[memoryview], written: int) -> list[memoryview]:
+    """What is left of ``views`` after a short write of ``written`` bytes."""
+    while views and written >= len(views[0]):
+        written -= len(views.pop(0))
+    if views:
+        views[0] = views[0][written:]
+    return views
 
 
 def _link_new(tmp: Path, path: Path) -> bool:

@@ -44,6 +44,11 @@ class DriveReader(Protocol):
 
     def read(self, offset: int, length: int) -> bytes: ...
 
+    def next_data(self, offset: int) -> int:
+        """The first offset at or after ``offset`` that may hold data (the bytes between read
+        as zeros); ``offset`` itself when the drive cannot tell."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -100,6 +105,15 @@ class FileDrive:
         if now < self._size:
             return f"drive shrank from {self._size} to {now} bytes during the backup"
         return f"short read ({got} of {wanted} bytes)"
+
+    def next_data(self, offset: int) -> int:
+        try:
+            return os.lseek(self._fd, offset, os.SEEK_DATA)
+        except OSError as exc:
+            if exc.errno != errno.ENXIO:
+                return offset  # no SEEK_DATA here: everything may be data
+        # No data after offset: a hole up to the end of the file, which may have shrunk since.
+        return os.fstat(self._fd).st_size
 
     def close(self) -> None:
         os.close(self._fd)

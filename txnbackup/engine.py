@@ -1,8 +1,11 @@
 """The copy engine: one drive of one backup into the staging area.
 
-The calling thread reads chunks in order and keeps the index in order; hashing, compressing
-and storing (which release the GIL) run on a small thread pool. At most ``2 * workers`` chunks
-are in flight, so memory stays flat whatever the drive size.
+Reading, hashing, compressing and storing overlap. The calling thread walks the plan in drive
+order and keeps the index in that order; a thread pool (pread, hashlib, zstd, zlib and fsync
+all release the GIL) reads each span of consecutive chunks with one large read and hashes,
+compresses and stores its chunks. At most ``INFLIGHT_BYTES`` of spans are in flight, so memory
+stays flat whatever the drive size. Chunks lying in a hole of a sparse image are zero chunks
+without being read.
 
 Garbage collection (txnbackup.gc) relies on one ordering here: a drive's index file is
 created in the staging directory before the drive's first chunk is stored or reused, and the
@@ -12,6 +15,7 @@ therefore never later than any chunk the running drive counts on but has not ind
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
@@ -19,7 +23,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 
@@ -39,6 +43,13 @@ log = logging.getLogger(__name__)
 CancelCheck = Callable[[], str | None]
 ProgressSink = Callable[[DriveStats], None]
 PROGRESS_INTERVAL = 0.5  # seconds between progress reports
+READ_SIZE = 4 * 1024 * 1024  # bytes: consecutive chunks smaller than this are read together
+INFLIGHT_BYTES = 32 * 1024 * 1024  # bytes of spans read but not yet in the index, at most
+
+
+def default_workers() -> int:
+    """The cores, plus two threads to keep them busy while others wait in pread or fsync."""
+    return min(8, (os.cpu_count() or 1) + 2)
 
 
 class Outcome(Enum):
@@ -62,43 +73,74 @@ class CopyJob:
     drive: str
     action: BitmapAction
     speed_limit: int | None = None  # bytes per second read from the drive
-    workers: int = max(1, min(4, os.cpu_count() or 1))
+    workers: int = default_workers()
+
+
+@functools.lru_cache(maxsize=4)
+def _zeros(length: int) -> bytes:
+    return bytes(length)
 
 
 def process_chunk(store: ChunkBackend, data: bytes) -> ChunkResult:
     """Zero check, hash, dedup check, compress and store one chunk."""
-    if data.count(0) == len(data):
+    # A comparison with zeros is a memcmp that stops at the first non-zero byte; counting
+    # zero bytes would scan every chunk at the speed of hashing it.
+    if data == _zeros(len(data)):
         return ChunkResult(ZERO_DIGEST, len(data), Outcome.ZERO)
     digest = hashlib.sha256(data).digest()
     if store.reuse(digest.hex()):
         return ChunkResult(digest, len(data), Outcome.REUSED)
-    encoded = chunk.encode(data)
-    if not store.put(digest.hex(), encoded):
+    header, payload = chunk.encode_parts(data)
+    if not store.put(digest.hex(), header, payload):
         return ChunkResult(digest, len(data), Outcome.REUSED)
-    return ChunkResult(digest, len(data), Outcome.STORED, len(encoded))
+    return ChunkResult(digest, len(data), Outcome.STORED, len(header) + len(payload))
+
+
+def store_span(
+    reader: DriveReader, store: ChunkBackend, offset: int, length: int, cs: int
+) -> list[ChunkResult]:
+    """Read ``[offset, offset + length)`` (whole chunks) at once and process each chunk."""
+    if reader.next_data(offset) >= offset + length:
+        return [ChunkResult(ZERO_DIGEST, n, Outcome.ZERO) for n in _pieces(length, cs)]
+    data = reader.read(offset, length)
+    if length <= cs:
+        return [process_chunk(store, data)]
+    return [process_chunk(store, data[i : i + cs]) for i in range(0, length, cs)]
+
+
+def _pieces(length: int, cs: int) -> Iterator[int]:
+    for start in range(0, length, cs):
+        yield min(cs, length - start)
 
 
 class _Tally:
+    """The drive's byte counters, reported at most every PROGRESS_INTERVAL."""
+
     def __init__(self, size: int, dirty: int, progress: ProgressSink) -> None:
-        self.stats = DriveStats(size=size, dirty=dirty)
+        self.size, self.dirty = size, dirty
+        self.transferred = self.zero_bytes = self.reused = self.stored = 0
         self._progress = progress
         self._last = 0.0
         self.reread = 0  # clean chunks read because the base's chunk file is gone
 
     def must_read(self, length: int) -> None:
         """A clean chunk has to be read after all: it is dirty for this backup."""
-        self.stats = replace(self.stats, dirty=self.stats.dirty + length)
+        self.dirty += length
         self.reread += 1
 
-    def add(self, result: ChunkResult) -> None:
-        s = self.stats
-        self.stats = replace(
-            s,
-            transferred=s.transferred + result.length,
-            zero_bytes=s.zero_bytes + (result.length if result.outcome is Outcome.ZERO else 0),
-            reused=s.reused + (result.length if result.outcome is Outcome.REUSED else 0),
-            stored=s.stored + result.stored,
+    @property
+    def stats(self) -> DriveStats:
+        return DriveStats(
+            self.size, self.dirty, self.transferred, self.zero_bytes, self.reused, self.stored
         )
+
+    def add(self, result: ChunkResult) -> None:
+        self.transferred += result.length
+        if result.outcome is Outcome.ZERO:
+            self.zero_bytes += result.length
+        elif result.outcome is Outcome.REUSED:
+            self.reused += result.length
+        self.stored += result.stored
         now = time.monotonic()
         if now - self._last >= PROGRESS_INTERVAL:
             self._last = now
@@ -114,10 +156,12 @@ class _Throttle:
         self.start = time.monotonic()
         self.done = 0
 
-    def consume(self, nbytes: int) -> None:
+    def consume(self, nbytes: int, before_waiting: Callable[[], None]) -> None:
         self.done += nbytes
         if not self.limit:
             return
+        if self.start + self.done / self.limit > time.monotonic():
+            before_waiting()
         while (wait := self.start + self.done / self.limit - time.monotonic()) > 0:
             self.cancel()
             time.sleep(min(wait, 0.1))
@@ -153,19 +197,29 @@ def copy_drive(
         if reason is not None:
             raise Cancelled(reason)
 
-    plan = _plan(size, cs, incremental)
-    throttle = _Throttle(job.speed_limit, check)
     with (
         IndexWriter(staging.index_path(job.drive), size, cs) as index,
         ThreadPoolExecutor(job.workers, thread_name_prefix=f"copy-{job.drive}") as pool,
     ):
+        pipeline = _Pipeline(reader, repo.chunks, pool, cs, index, tally)
         try:
-            _pipeline(
-                plan, reader, repo.chunks, pool, job.workers * 2, index, tally, check, throttle
-            )
+            throttle = _Throttle(job.speed_limit, check)
+            for offset, length, base_digest in _plan(size, cs, incremental):
+                if base_digest is not None and _stored(repo.chunks, base_digest):
+                    pipeline.reuse(base_digest)
+                else:
+                    if base_digest is not None:
+                        tally.must_read(length)
+                    check()
+                    # What is gathered is read now, not after the wait: a limited copy reads
+                    # at the limit chunk by chunk rather than in bursts of READ_SIZE.
+                    throttle.consume(length, before_waiting=pipeline.submit_span)
+                    pipeline.read(offset, length)
+            pipeline.finish()
         except BaseException:
             pool.shutdown(wait=True, cancel_futures=True)
             raise
+        # Every chunk the index names must be durable before the index is.
         repo.chunks.flush()
         info = index.finish()
     if tally.reread:
@@ -201,51 +255,70 @@ def _plan(
             yield i * cs, min(cs, size - i * cs), None if bit else digest
 
 
-def _pipeline(
-    plan: Iterator[tuple[int, int, bytes | None]],
-    reader: DriveReader,
-    store: ChunkBackend,
-    pool: ThreadPoolExecutor,
-    max_inflight: int,
-    index: IndexWriter,
-    tally: _Tally,
-    check: Callable[[], None],
-    throttle: _Throttle,
-) -> None:
-    pending: deque[Future[ChunkResult] | bytes] = deque()
-    for offset, length, base_digest in plan:
-        if base_digest is not None and _stored(store, base_digest):
-            pending.append(base_digest)
-        else:
-            if base_digest is not None:
-                tally.must_read(length)
-            check()
-            data = reader.read(offset, length)
-            pending.append(pool.submit(process_chunk, store, data))
-            throttle.consume(length)
-        _retire(pending, index, tally, keep=max_inflight)
-    _retire(pending, index, tally, keep=0)
-
-
 def _stored(store: ChunkBackend, digest: bytes) -> bool:
     """A clean chunk's digest is taken from the base only while its chunk file is there:
     a chunk verify moved aside (or a lost one) is never silently referred to again."""
     return digest == ZERO_DIGEST or store.has(digest.hex())
 
 
-def _retire(
-    pending: deque[Future[ChunkResult] | bytes], index: IndexWriter, tally: _Tally, keep: int
-) -> None:
-    """Append finished heads to the index in order; block while more than ``keep`` wait."""
-    while pending and (len(pending) > keep or _ready(pending[0])):
-        head = pending.popleft()
-        if isinstance(head, bytes):
-            index.append(head)
-        else:
-            result = head.result()
-            index.append(result.digest)
-            tally.add(result)
+class _Pipeline:
+    """Puts chunks into the index in drive order while the pool works ahead.
+
+    Consecutive chunks to read are gathered into one span (one read of up to READ_SIZE);
+    digests reused from the base index wait in line behind the spans before them.
+    """
+
+    def __init__(
+        self,
+        reader: DriveReader,
+        store: ChunkBackend,
+        pool: ThreadPoolExecutor,
+        cs: int,
+        index: IndexWriter,
+        tally: _Tally,
+    ) -> None:
+        self.reader, self.store, self.pool, self.cs = reader, store, pool, cs
+        self.index, self.tally = index, tally
+        self.max_inflight = max(2, INFLIGHT_BYTES // max(cs, READ_SIZE))
+        self.pending: deque[Future[list[ChunkResult]] | bytes] = deque()
+        self.span_start = self.span_end = 0
+
+    def reuse(self, digest: bytes) -> None:
+        self.submit_span()
+        self.pending.append(digest)
+        self._retire(keep=self.max_inflight)
+
+    def read(self, offset: int, length: int) -> None:
+        if offset != self.span_end or self.span_end - self.span_start + length > READ_SIZE:
+            self.submit_span()
+            self.span_start = offset
+        self.span_end = offset + length
+
+    def finish(self) -> None:
+        self.submit_span()
+        self._retire(keep=0)
+
+    def submit_span(self) -> None:
+        if self.span_end == self.span_start:
+            return
+        length = self.span_end - self.span_start
+        args = (self.reader, self.store, self.span_start, length, self.cs)
+        self.pending.append(self.pool.submit(store_span, *args))
+        self.span_start = self.span_end
+        self._retire(keep=self.max_inflight)
+
+    def _retire(self, keep: int) -> None:
+        """Append finished heads to the index; block while more than ``keep`` wait."""
+        pending = self.pending
+        while pending and (len(pending) > keep or _ready(pending[0])):
+            head = pending.popleft()
+            if isinstance(head, bytes):
+                self.index.append(head)
+                continue
+            for result in head.result():
+                self.index.append(result.digest)
+                self.tally.add(result)
 
 
-def _ready(item: Future[ChunkResult] | bytes) -> bool:
+def _ready(item: Future[list[ChunkResult]] | bytes) -> bool:
     return isinstance(item, bytes) or item.done()
