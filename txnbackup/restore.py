@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import os
 import stat
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 from txnbackup.constants import ZERO_DIGEST
+from txnbackup.engine import default_workers
 from txnbackup.errors import (
     CorruptChunk,
     IntegrityError,
@@ -20,6 +23,8 @@ from txnbackup.index import IndexReader, file_sha256
 from txnbackup.manifest import DriveEntry
 from txnbackup.repository import Repository
 from txnbackup.snapshot import SnapshotId
+
+RESTORE_INFLIGHT = 8  # chunks fetched or being written at once (memory: twice as many chunks)
 
 
 @dataclass(frozen=True)
@@ -100,22 +105,41 @@ def _restore_to_device(
 def _write_chunks(
     repo: Repository, entry: DriveEntry, index: Path, fd: int, *, holes: bool
 ) -> RestoreResult:
+    """Fetch, check and write every chunk, on a thread pool (reading, decompressing, hashing
+    and pwrite release the GIL); at most RESTORE_INFLIGHT chunks are held at once."""
     zero_chunks = 0
-    with IndexReader(index) as reader:
-        for i, digest in enumerate(reader):
-            offset = i * entry.chunk_size
-            length = min(entry.chunk_size, entry.size - offset)
-            if digest == ZERO_DIGEST:
-                zero_chunks += 1
-                if not holes:
-                    os.pwrite(fd, bytes(length), offset)
-                continue
-            try:
-                data = repo.chunks.get(digest.hex())
-            except CorruptChunk as exc:
-                where = f"(drive {entry.name}, offset {offset})"
-                raise CorruptChunk(exc.args[0], f"{exc.args[1]} {where}") from None
-            if len(data) != length:
-                raise CorruptChunk(digest.hex(), f"length {len(data)}, expected {length}")
-            os.pwrite(fd, data, offset)
+    with IndexReader(index) as reader, ThreadPoolExecutor(default_workers()) as pool:
+        pending: deque[Future[None]] = deque()
+        try:
+            for i, digest in enumerate(reader):
+                offset = i * entry.chunk_size
+                length = min(entry.chunk_size, entry.size - offset)
+                if digest == ZERO_DIGEST:
+                    zero_chunks += 1
+                    if holes:
+                        continue
+                args = (repo, entry.name, digest, offset, length, fd)
+                pending.append(pool.submit(_write_chunk, *args))
+                while len(pending) > RESTORE_INFLIGHT or (pending and pending[0].done()):
+                    pending.popleft().result()
+            while pending:
+                pending.popleft().result()
+        except BaseException:
+            pool.shutdown(wait=True, cancel_futures=True)  # no write after the fd is closed
+            raise
         return RestoreResult(entry.size, reader.count, zero_chunks)
+
+
+def _write_chunk(
+    repo: Repository, drive: str, digest: bytes, offset: int, length: int, fd: int
+) -> None:
+    if digest == ZERO_DIGEST:
+        os.pwrite(fd, bytes(length), offset)
+        return
+    try:
+        data = repo.chunks.get(digest.hex())
+    except CorruptChunk as exc:
+        raise CorruptChunk(exc.args[0], f"{exc.args[1]} (drive {drive}, offset {offset})") from None
+    if len(data) != length:
+        raise CorruptChunk(digest.hex(), f"length {len(data)}, expected {length}")
+    os.pwrite(fd, data, offset)
