@@ -167,7 +167,7 @@ def assert_settles_completely(run: SlowBackup, tmp: Path) -> str:
     after = producer.wait(producer.submit(run.vm.vmid, run.vm.drives, repository=run.repo.path))
     assert after.status == "done", after.errmsg
     assert_restores(run.repo, after.snapshot, run.vm, tmp)
-    return status.status
+    return f"{status.status} {status.errmsg}".strip()
 
 
 def redis_fleet(make_fleet: Callable[[dict[str, str]], Fleet], redis: PrivateRedis) -> Fleet:
