@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import stat
 from collections import deque
@@ -25,6 +26,7 @@ from txnbackup.repository import Repository
 from txnbackup.snapshot import SnapshotId
 
 RESTORE_INFLIGHT = 8  # chunks fetched or being written at once (memory: twice as many chunks)
+HOLE_BLOCK = 64 * 1024  # bytes: an aligned all-zero block this large is left a hole in a file
 
 
 @dataclass(frozen=True)
@@ -118,7 +120,7 @@ def _write_chunks(
                     zero_chunks += 1
                     if holes:
                         continue
-                args = (repo, entry.name, digest, offset, length, fd)
+                args = (repo, entry.name, digest, offset, length, fd, holes)
                 pending.append(pool.submit(_write_chunk, *args))
                 while len(pending) > RESTORE_INFLIGHT or (pending and pending[0].done()):
                     pending.popleft().result()
@@ -131,15 +133,40 @@ def _write_chunks(
 
 
 def _write_chunk(
-    repo: Repository, drive: str, digest: bytes, offset: int, length: int, fd: int
+    repo: Repository, drive: str, digest: bytes, offset: int, length: int, fd: int, holes: bool
 ) -> None:
     if digest == ZERO_DIGEST:
-        os.pwrite(fd, bytes(length), offset)
-        return
-    try:
-        data = repo.chunks.get(digest.hex())
-    except CorruptChunk as exc:
-        raise CorruptChunk(exc.args[0], f"{exc.args[1]} (drive {drive}, offset {offset})") from None
-    if len(data) != length:
-        raise CorruptChunk(digest.hex(), f"length {len(data)}, expected {length}")
-    os.pwrite(fd, data, offset)
+        data = _zeros(length)
+    else:
+        try:
+            data = repo.chunks.get(digest.hex())
+        except CorruptChunk as exc:
+            where = f"(drive {drive}, offset {offset})"
+            raise CorruptChunk(exc.args[0], f"{exc.args[1]} {where}") from None
+        if len(data) != length:
+            raise CorruptChunk(digest.hex(), f"length {len(data)}, expected {length}")
+    for start, end in _data_runs(data) if holes else [(0, length)]:
+        os.pwrite(fd, memoryview(data)[start:end], offset + start)
+    # Start writing back now, so that the final fsync does not wait for the whole drive.
+    os.posix_fadvise(fd, offset, length, os.POSIX_FADV_DONTNEED)
+
+
+def _data_runs(data: bytes) -> list[tuple[int, int]]:
+    """The [start, end) runs of ``data`` to write to a new file: all but its all-zero
+    HOLE_BLOCKs, which stay holes (a new file reads zeros there)."""
+    runs: list[tuple[int, int]] = []
+    zeros = _zeros(HOLE_BLOCK)
+    for start in range(0, len(data), HOLE_BLOCK):
+        end = min(start + HOLE_BLOCK, len(data))
+        if end - start == HOLE_BLOCK and data.startswith(zeros, start):
+            continue
+        if runs and runs[-1][1] == start:
+            runs[-1] = (runs[-1][0], end)
+        else:
+            runs.append((start, end))
+    return runs
+
+
+@functools.lru_cache(maxsize=4)
+def _zeros(length: int) -> bytes:
+    return bytes(length)
