@@ -1,0 +1,117 @@
+"""Orchestration overhead: tiny backups against the bare canvas they are built on.
+
+A tiny VM has three drives of one chunk each. Its backup is timed from submit to ``done``;
+the baseline is ``chord([chain(noop, noop, noop)], noop)`` routed like a backup's canvas
+(the chain on the node's queue, the callback on the control queue), on the same broker and
+worker, timed from ``apply_async`` to the callback's result. Both are polled at the same rate.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+from celery import Celery, chain, chord
+from celery.result import AsyncResult
+
+from bench.fleet import NODE, Fleet
+from bench.measure import Samples, timed
+from bench.noop import NOOP
+from bench.tools import BACKUP_TIMEOUT, POLL, BenchError, run_backup
+from tasks.queues import CONTROL_QUEUE, node_queue
+from txnbackup.drive import Drive
+from txnbackup.repository import Repository
+
+TINY = 64 * 1024  # bytes per drive: one chunk
+DRIVES = ("scsi0", "scsi1", "scsi2")
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Overhead:
+    backup_latency: Samples
+    canvas_latency: Samples
+    vms: int
+    backups_per_second: float
+    canvases_per_second: float
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "backup_latency": self.backup_latency.to_dict(),
+            "canvas_latency": self.canvas_latency.to_dict(),
+            "latency_ratio": self.backup_latency.median / self.canvas_latency.median,
+            "vms": self.vms,
+            "backups_per_second": self.backups_per_second,
+            "canvases_per_second": self.canvases_per_second,
+            "throughput_share": self.backups_per_second / self.canvases_per_second,
+        }
+
+
+def measure_overhead(fleet: Fleet, workdir: Path, samples: int, vms: int) -> Overhead:
+    root = workdir / "tiny"
+    root.mkdir()
+    backup, canvas = Samples("s"), Samples("s")
+    repo = root / "repo"
+    Repository.init(repo)
+    drives = _tiny_vm(root, "tiny")
+    for _ in range(samples):
+        _guest_writes(fleet, "tiny", drives)  # so that each backup copies three chunks
+        backup.add(timed(lambda: run_backup(fleet, "tiny", drives, repo)))
+        canvas.add(timed(lambda: _wait_all([_send_canvas(fleet.producer.app)])))
+    many = root / "many"
+    Repository.init(many)
+    fleet_vms = [(f"tiny{i}", _tiny_vm(root, f"tiny{i}")) for i in range(vms)]
+    backups = timed(lambda: _backups_at_once(fleet, fleet_vms, many))
+    canvases = timed(lambda: _wait_all([_send_canvas(fleet.producer.app) for _ in range(vms)]))
+    return Overhead(backup, canvas, vms, vms / backups, vms / canvases)
+
+
+def _tiny_vm(root: Path, vmid: str) -> list[Drive]:
+    drives = []
+    for name in DRIVES:
+        path = root / f"{vmid}-{name}.raw"
+        path.write_bytes(os.urandom(TINY))
+        drives.append(Drive(name, str(path), NODE))
+    return drives
+
+
+def _guest_writes(fleet: Fleet, vmid: str, drives: Sequence[Drive]) -> None:
+    for d in drives:
+        Path(d.path).write_bytes(os.urandom(TINY))
+        fleet.tracker.mark_dirty(vmid, d.name, 0, TINY)
+
+
+def _backups_at_once(fleet: Fleet, vms: Sequence[tuple[str, list[Drive]]], repo: Path) -> None:
+    producer = fleet.producer
+    backups = [producer.submit(vmid, drives, repository=repo) for vmid, drives in vms]
+    _poll_until(backups, lambda b: not producer.status(b).active, "tiny backups")
+    failed = [s for s in map(producer.status, backups) if s.status != "done"]
+    if failed:
+        raise BenchError(f"{len(failed)} tiny backup(s) failed, e.g. {failed[0].errmsg}")
+
+
+def _send_canvas(app: Celery) -> AsyncResult:  # type: ignore[type-arg]
+    links = [app.signature(NOOP, immutable=True).set(queue=node_queue(NODE)) for _ in DRIVES]
+    callback = app.signature(NOOP, immutable=True).set(queue=CONTROL_QUEUE)
+    result: AsyncResult = chord([chain(*links, app=app)], callback, app=app).apply_async()  # type: ignore[type-arg]
+    return result
+
+
+def _wait_all(results: list[AsyncResult]) -> None:  # type: ignore[type-arg]
+    _poll_until(results, lambda r: r.ready(), "bare canvases")
+    for r in results:
+        r.forget()
+
+
+def _poll_until(items: Sequence[T], finished: Callable[[T], bool], what: str) -> None:
+    """Look at every unfinished item each POLL seconds until all are finished."""
+    left = list(items)
+    deadline = time.monotonic() + BACKUP_TIMEOUT
+    while left := [item for item in left if not finished(item)]:
+        if time.monotonic() > deadline:
+            raise BenchError(f"{what} did not finish in {BACKUP_TIMEOUT:.0f} s")
+        time.sleep(POLL)

@@ -1,0 +1,173 @@
+"""The three tools under test, behind one small interface: init, backup, restore.
+
+txnbackup runs through its real pipeline (producer, Redis, a worker process, commit); restic
+and borg run as the Debian packages' commands with their defaults, borg without encryption
+(restic cannot be told not to encrypt).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from bench.fleet import NODE, Fleet
+from cli.demo.services import worker_program
+from txnbackup.drive import Drive
+from txnbackup.repository import Repository
+
+BACKUP_TIMEOUT = 3600.0  # seconds a single backup may take before the benchmark gives up
+POLL = 0.005  # seconds between looks at a backup's status (the submit->done resolution)
+
+
+class BenchError(Exception):
+    """A measured operation did not do what it should; the benchmark stops."""
+
+
+class Tool(Protocol):
+    name: str
+    note: str
+
+    def init(self, repo: Path) -> None: ...
+
+    def backup(self, repo: Path) -> None: ...
+
+    def restore(self, repo: Path, into: Path) -> Path:
+        """Restore the latest backup of the image below ``into``; return the restored file."""
+        ...
+
+
+@dataclass
+class Txnbackup:
+    fleet: Fleet
+    image: Path
+    vmid: str
+    name: str = "txnbackup"
+    note: str = "producer -> Redis -> worker -> commit; fixed 4 MiB chunks, zstd-1, no encryption"
+    snapshot: str = ""
+
+    def init(self, repo: Path) -> None:
+        Repository.init(repo)
+
+    def backup(self, repo: Path) -> None:
+        self.snapshot = run_backup(
+            self.fleet, self.vmid, [Drive("scsi0", str(self.image), NODE)], repo
+        )
+
+    def restore(self, repo: Path, into: Path) -> Path:
+        target = into / self.image.name
+        run(
+            [
+                str(worker_program()),
+                "restore",
+                "--repo",
+                str(repo),
+                self.snapshot,
+                "scsi0",
+                str(target),
+            ]
+        )
+        return target
+
+
+def run_backup(fleet: Fleet, vmid: str, drives: list[Drive], repo: Path) -> str:
+    """Submit a backup and wait for its end; return its snapshot id."""
+    backup = fleet.producer.submit(vmid, drives, repository=repo)
+    status = fleet.producer.wait(backup, timeout=BACKUP_TIMEOUT, interval=POLL)
+    if status.status != "done":
+        raise BenchError(f"txnbackup backup {backup} ended {status.status}: {status.errmsg}")
+    return status.snapshot
+
+
+@dataclass
+class Restic:
+    image: Path
+    cache: Path
+    name: str = "restic"
+    note: str = (
+        "defaults: content-defined chunks, AES-256 encryption (always on), repo format 'stable'"
+    )
+    env: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.env = {**os.environ, "RESTIC_PASSWORD": "bench", "RESTIC_CACHE_DIR": str(self.cache)}
+
+    def init(self, repo: Path) -> None:
+        run(["restic", "-r", str(repo), "init", "-q"], self.env)
+
+    def backup(self, repo: Path) -> None:
+        run(["restic", "-r", str(repo), "backup", "-q", str(self.image)], self.env)
+
+    def restore(self, repo: Path, into: Path) -> Path:
+        run(["restic", "-r", str(repo), "restore", "latest", "-q", "--target", str(into)], self.env)
+        return into / self.image.relative_to("/")
+
+
+@dataclass
+class Borg:
+    image: Path
+    base: Path
+    name: str = "borg"
+    note: str = "defaults (buzhash chunks, lz4) with --encryption none"
+    env: dict[str, str] = field(default_factory=dict)
+    archives: int = 0
+
+    def __post_init__(self) -> None:
+        self.env = {
+            **os.environ,
+            "BORG_BASE_DIR": str(self.base),
+            "BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK": "yes",
+            "BORG_RELOCATED_REPO_ACCESS_IS_OK": "yes",
+        }
+
+    def init(self, repo: Path) -> None:
+        run(["borg", "init", "--encryption", "none", str(repo)], self.env)
+
+    def backup(self, repo: Path) -> None:
+        self.archives += 1
+        run(["borg", "create", f"{repo}::b{self.archives}", str(self.image)], self.env)
+
+    def restore(self, repo: Path, into: Path) -> Path:
+        run(["borg", "extract", f"{repo}::b{self.archives}"], self.env, cwd=into)
+        return into / self.image.relative_to("/")
+
+
+def run(argv: list[str], env: dict[str, str] | None = None, cwd: Path | None = None) -> None:
+    done = subprocess.run(argv, env=env, cwd=cwd, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise BenchError(f"{' '.join(argv)} exited {done.returncode}: {done.stderr.strip()}")
+
+
+def version(argv: list[str]) -> str:
+    done = subprocess.run(argv, capture_output=True, text=True, check=False)
+    return done.stdout.strip().splitlines()[0] if done.returncode == 0 and done.stdout else "?"
+
+
+def find_peers(install: bool) -> tuple[list[str], dict[str, str]]:
+    """restic and borg when present (installing the Debian packages if asked and possible);
+    the names found and, for each one missing, why it is skipped."""
+    wanted = {"restic": "restic", "borg": "borgbackup"}
+    missing = [cmd for cmd in wanted if shutil.which(cmd) is None]
+    if missing and install:
+        _apt_install([wanted[cmd] for cmd in missing])
+    found = [cmd for cmd in wanted if shutil.which(cmd)]
+    skipped = {
+        cmd: f"`{cmd}` not on PATH (Debian package {wanted[cmd]}; "
+        + ("apt-get install failed)" if install else "not installed: --no-install)")
+        for cmd in wanted
+        if cmd not in found
+    }
+    return found, skipped
+
+
+def _apt_install(packages: list[str]) -> None:
+    if os.geteuid() != 0 or shutil.which("apt-get") is None:
+        return
+    argv = ["apt-get", "install", "-y", "-q", *packages]
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    if subprocess.run(argv, env=env, capture_output=True, check=False).returncode != 0:
+        subprocess.run(["apt-get", "update", "-q"], env=env, capture_output=True, check=False)
+        subprocess.run(argv, env=env, capture_output=True, check=False)
