@@ -13,6 +13,9 @@ scripts/ensure-redis.sh
 "$VENV/bin/ruff" format --check .
 "$VENV/bin/mypy"
 "$VENV/bin/pytest" "$@"
+# The broker matrix: tests/pipeline again with RabbitMQ as broker (a vhost of its own);
+# prints "skipped: <reason>" and exits 0 where RabbitMQ cannot be started.
+scripts/test-rabbitmq.sh
 
 if [ -z "${SKIP_DEMO:-}" ]; then
     # Every step of the demo must come out as expected; its work directory is kept on failure.
