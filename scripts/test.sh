@@ -17,6 +17,11 @@ scripts/ensure-redis.sh
 # prints "skipped: <reason>" and exits 0 where RabbitMQ cannot be started.
 scripts/test-rabbitmq.sh
 
+# The benchmark on a tiny image without peers, so it never rots (numbers are not judged here).
+bench_out=$(mktemp -d "${TMPDIR:-/tmp}/txnbackup-bench-XXXXXX")
+"$VENV/bin/python" -m bench --quick --out "$bench_out"
+rm -rf "$bench_out"
+
 if [ -z "${SKIP_DEMO:-}" ]; then
     # Every step of the demo must come out as expected; its work directory is kept on failure.
     demo_dir=$(mktemp -d "${TMPDIR:-/tmp}/txnbackup-smoke-XXXXXX")

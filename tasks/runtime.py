@@ -6,7 +6,7 @@ Built once per process on first use (in a prefork pool, in each child after the 
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from redis import Redis
@@ -25,7 +25,6 @@ class Runtime:
     redis: Redis
     records: BackupRecords
     bitmaps: RedisBitmaps
-    _repos: dict[str, Repository] = field(default_factory=dict)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Runtime:
@@ -39,9 +38,9 @@ class Runtime:
         )
 
     def repository(self, path: str) -> Repository:
-        if path not in self._repos:
-            self._repos[path] = Repository.open(Path(path))
-        return self._repos[path]
+        """The repository at ``path`` as it is now (one small file read; never cached: a
+        repository deleted and created again at the same path has a new id and chunk size)."""
+        return Repository.open(Path(path))
 
 
 @functools.cache

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import threading
 from pathlib import Path
 
@@ -158,3 +159,30 @@ def test_bad_input_changes_nothing(
     assert not any((pipeline_repo.path / "staging").iterdir())
     recent = [producer.rt.records.raw(u) for u in producer.rt.records.recent(1000)]
     assert all(r["vmid"] != vm.vmid for r in recent)
+
+
+def test_repository_created_again_at_the_same_path_is_used_incrementally(
+    producer: Producer, vm: SampleVM, pipeline_repo: Repository, tmp_path: Path
+) -> None:
+    # Given a VM backed up into a repository that is then deleted and created again in place
+    vm.add_drive("scsi0", 2 * MIB, seed=7)
+    path = pipeline_repo.path
+    first = producer.wait(producer.submit(vm.vmid, vm.drives, repository=path), 60)
+    assert first.status == "done", first.errmsg
+    shutil.rmtree(path)
+    fresh = Repository.init(path, pipeline_repo.chunk_size)
+
+    # When it is backed up into the new repository
+    second = producer.wait(producer.submit(vm.vmid, vm.drives, repository=path), 60)
+
+    # Then the bitmap is not trusted (its base is in the old repository): a full read
+    assert second.status == "done", second.errmsg
+    assert [d.action for d in second.drives] == ["invalid"]
+
+    # And after a guest write the next backup reads only that chunk, relative to the new one
+    vm.write("scsi0", 70_000, b"y" * 100)
+    third = producer.wait(producer.submit(vm.vmid, vm.drives, repository=path), 60)
+    assert third.status == "done", third.errmsg
+    assert [d.action for d in third.drives] == ["used"]
+    assert [d.dirty for d in third.drives] == [64 * 1024]
+    assert restores_identical(fresh, third.snapshot, vm, tmp_path)
