@@ -3,7 +3,8 @@
 A tiny VM has three drives of one chunk each. Its backup is timed from submit to ``done``;
 the baseline is ``chord([chain(noop, noop, noop)], noop)`` routed like a backup's canvas
 (the chain on the node's queue, the callback on the control queue), on the same broker and
-worker, timed from ``apply_async`` to the callback's result. Both are polled at the same rate.
+worker, timed from ``apply_async`` to the callback's result. Both are polled at the same rate,
+with one Redis read per item and round (a backup's phase; a canvas's result).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from bench.noop import NOOP
 from bench.tools import BACKUP_TIMEOUT, POLL, BenchError, run_backup
 from tasks.queues import CONTROL_QUEUE, node_queue
 from txnbackup.drive import Drive
+from txnbackup.record import Phase
 from txnbackup.repository import Repository
 
 TINY = 64 * 1024  # bytes per drive: one chunk
@@ -88,10 +90,16 @@ def _guest_writes(fleet: Fleet, vmid: str, drives: Sequence[Drive]) -> None:
 def _backups_at_once(fleet: Fleet, vms: Sequence[tuple[str, list[Drive]]], repo: Path) -> None:
     producer = fleet.producer
     backups = [producer.submit(vmid, drives, repository=repo) for vmid, drives in vms]
-    _poll_until(backups, lambda b: not producer.status(b).active, "tiny backups")
+    # One Redis read per backup and round (its phase), as the canvases' poll is one per result.
+    records = producer.rt.records
+    _poll_until(backups, lambda b: _final(records.phase(b)), "tiny backups")
     failed = [s for s in map(producer.status, backups) if s.status != "done"]
     if failed:
         raise BenchError(f"{len(failed)} tiny backup(s) failed, e.g. {failed[0].errmsg}")
+
+
+def _final(phase: Phase | None) -> bool:
+    return phase is None or phase.final
 
 
 def _send_canvas(app: Celery) -> AsyncResult:  # type: ignore[type-arg]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from typing import Any
@@ -53,14 +54,14 @@ class Progress:
     tasks.events as Flower progress events, vzdump-style log lines and, at the end, metrics.
     """
 
-    def __init__(
-        self, records: BackupRecords, backup: str, drive: str, stats: DriveStats, worker: str
-    ) -> None:
+    def __init__(self, records: BackupRecords, plan: BackupPlan, drive: str, worker: str) -> None:
+        d = plan.drive(drive)
         self.records = records
-        self.backup = backup
+        self.backup = plan.backup
         self.drive = drive
         self.worker = worker
-        self.last = stats
+        self.last = DriveStats(size=d.size, dirty=d.dirty)
+        self._info = DriveInfo.of(plan, drive)
         self._reporter: DriveReporter | None = None
 
     def __call__(self, stats: DriveStats) -> None:
@@ -77,25 +78,24 @@ class Progress:
 
     def _watchers(self) -> DriveReporter:
         if self._reporter is None:
-            info = DriveInfo.of(self.records.plan(self.backup), self.drive)
-            self._reporter = DriveReporter(info, current_task_events())
+            self._reporter = DriveReporter(self._info, current_task_events())
         return self._reporter
 
 
 def run_copy(rt: Runtime, backup: str, drive: str, task_id: str, worker: str) -> dict[str, int]:
     records = rt.records
-    plan = records.plan(backup)
-    d = plan.drive(drive)
+    raw = records.raw(backup)  # read once: the plan, the repository, the speed limit
+    plan = BackupPlan.from_dict(json.loads(raw["plan"]))
     failpoint("copy.before", drive)
-    _check_may_start(records, backup, drive)
-    progress = Progress(records, backup, drive, DriveStats(size=d.size, dirty=d.dirty), worker)
+    _check_may_start(records, raw, drive)
+    progress = Progress(records, plan, drive, worker)
     # The lease is taken before the drive is marked running and dropped after it is not:
     # the reaper reads "running without a lease" as "its worker died".
     holder = f"{worker}/{task_id}"
     with Heartbeat(records, backup, LeaseRole.COPY, holder, rt.settings.lease_ttl):
         records.set_fields(backup, {"running": drive, "running_task": task_id})
         progress.report(DriveState.RUNNING)
-        entry = _copy(rt, plan, drive, progress)
+        entry = _copy(rt, raw, plan, drive, progress)
         progress.last = entry.stats
         progress.report(DriveState.DONE)
         records.delete_field(backup, "running", only_if=drive)
@@ -104,11 +104,11 @@ def run_copy(rt: Runtime, backup: str, drive: str, task_id: str, worker: str) ->
     return entry.stats.to_dict()
 
 
-def _check_may_start(records: BackupRecords, backup: str, drive: str) -> None:
+def _check_may_start(records: BackupRecords, raw: dict[str, str], drive: str) -> None:
+    backup = raw["uuid"]
     reason = records.stop_reason(backup)
     if reason is not None:
         raise Cancelled(reason)
-    raw = records.raw(backup)
     if raw.get("running") == drive and records.lease_holder(backup, LeaseRole.COPY):
         # A redelivered copy while the first delivery still runs: it must not go on the chain.
         log.warning("backup %s drive %s: duplicate delivery ignored", backup, drive)
@@ -121,11 +121,13 @@ def _check_may_start(records: BackupRecords, backup: str, drive: str) -> None:
         raise Ignore()
 
 
-def _copy(rt: Runtime, plan: BackupPlan, drive: str, progress: Progress) -> DriveEntry:
+def _copy(
+    rt: Runtime, raw: dict[str, str], plan: BackupPlan, drive: str, progress: Progress
+) -> DriveEntry:
     records, backup = rt.records, plan.backup
     try:
-        repo = rt.repository(records.field(backup, "repository"))
-        speed = _speed_limit(records.raw(backup))
+        repo = rt.repository(raw["repository"])
+        speed = _speed_limit(raw)
         check = StopCheck(records, backup)
         return transaction.copy(repo, rt.bitmaps, plan, drive, check, progress, speed)
     except Cancelled:
