@@ -16,12 +16,17 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
-from celery import current_task
+from celery import Celery, current_task
+from celery.events.dispatcher import EventDispatcher
 from celery.utils.dispatch import Signal
 
 from txnbackup.record import DriveState
@@ -144,10 +149,37 @@ def event_fields(info: DriveInfo, stats: DriveStats, seconds: float) -> dict[str
 
 
 def current_task_events() -> EventSender | None:
-    """``send_event`` of the copy task running in this thread, None outside one."""
+    """An event sender for the copy task running in this thread, None outside one.
+
+    Events go out through one dispatcher per process, not ``Task.send_event``: that opens a
+    broker channel per event, which on Redis is a new client and connection each time.
+    """
     if not current_task or current_task.name != COPY_TASK:
         return None
-    return current_task.send_event
+    app, request = current_task.app, current_task.request
+    return functools.partial(_send_event, app, request.hostname or "", request.id or "")
+
+
+def _send_event(app: Celery, hostname: str, task_id: str, type_: str, **fields: Any) -> None:
+    dispatcher = _dispatcher(app, hostname, os.getpid())
+    try:
+        dispatcher.send(type_, uuid=task_id, **fields)
+    except Exception:
+        # A broken connection is not kept: the next event opens a new one.
+        _dispatcher.cache_clear()
+        with contextlib.suppress(Exception):
+            dispatcher.close()
+        raise
+
+
+@functools.lru_cache(maxsize=4)
+def _dispatcher(app: Celery, hostname: str, pid: int) -> EventDispatcher:
+    """This process's dispatcher (``pid`` in the key: a forked child makes its own)."""
+    connection = app.connection_for_write()
+    dispatcher: EventDispatcher = app.events.Dispatcher(
+        connection, hostname=hostname, buffer_while_offline=False
+    )
+    return dispatcher
 
 
 class DriveReporter:
