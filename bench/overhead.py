@@ -4,7 +4,8 @@ A tiny VM has three drives of one chunk each. Its backup is timed from submit to
 the baseline is ``chord([chain(noop, noop, noop)], noop)`` routed like a backup's canvas
 (the chain on the node's queue, the callback on the control queue), on the same broker and
 worker, timed from ``apply_async`` to the callback's result. Both are polled at the same rate,
-with one Redis read per item and round (a backup's phase; a canvas's result).
+each round one Redis round trip for all that are unfinished (the backups' phases in a
+pipeline; the callbacks' results with MGET).
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
-from celery import Celery, chain, chord
+from celery import Celery, chain, chord, states
+from celery.backends.base import KeyValueStoreBackend
 from celery.result import AsyncResult
 
 from bench.fleet import NODE, Fleet
@@ -38,8 +40,8 @@ class Overhead:
     backup_latency: Samples
     canvas_latency: Samples
     vms: int
-    backups_per_second: float
-    canvases_per_second: float
+    backup_rate: Samples  # backups per second, one sample per round of ``vms`` at once
+    canvas_rate: Samples
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -47,13 +49,15 @@ class Overhead:
             "canvas_latency": self.canvas_latency.to_dict(),
             "latency_ratio": self.backup_latency.median / self.canvas_latency.median,
             "vms": self.vms,
-            "backups_per_second": self.backups_per_second,
-            "canvases_per_second": self.canvases_per_second,
-            "throughput_share": self.backups_per_second / self.canvases_per_second,
+            "backup_rate": self.backup_rate.to_dict(),
+            "canvas_rate": self.canvas_rate.to_dict(),
+            "backups_per_second": self.backup_rate.median,
+            "canvases_per_second": self.canvas_rate.median,
+            "throughput_share": self.backup_rate.median / self.canvas_rate.median,
         }
 
 
-def measure_overhead(fleet: Fleet, workdir: Path, samples: int, vms: int) -> Overhead:
+def measure_overhead(fleet: Fleet, workdir: Path, samples: int, vms: int, rounds: int) -> Overhead:
     root = workdir / "tiny"
     root.mkdir()
     backup, canvas = Samples("s"), Samples("s")
@@ -67,9 +71,14 @@ def measure_overhead(fleet: Fleet, workdir: Path, samples: int, vms: int) -> Ove
     many = root / "many"
     Repository.init(many)
     fleet_vms = [(f"tiny{i}", _tiny_vm(root, f"tiny{i}")) for i in range(vms)]
-    backups = timed(lambda: _backups_at_once(fleet, fleet_vms, many))
-    canvases = timed(lambda: _wait_all([_send_canvas(fleet.producer.app) for _ in range(vms)]))
-    return Overhead(backup, canvas, vms, vms / backups, vms / canvases)
+    backup_rate, canvas_rate = Samples("1/s"), Samples("1/s")
+    for n in range(rounds):  # alternating, so a change in the machine's load touches both
+        if n:
+            for vmid, drives in fleet_vms:
+                _guest_writes(fleet, vmid, drives)
+        backup_rate.add(vms / timed(lambda: _backups_at_once(fleet, fleet_vms, many)))
+        canvas_rate.add(vms / timed(lambda: _canvases_at_once(fleet.producer.app, vms)))
+    return Overhead(backup, canvas, vms, backup_rate, canvas_rate)
 
 
 def _tiny_vm(root: Path, vmid: str) -> list[Drive]:
@@ -90,9 +99,8 @@ def _guest_writes(fleet: Fleet, vmid: str, drives: Sequence[Drive]) -> None:
 def _backups_at_once(fleet: Fleet, vms: Sequence[tuple[str, list[Drive]]], repo: Path) -> None:
     producer = fleet.producer
     backups = [producer.submit(vmid, drives, repository=repo) for vmid, drives in vms]
-    # One Redis read per backup and round (its phase), as the canvases' poll is one per result.
     records = producer.rt.records
-    _poll_until(backups, lambda b: _final(records.phase(b)), "tiny backups")
+    _poll_until(backups, lambda left: [_final(p) for p in records.phases(left)], "tiny backups")
     failed = [s for s in map(producer.status, backups) if s.status != "done"]
     if failed:
         raise BenchError(f"{len(failed)} tiny backup(s) failed, e.g. {failed[0].errmsg}")
@@ -100,6 +108,10 @@ def _backups_at_once(fleet: Fleet, vms: Sequence[tuple[str, list[Drive]]], repo:
 
 def _final(phase: Phase | None) -> bool:
     return phase is None or phase.final
+
+
+def _canvases_at_once(app: Celery, count: int) -> None:
+    _wait_all([_send_canvas(app) for _ in range(count)])
 
 
 def _send_canvas(app: Celery) -> AsyncResult:  # type: ignore[type-arg]
@@ -110,16 +122,28 @@ def _send_canvas(app: Celery) -> AsyncResult:  # type: ignore[type-arg]
 
 
 def _wait_all(results: list[AsyncResult]) -> None:  # type: ignore[type-arg]
-    _poll_until(results, lambda r: r.ready(), "bare canvases")
+    _poll_until(results, _ready, "bare canvases")
     for r in results:
         r.forget()
 
 
-def _poll_until(items: Sequence[T], finished: Callable[[T], bool], what: str) -> None:
-    """Look at every unfinished item each POLL seconds until all are finished."""
+def _ready(results: list[AsyncResult]) -> list[bool]:  # type: ignore[type-arg]
+    """Whether each callback has its result, in one round trip (MGET of their result keys)."""
+    backend = results[0].backend
+    if not isinstance(backend, KeyValueStoreBackend):  # not Redis: one look per result
+        return [r.ready() for r in results]
+    values = backend.mget([backend.get_key_for_task(r.id) for r in results])
+    return [
+        v is not None and backend.decode_result(v)["status"] in states.READY_STATES for v in values
+    ]
+
+
+def _poll_until(items: Sequence[T], finished: Callable[[list[T]], list[bool]], what: str) -> None:
+    """Look at every unfinished item each POLL seconds, all in one round trip, until all are
+    finished. One look per round keeps the poll from taking CPU the fleet needs."""
     left = list(items)
     deadline = time.monotonic() + BACKUP_TIMEOUT
-    while left := [item for item in left if not finished(item)]:
+    while left := [item for item, done in zip(left, finished(left), strict=True) if not done]:
         if time.monotonic() > deadline:
             raise BenchError(f"{what} did not finish in {BACKUP_TIMEOUT:.0f} s")
         time.sleep(POLL)

@@ -201,9 +201,11 @@ def _overhead(r: Results) -> list[str]:
             f"[{b['min'] * 1000:.0f}-{b['max'] * 1000:.0f}]; bare canvas: "
             f"{c['median'] * 1000:.0f} ms [{c['min'] * 1000:.0f}-{c['max'] * 1000:.0f}]"
         )
+        br, cr = o["backup_rate"], o["canvas_rate"]
         lines.append(
-            f"{o['vms']} tiny VMs at once: {o['backups_per_second']:.1f} backups/s; "
-            f"{o['vms']} bare canvases: {o['canvases_per_second']:.1f}/s"
+            f"{o['vms']} tiny VMs at once: {br['median']:.1f} backups/s "
+            f"[{br['min']:.1f}-{br['max']:.1f}]; {o['vms']} bare canvases: "
+            f"{cr['median']:.1f}/s [{cr['min']:.1f}-{cr['max']:.1f}]"
         )
     return lines
 

@@ -155,8 +155,13 @@ def _run_in(workdir: Path, options: Options, results: Results, say: Say) -> None
         cases.restore()
         say("backing up a sparse drive")
         results.extra["sparse"] = _sparse(fleet, workdir, options.sparse_size, cache, rss)
-        say(f"orchestration: {options.latency_samples} tiny backups, then {options.vms} at once")
-        overhead = measure_overhead(fleet, workdir, options.latency_samples, options.vms)
+        say(
+            f"orchestration: {options.latency_samples} tiny backups, then {options.vms} at once, "
+            f"{options.runs} time(s)"
+        )
+        overhead = measure_overhead(
+            fleet, workdir, options.latency_samples, options.vms, options.runs
+        )
         results.extra["overhead"] = overhead.to_dict()
         results.conditions["redis"] = "private redis-server" if fleet.private_redis else "shared"
     results.conditions["load_after"] = load_average()

@@ -90,6 +90,20 @@ def test_finish_runs_once_releases_the_lock_and_keeps_the_first_error(
     assert 0 < redis_client.ttl(keys.backup(plan.backup)) <= 600
 
 
+def test_phases_of_many_backups_in_one_look(records: BackupRecords) -> None:
+    # Given a running backup, a finished one and one whose record is gone
+    running, finished, gone = recorded(records, "300"), recorded(records, "301"), new_backup_id()
+    assert records.claim(finished.backup, Phase.ROLLING_BACK, frm=[Phase.RUNNING]).won
+    assert records.finish(finished.backup, Phase.CANCELLED, finished.vmid)
+
+    # Then one look reports each, in the order asked
+    assert records.phases([running.backup, finished.backup, gone]) == [
+        Phase.RUNNING,
+        Phase.CANCELLED,
+        None,
+    ]
+
+
 def test_lock_refuses_a_second_backup_and_names_the_first(records: BackupRecords) -> None:
     plan = recorded(records)
     with pytest.raises(BackupRunning, match=plan.backup):

@@ -186,7 +186,9 @@ def copy_drive(
 ) -> DriveEntry:
     """Copy one drive: every chunk, or only the dirty ones when ``incremental`` is given.
 
-    Raises Cancelled when ``cancel`` returns a reason; the staging index is then absent.
+    ``progress`` gets the counters at most every PROGRESS_INTERVAL while the copy runs; the
+    final counters are the returned entry's. Raises Cancelled when ``cancel`` returns a
+    reason; the staging index is then absent.
     """
     repo = staging.repo
     size, cs = reader.size, repo.chunk_size
@@ -231,7 +233,6 @@ def copy_drive(
             job.drive,
             tally.reread,
         )
-    progress(tally.stats)
     entry = DriveEntry(
         job.drive, size, cs, info.count, index.path.name, info.sha256, job.action, tally.stats
     )

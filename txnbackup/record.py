@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, cast
@@ -191,6 +191,14 @@ class BackupRecords:
     def phase(self, backup: str) -> Phase | None:
         raw = self.redis.hget(self.keys.backup(backup), "phase")
         return Phase(_text(raw)) if raw else None
+
+    def phases(self, backups: Sequence[str]) -> list[Phase | None]:
+        """The phase of each backup in one round trip (None where its record is gone):
+        for watching many backups at once."""
+        pipe = self.redis.pipeline(transaction=False)
+        for backup in backups:
+            pipe.hget(self.keys.backup(backup), "phase")
+        return [Phase(_text(raw)) if raw else None for raw in pipe.execute()]
 
     def task_ids(self, backup: str) -> list[str]:
         return list(json.loads(self.field(backup, "tasks")))
