@@ -196,17 +196,22 @@ class _Cases:
     image: Path
     cache: PageCache
     rss: PeakRss
+    full_run: int = 0
 
     def repo(self, tool: Tool) -> Path:
-        return self.workdir / "repos" / tool.name
+        """The tool's repository of the latest full run (the later cases use it)."""
+        return self.workdir / "repos" / f"{tool.name}-{self.full_run}"
 
     def full(self) -> None:
+        # Each full run backs up into a new directory, and none is deleted before the end:
+        # ext4 creates files slowly right after many were deleted, which would charge the
+        # tool with the most files (txnbackup: one per chunk) for the previous run's rmtree.
         rss_full = Samples("bytes")
         for n in range(self.options.runs):
             self.say(f"full backup, run {n + 1} of {self.options.runs}")
+            self.full_run = n
             for tool in self.tools:
                 repo = self.repo(tool)
-                shutil.rmtree(repo, ignore_errors=True)
                 repo.parent.mkdir(parents=True, exist_ok=True)
                 tool.init(repo)
                 self.cache.drop()
@@ -234,6 +239,12 @@ class _Cases:
 
     def restore(self) -> None:
         expected = file_sha256(self.image)
+        # Restored images are kept until every restore ran when the disk has room (deleting
+        # one, with online discard, slows the writes of the next); else each goes at once.
+        keep = _room_for(self.workdir, self.options.runs * len(self.tools) * self.options.size)
+        self.results.conditions["restored_images"] = (
+            "kept until all restores ran" if keep else "deleted after each (no room to keep)"
+        )
         for n in range(self.options.runs):
             self.say(f"restore of the latest backup, run {n + 1} of {self.options.runs}")
             for tool in self.tools:
@@ -245,8 +256,16 @@ class _Cases:
                 self.results.time("restore", tool.name).add(time.perf_counter() - started)
                 if file_sha256(restored) != expected:
                     raise BenchError(f"{tool.name}: the restored image differs from the original")
-                shutil.rmtree(into)
+                if not keep:
+                    shutil.rmtree(into)
+        shutil.rmtree(self.workdir / "restored")
         self.results.extra["restore_checked"] = "sha256 of each restored image equals the image's"
+
+
+def _room_for(path: Path, nbytes: int) -> bool:
+    """Whether ``nbytes`` more fit below ``path`` with a tenth of the disk to spare."""
+    usage = shutil.disk_usage(path)
+    return usage.free - nbytes > usage.total // 10
 
 
 def _synced(action: Callable[..., R], *args: Path) -> R:
