@@ -120,7 +120,7 @@ class _Tally:
         self.size, self.dirty = size, dirty
         self.transferred = self.zero_bytes = self.reused = self.stored = 0
         self._progress = progress
-        self._last = time.monotonic()  # the caller reports the start; the engine what follows
+        self._last = 0.0  # the first chunk is reported at once: watchers see bytes moving
         self.reread = 0  # clean chunks read because the base's chunk file is gone
 
     def must_read(self, length: int) -> None:

@@ -216,6 +216,7 @@ def test_ctrl_c_exits_130_without_a_traceback(world: World) -> None:
         text=True,
     )
     writer = _open_when_read(fifo, proc)
+    _wait_until_blocked_reading(proc)
     try:
         # When the user presses Ctrl-C
         proc.send_signal(signal.SIGINT)
@@ -237,6 +238,16 @@ def _open_when_read(fifo: Path, proc: subprocess.Popen[str]) -> int:
             if exc.errno != errno.ENXIO or time.monotonic() > deadline or proc.poll() is not None:
                 raise
         time.sleep(0.02)
+
+
+def _wait_until_blocked_reading(proc: subprocess.Popen[str]) -> None:
+    """Wait until the CLI sleeps in read() on the FIFO. Python acts on a SIGINT that arrives
+    between the open() and the read() only once that read returns, so the read blocks for
+    good: the race of every blocking call, which a user meets by pressing Ctrl-C again."""
+    wchan = Path(f"/proc/{proc.pid}/wchan")
+    deadline = time.monotonic() + 10
+    while "pipe_read" not in wchan.read_text() and time.monotonic() < deadline:
+        time.sleep(0.01)
 
 
 Setup = Callable[[World], None]
