@@ -20,6 +20,7 @@ import contextlib
 import functools
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -151,8 +152,8 @@ def event_fields(info: DriveInfo, stats: DriveStats, seconds: float) -> dict[str
 def current_task_events() -> EventSender | None:
     """An event sender for the copy task running in this thread, None outside one.
 
-    Events go out through one dispatcher per process, not ``Task.send_event``: that opens a
-    broker channel per event, which on Redis is a new client and connection each time.
+    Events go out through one dispatcher per process and thread, not ``Task.send_event``: that
+    opens a broker channel per event, which on Redis is a new client and connection each time.
     """
     if not current_task or current_task.name != COPY_TASK:
         return None
@@ -161,7 +162,7 @@ def current_task_events() -> EventSender | None:
 
 
 def _send_event(app: Celery, hostname: str, task_id: str, type_: str, **fields: Any) -> None:
-    dispatcher = _dispatcher(app, hostname, os.getpid())
+    dispatcher = _dispatcher(app, hostname, os.getpid(), threading.get_ident())
     try:
         dispatcher.send(type_, uuid=task_id, **fields)
     except Exception:
@@ -172,9 +173,10 @@ def _send_event(app: Celery, hostname: str, task_id: str, type_: str, **fields: 
         raise
 
 
-@functools.lru_cache(maxsize=4)
-def _dispatcher(app: Celery, hostname: str, pid: int) -> EventDispatcher:
-    """This process's dispatcher (``pid`` in the key: a forked child makes its own)."""
+@functools.lru_cache(maxsize=64)
+def _dispatcher(app: Celery, hostname: str, pid: int, thread: int) -> EventDispatcher:
+    """This process's and thread's dispatcher: a forked child makes its own, and a thread
+    pool (``-P threads``) never shares one, as a broker channel is not thread-safe."""
     connection = app.connection_for_write()
     dispatcher: EventDispatcher = app.events.Dispatcher(
         connection, hostname=hostname, buffer_while_offline=False
