@@ -5,7 +5,8 @@ order and keeps the index in that order; a thread pool (pread, hashlib, zstd, zl
 all release the GIL) reads each span of consecutive chunks with one large read and hashes,
 compresses and stores its chunks. At most ``INFLIGHT_BYTES`` of spans are in flight, so memory
 stays flat whatever the drive size. Chunks lying in a hole of a sparse image are zero chunks
-without being read.
+without being read. The clean chunks of an incremental backup are not read: the pool looks
+for their base chunk files in batches, and reads again only a chunk whose file is gone.
 
 Garbage collection (txnbackup.gc) relies on one ordering here: a drive's index file is
 created in the staging directory before the drive's first chunk is stored or reused, and the
@@ -15,6 +16,7 @@ therefore never later than any chunk the running drive counts on but has not ind
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import logging
@@ -45,6 +47,7 @@ ProgressSink = Callable[[DriveStats], None]
 PROGRESS_INTERVAL = 0.5  # seconds between progress reports
 READ_SIZE = 4 * 1024 * 1024  # bytes: consecutive chunks smaller than this are read together
 INFLIGHT_BYTES = 32 * 1024 * 1024  # bytes of spans read but not yet in the index, at most
+CLEAN_BATCH = 64  # clean chunks whose base chunk files one pool job looks for
 
 
 def default_workers() -> int:
@@ -56,6 +59,7 @@ class Outcome(Enum):
     ZERO = "zero"
     REUSED = "reused"
     STORED = "stored"
+    CLEAN = "clean"  # not read: the digest is the base index's
 
 
 @dataclass(frozen=True)
@@ -64,6 +68,7 @@ class ChunkResult:
     length: int
     outcome: Outcome
     stored: int = 0
+    reread: bool = False  # a clean chunk read again, as its base chunk file is gone
 
 
 @dataclass(frozen=True)
@@ -106,6 +111,22 @@ def store_span(
     if length <= cs:
         return [process_chunk(store, data)]
     return [process_chunk(store, data[i : i + cs]) for i in range(0, length, cs)]
+
+
+def check_clean(
+    reader: DriveReader, store: ChunkBackend, chunks: list[tuple[int, int, bytes]], cs: int
+) -> list[ChunkResult]:
+    """Take each clean chunk's digest from the base index while its chunk file is there; read
+    and store again one whose file is gone (a chunk verify moved aside, or a lost one, is never
+    silently referred to again)."""
+    results = []
+    for offset, length, digest in chunks:
+        if digest == ZERO_DIGEST or store.has(digest.hex()):
+            results.append(ChunkResult(digest, length, Outcome.CLEAN))
+        else:
+            (read,) = store_span(reader, store, offset, length, cs)
+            results.append(dataclasses.replace(read, reread=True))
+    return results
 
 
 def _pieces(length: int, cs: int) -> Iterator[int]:
@@ -207,15 +228,13 @@ def copy_drive(
         try:
             throttle = _Throttle(job.speed_limit, check)
             for offset, length, base_digest in _plan(size, cs, incremental):
-                if base_digest is not None and _stored(repo.chunks, base_digest):
-                    pipeline.reuse(base_digest)
+                if base_digest is not None:
+                    pipeline.clean(offset, length, base_digest)
                 else:
-                    if base_digest is not None:
-                        tally.must_read(length)
                     check()
                     # What is gathered is read now, not after the wait: a limited copy reads
                     # at the limit chunk by chunk rather than in bursts of READ_SIZE.
-                    throttle.consume(length, before_waiting=pipeline.submit_span)
+                    throttle.consume(length, before_waiting=pipeline.flush)
                     pipeline.read(offset, length)
             pipeline.finish()
         except BaseException:
@@ -256,17 +275,12 @@ def _plan(
             yield i * cs, min(cs, size - i * cs), None if bit else digest
 
 
-def _stored(store: ChunkBackend, digest: bytes) -> bool:
-    """A clean chunk's digest is taken from the base only while its chunk file is there:
-    a chunk verify moved aside (or a lost one) is never silently referred to again."""
-    return digest == ZERO_DIGEST or store.has(digest.hex())
-
-
 class _Pipeline:
     """Puts chunks into the index in drive order while the pool works ahead.
 
     Consecutive chunks to read are gathered into one span (one read of up to READ_SIZE);
-    digests reused from the base index wait in line behind the spans before them.
+    consecutive clean chunks into one batch (up to CLEAN_BATCH). Spans and batches go to the
+    pool in drive order and are retired in that order.
     """
 
     def __init__(
@@ -281,23 +295,38 @@ class _Pipeline:
         self.reader, self.store, self.pool, self.cs = reader, store, pool, cs
         self.index, self.tally = index, tally
         self.max_inflight = max(2, INFLIGHT_BYTES // max(cs, READ_SIZE))
-        self.pending: deque[Future[list[ChunkResult]] | bytes] = deque()
+        self.pending: deque[Future[list[ChunkResult]]] = deque()
         self.span_start = self.span_end = 0
+        self.batch: list[tuple[int, int, bytes]] = []
 
-    def reuse(self, digest: bytes) -> None:
+    def clean(self, offset: int, length: int, digest: bytes) -> None:
         self.submit_span()
-        self.pending.append(digest)
-        self._retire(keep=self.max_inflight)
+        self.batch.append((offset, length, digest))
+        if len(self.batch) >= CLEAN_BATCH:
+            self.submit_batch()
 
     def read(self, offset: int, length: int) -> None:
+        self.submit_batch()
         if offset != self.span_end or self.span_end - self.span_start + length > READ_SIZE:
             self.submit_span()
             self.span_start = offset
         self.span_end = offset + length
 
-    def finish(self) -> None:
+    def flush(self) -> None:
+        """Hand what is gathered to the pool (at most one of the two holds anything)."""
+        self.submit_batch()
         self.submit_span()
+
+    def finish(self) -> None:
+        self.flush()
         self._retire(keep=0)
+
+    def submit_batch(self) -> None:
+        if not self.batch:
+            return
+        batch, self.batch = self.batch, []
+        self.pending.append(self.pool.submit(check_clean, self.reader, self.store, batch, self.cs))
+        self._retire(keep=self.max_inflight)
 
     def submit_span(self) -> None:
         if self.span_end == self.span_start:
@@ -311,15 +340,11 @@ class _Pipeline:
     def _retire(self, keep: int) -> None:
         """Append finished heads to the index; block while more than ``keep`` wait."""
         pending = self.pending
-        while pending and (len(pending) > keep or _ready(pending[0])):
-            head = pending.popleft()
-            if isinstance(head, bytes):
-                self.index.append(head)
-                continue
-            for result in head.result():
+        while pending and (len(pending) > keep or pending[0].done()):
+            for result in pending.popleft().result():
                 self.index.append(result.digest)
+                if result.outcome is Outcome.CLEAN:
+                    continue
+                if result.reread:
+                    self.tally.must_read(result.length)
                 self.tally.add(result)
-
-
-def _ready(item: Future[list[ChunkResult]] | bytes) -> bool:
-    return isinstance(item, bytes) or item.done()
