@@ -15,11 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from redis import Redis
 
 from tasks.producer import Producer
 from tests.conftest import SMALL_CHUNK, TEST_REDIS_URL
 from tests.fleet import SampleVM, new_vmid
+from tests.fleet_plugin import delete_keys
 from tests.operators.fleet import (
     FlowerProcess,
     MetricsWorker,
@@ -68,14 +68,6 @@ def leave_stale_metrics(directory: Path) -> None:
     env = env_with({"PROMETHEUS_MULTIPROC_DIR": str(directory)})
     subprocess.run([sys.executable, "-c", code], env=env, check=True)
     assert list(directory.glob("counter_*.db"))
-
-
-def delete_keys(prefix: str) -> None:
-    client = Redis.from_url(TEST_REDIS_URL)
-    stale = list(client.scan_iter(match=f"{prefix}*", count=1000))
-    if stale:
-        client.delete(*stale)
-    client.close()
 
 
 @pytest.fixture(scope="session")

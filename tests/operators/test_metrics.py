@@ -12,7 +12,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tasks.producer import Producer
 from tests.fleet import SampleVM, wait_for
-from tests.operators.conftest import OPS_ENV, STALE_COUNT, OpsFleet, delete_keys
+from tests.fleet_plugin import delete_keys
+from tests.operators.conftest import OPS_ENV, STALE_COUNT, OpsFleet
 from tests.operators.fleet import (
     Samples,
     env_with,
