@@ -225,10 +225,10 @@ def reap(settings: Settings, as_json: bool) -> None:
     Rolls back backups whose worker is gone, finishes commits and rollbacks that lost their
     worker, returns bits frozen by producers that died, removes orphaned staging areas.
     """
-    from tasks.runtime import Runtime  # noqa: PLC0415 - see _producer
     from workers.reaper import Reaper  # noqa: PLC0415 - see _producer
 
-    acted = Reaper(Runtime.from_settings(settings)).run_once()
+    producer = _producer(settings)
+    acted = Reaper(producer.rt, producer.send_rollback).run_once()
     if as_json:
         print_json({backup: str(verdict) for backup, verdict in acted.items()})
     else:

@@ -14,12 +14,9 @@ from dataclasses import dataclass
 from celery import Celery, chain, chord, uuid
 from celery.canvas import Signature
 
+from tasks.names import COMMIT, COPY_DRIVE, ROLLBACK
 from tasks.queues import CONTROL_QUEUE, node_queue
 from txnbackup.transaction import BackupPlan
-
-COPY_DRIVE = "txnbackup.copy_drive"  # task names, as registered by tasks.copy and tasks.finish
-COMMIT = "txnbackup.commit"
-ROLLBACK = "txnbackup.rollback"
 
 
 @dataclass(frozen=True)

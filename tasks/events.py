@@ -30,6 +30,7 @@ from celery import Celery, current_task
 from celery.events.dispatcher import EventDispatcher
 from celery.utils.dispatch import Signal
 
+from tasks.names import COPY_DRIVE
 from txnbackup.record import DriveState
 from txnbackup.stats import DriveStats
 from txnbackup.status import BackupStatus
@@ -38,7 +39,6 @@ from txnbackup.units import format_duration, format_rate, format_size, percent
 
 log = logging.getLogger(__name__)
 
-COPY_TASK = "txnbackup.copy_drive"
 PROGRESS_EVENT = "task-progress"
 LOG_STEP = 10  # percent of a drive's dirty bytes between two progress lines in the log
 FINAL_STATES = frozenset({DriveState.DONE, DriveState.FAILED, DriveState.CANCELLED})
@@ -155,7 +155,7 @@ def current_task_events() -> EventSender | None:
     Events go out through one dispatcher per process and thread, not ``Task.send_event``: that
     opens a broker channel per event, which on Redis is a new client and connection each time.
     """
-    if not current_task or current_task.name != COPY_TASK:
+    if not current_task or current_task.name != COPY_DRIVE:
         return None
     app, request = current_task.app, current_task.request
     return functools.partial(_send_event, app, request.hostname or "", request.id or "")

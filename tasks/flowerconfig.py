@@ -18,7 +18,8 @@ from __future__ import annotations
 
 from typing import Any
 
-COPY_TASK = "txnbackup.copy_drive"
+from tasks.names import COPY_DRIVE
+
 PROGRESS = "PROGRESS"
 STOPPED_EARLY = frozenset({"FAILURE", "REVOKED", "REJECTED"})
 ENDED = (("succeeded", "SUCCESS"), ("failed", "FAILURE"), ("revoked", "REVOKED"))
@@ -29,7 +30,7 @@ tasks_columns = "name,uuid,state,args,kwargs,result,received,started,runtime,wor
 def format_task(task: Any) -> Any:
     """Flower's hook: ``task`` is a copy of Flower's record (Celery's task fields only, the
     event's own fields are not copied), changed for display only."""
-    if task.name != COPY_TASK or not task.result:
+    if task.name != COPY_DRIVE or not task.result:
         return task
     if task.state == PROGRESS:
         ended = [state for attr, state in ENDED if getattr(task, attr, None)]

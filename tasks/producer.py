@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-import json
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -12,10 +10,10 @@ from pathlib import Path
 from celery import Celery
 from kombu.exceptions import OperationalError
 
-from tasks.canvas import ROLLBACK, TaskIds, build
+from tasks.canvas import TaskIds, build
 from tasks.celeryapp import make_app
+from tasks.names import ROLLBACK
 from tasks.queues import CONTROL_QUEUE
-from tasks.runtime import Runtime
 from txnbackup import transaction
 from txnbackup.drive import Drive, drive_size
 from txnbackup.errors import InvalidInput, NotFound, ServiceUnavailable
@@ -28,6 +26,7 @@ from txnbackup.names import (
 )
 from txnbackup.redisconn import redacted, unavailable_as_error
 from txnbackup.repository import Repository
+from txnbackup.runtime import Runtime
 from txnbackup.settings import Settings
 from txnbackup.status import BackupStatus, from_record
 
@@ -99,12 +98,8 @@ class Producer:
         speed_limit: int | None,
     ) -> None:
         ids = TaskIds.new(len(plan.drives))
-        extra = {
-            "speed_limit": str(speed_limit or 0),
-            "blobs": json.dumps({k: base64.b64encode(v).decode() for k, v in blobs.items()}),
-        }
         try:
-            self.rt.records.create(plan, str(repo.path.resolve()), ids.all, extra)
+            self.rt.records.create(plan, str(repo.path.resolve()), ids.all, speed_limit, blobs)
             build(plan, ids, self.app).apply_async()
             _unsubscribe(self.app, ids.all)
         except BaseException as exc:
@@ -123,24 +118,25 @@ class Producer:
         return Repository.open(path)
 
     def status(self, backup: str) -> BackupStatus:
-        return from_record(self.rt.records.raw(check_backup_id(backup)))
+        return from_record(self.rt.records.load(check_backup_id(backup)))
 
     def cancel(self, backup: str, reason: str = "cancelled by user") -> BackupStatus:
         """Cancel the whole backup: flag it, revoke its queued tasks, send the rollback."""
         status = self.status(backup)
         if not status.active:
             return status
-        records = self.rt.records
-        records.request_cancel(backup, reason)
-        pending = [
-            task_id
-            for task_id, d in zip(records.task_ids(backup), status.drives, strict=False)
-            if d.state == "pending"
-        ]
+        self.rt.records.request_cancel(backup, reason)
+        # Queued drives are discarded by the worker that receives them; the running one
+        # sees the cancel between chunks and stops (revoking it too would add nothing).
+        pending = [d.task_id for d in status.drives if d.state == "pending" and d.task_id]
         if pending:
             self.app.control.revoke(pending)
-        self.app.send_task(ROLLBACK, (backup,), queue=CONTROL_QUEUE)
+        self.send_rollback(backup)
         return self.status(backup)
+
+    def send_rollback(self, backup: str) -> None:
+        """Queue the backup's rollback (harmless if it ended or another is queued)."""
+        self.app.send_task(ROLLBACK, (backup,), queue=CONTROL_QUEUE)
 
     def wait(
         self,

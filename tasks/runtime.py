@@ -1,46 +1,12 @@
-"""What a process needs to run backup steps: settings, Redis, records, bitmaps, repositories.
-
-Built once per process on first use (in a prefork pool, in each child after the fork).
-"""
+"""The worker process's Runtime: made once per process on first use (in a prefork pool, in
+each child after the fork), from the process's own environment."""
 
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
-from pathlib import Path
 
-from redis import Redis
-
-from txnbackup.bitmap import RedisBitmaps
-from txnbackup.keys import Keys
-from txnbackup.record import BackupRecords
-from txnbackup.redisconn import connect
-from txnbackup.repository import Repository
+from txnbackup.runtime import Runtime
 from txnbackup.settings import Settings
-
-
-@dataclass
-class Runtime:
-    settings: Settings
-    redis: Redis
-    records: BackupRecords
-    bitmaps: RedisBitmaps
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> Runtime:
-        redis = connect(settings.redis_url)
-        keys = Keys(settings.key_prefix)
-        return cls(
-            settings,
-            redis,
-            BackupRecords(redis, keys, settings.state_ttl),
-            RedisBitmaps(redis, keys, settings.state_ttl),
-        )
-
-    def repository(self, path: str) -> Repository:
-        """The repository at ``path`` as it is now (one small file read; never cached: a
-        repository deleted and created again at the same path has a new id and chunk size)."""
-        return Repository.open(Path(path))
 
 
 @functools.cache

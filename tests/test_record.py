@@ -32,7 +32,7 @@ def recorded(records: BackupRecords, vmid: str = "100") -> BackupPlan:
     )
     plan = BackupPlan(backup, vmid, "2026-01-01T00:00:00Z", drives)
     records.lock(vmid, backup)
-    records.create(plan, "/repo", ["t1", "t2", "t3"], {})
+    records.create(plan, "/repo", ["t1", "t2", "t3"])
     return plan
 
 
@@ -80,11 +80,12 @@ def test_finish_runs_once_releases_the_lock_and_keeps_the_first_error(
 
     # When it is rolled back and finished (twice)
     assert records.claim(plan.backup, Phase.ROLLING_BACK, frm=[Phase.RUNNING]).won
-    assert records.finish(plan.backup, Phase.ERROR, plan.vmid)
-    assert not records.finish(plan.backup, Phase.CANCELLED, plan.vmid)
+    record = records.load(plan.backup)
+    assert records.finish(record, Phase.ERROR)
+    assert not records.finish(record, Phase.CANCELLED)
 
     # Then the status is the first real error, the lock is free and the record will expire
-    status = from_record(records.raw(plan.backup))
+    status = from_record(records.load(plan.backup))
     assert (status.status, status.errmsg) == ("error", "drive scsi1: disk full")
     assert records.holder(plan.vmid) is None
     assert 0 < redis_client.ttl(keys.backup(plan.backup)) <= 600
@@ -94,7 +95,7 @@ def test_phases_of_many_backups_in_one_look(records: BackupRecords) -> None:
     # Given a running backup, a finished one and one whose record is gone
     running, finished, gone = recorded(records, "300"), recorded(records, "301"), new_backup_id()
     assert records.claim(finished.backup, Phase.ROLLING_BACK, frm=[Phase.RUNNING]).won
-    assert records.finish(finished.backup, Phase.CANCELLED, finished.vmid)
+    assert records.finish(records.load(finished.backup), Phase.CANCELLED)
 
     # Then one look reports each, in the order asked
     assert records.phases([running.backup, finished.backup, gone]) == [
@@ -123,7 +124,7 @@ def test_lock_of_an_unrecorded_submit_expires(
 
 def test_status_of_a_fresh_backup_reports_the_plan(records: BackupRecords) -> None:
     plan = recorded(records)
-    status = from_record(records.raw(plan.backup))
+    status = from_record(records.load(plan.backup))
     assert status.status == "active" and not status.finishing
     assert (status.total, status.dirty, status.transferred) == (3000, 1000, 0)
     assert [(d.name, d.node, d.action, d.state) for d in status.drives] == [

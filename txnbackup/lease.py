@@ -4,7 +4,9 @@ Whoever works on a backup (a drive copy, a commit, a rollback) holds the lease a
 from a background thread every third of its TTL. A lease that expires means its worker is
 gone (SIGKILL, OOM, host loss); the reaper then rolls the backup back, or forward when the
 snapshot was already published. A slow but live worker keeps its lease however long its
-step takes.
+step takes. A holder stopped from outside (SystemExit, KeyboardInterrupt) stops renewing but
+leaves its lease to expire: whoever stopped it reports for it, and the reaper acts only if
+nobody does by then.
 """
 
 from __future__ import annotations
@@ -50,4 +52,5 @@ class Heartbeat:
     ) -> None:
         self._stop.set()
         self._thread.join()
-        self.records.drop_lease(self.backup, self.role, self.holder)
+        if exc_type is None or issubclass(exc_type, Exception):
+            self.records.drop_lease(self.backup, self.role, self.holder)

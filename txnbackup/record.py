@@ -15,6 +15,7 @@ the state TTL on every key of the backup, all in one step.
 
 from __future__ import annotations
 
+import base64
 import json
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -57,6 +58,118 @@ class DriveState(StrEnum):
     SKIPPED = "skipped"  # never started: the backup ended before its turn
 
 
+class Field(StrEnum):
+    """The fields of the backup record hash; only this module reads or writes them by name."""
+
+    UUID = "uuid"
+    VMID = "vmid"
+    PHASE = "phase"
+    START_TIME = "start_time"
+    END_TIME = "end_time"
+    STARTED = "started"
+    LAST_ACTIVITY = "last_activity"
+    PLAN = "plan"
+    REPOSITORY = "repository"
+    TASKS = "tasks"
+    SPEED_LIMIT = "speed_limit"
+    BLOBS = "blobs"
+    ERROR = "error"
+    CANCEL_REASON = "cancel_reason"
+    SNAPSHOT = "snapshot"
+    RUNNING = "running"  # the drive being copied now
+    RUNNING_TASK = "running_task"
+    COMMIT_RUNS = "commit_runs"
+    ROLLBACK_RUNS = "rollback_runs"
+    ROLLBACK_RESUMED = "rollback_resumed"
+    OBSERVED = "metrics_observed"  # how many worker processes counted the ending
+
+
+DRIVE_FIELD = "drive:"  # + drive name: that drive's state and counters (JSON)
+
+
+@dataclass(frozen=True)
+class DriveRecord:
+    state: DriveState
+    worker: str
+    stats: DriveStats
+
+    @property
+    def final(self) -> bool:
+        return self.state not in (DriveState.PENDING, DriveState.RUNNING)
+
+
+@dataclass(frozen=True)
+class BackupRecord:
+    """One backup's record, read from Redis in one round trip and parsed once."""
+
+    uuid: str
+    vmid: str
+    phase: Phase
+    plan: BackupPlan
+    repository: str
+    start_time: str
+    end_time: str
+    started: float
+    last_activity: float
+    task_ids: tuple[str, ...]
+    speed_limit: int | None
+    error: str
+    cancel_reason: str
+    snapshot: str
+    running: str
+    running_task: str
+    drives: Mapping[str, DriveRecord]
+    counters: Mapping[str, int]
+
+    @classmethod
+    def parse(cls, raw: Mapping[str, str]) -> BackupRecord:
+        plan = BackupPlan.from_dict(json.loads(raw[Field.PLAN]))
+        return cls(
+            uuid=raw[Field.UUID],
+            vmid=raw[Field.VMID],
+            phase=Phase(raw[Field.PHASE]),
+            plan=plan,
+            repository=raw[Field.REPOSITORY],
+            start_time=raw[Field.START_TIME],
+            end_time=raw.get(Field.END_TIME, ""),
+            started=float(raw.get(Field.STARTED) or 0),
+            last_activity=float(raw.get(Field.LAST_ACTIVITY) or raw.get(Field.STARTED) or 0),
+            task_ids=tuple(json.loads(raw.get(Field.TASKS, "[]"))),
+            speed_limit=int(raw.get(Field.SPEED_LIMIT) or 0) or None,
+            error=raw.get(Field.ERROR, ""),
+            cancel_reason=raw.get(Field.CANCEL_REASON, ""),
+            snapshot=raw.get(Field.SNAPSHOT, ""),
+            running=raw.get(Field.RUNNING, ""),
+            running_task=raw.get(Field.RUNNING_TASK, ""),
+            drives={d.name: _drive_record(raw, d.name, d.size, d.dirty) for d in plan.drives},
+            counters={
+                f: int(raw[f])
+                for f in (Field.COMMIT_RUNS, Field.ROLLBACK_RUNS, Field.ROLLBACK_RESUMED)
+                if f in raw
+            },
+        )
+
+    def drive(self, name: str) -> DriveRecord:
+        return self.drives[name]
+
+    def task_of(self, drive: str) -> str:
+        """The Celery task id of a drive's copy ('' for records without ids)."""
+        names = [d.name for d in self.plan.drives]
+        index = names.index(drive)
+        return self.task_ids[index] if index < len(self.task_ids) else ""
+
+    @property
+    def commit_task(self) -> str:
+        return self.task_ids[-1] if len(self.task_ids) > len(self.plan.drives) else ""
+
+
+def _drive_record(raw: Mapping[str, str], drive: str, size: int, dirty: int) -> DriveRecord:
+    live = json.loads(raw.get(DRIVE_FIELD + drive, "{}"))
+    stats = DriveStats.from_dict({"size": size, "dirty": dirty, **live})
+    state = DriveState(live.get("state", DriveState.PENDING))
+    return DriveRecord(state, live.get("worker", ""), stats)
+
+
 SUBMIT_LOCK_TTL = 300  # seconds a VM lock lives before its backup is recorded
 
 _CLAIM = """
@@ -72,11 +185,23 @@ end
 return {0, cur}
 """
 
+# Ending a backup ends its drives with it: pending ones were skipped, a running one stopped
+# (failed or cancelled, ARGV[6]); nothing about a drive changes after this (_DRIVE).
 _FINISH = """
 local cur = redis.call('HGET', KEYS[1], 'phase')
 if not cur then return 0 end
 if cur == 'done' or cur == 'error' or cur == 'cancelled' then return 0 end
 redis.call('HSET', KEYS[1], 'phase', ARGV[1], 'end_time', ARGV[2])
+if ARGV[5] ~= '' then redis.call('HSET', KEYS[1], 'cancel_reason', ARGV[5]) end
+for i = 7, #ARGV do
+  local raw = redis.call('HGET', KEYS[1], ARGV[i])
+  if raw then
+    raw = string.gsub(raw, '^{"state": "pending"', '{"state": "skipped"')
+    raw = string.gsub(raw, '^{"state": "running"', '{"state": "' .. ARGV[6] .. '"')
+    redis.call('HSET', KEYS[1], ARGV[i], raw)
+  end
+end
+redis.call('HDEL', KEYS[1], 'running', 'running_task')
 if redis.call('GET', KEYS[2]) == ARGV[3] then redis.call('DEL', KEYS[2]) end
 redis.call('SREM', KEYS[3], ARGV[3])
 redis.call('DEL', KEYS[4], KEYS[5])
@@ -85,10 +210,44 @@ for i = 6, #KEYS do redis.call('EXPIRE', KEYS[i], ARGV[4]) end
 return 1
 """
 
+# A drive's report, only while its backup has not ended. ARGV: field, value, how
+# ('start' marks it the running drive, 'end' unmarks it if it still is), drive, task id.
+_DRIVE = """
+local cur = redis.call('HGET', KEYS[1], 'phase')
+if not cur or cur == 'done' or cur == 'error' or cur == 'cancelled' then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+if ARGV[3] == 'start' then
+  redis.call('HSET', KEYS[1], 'running', ARGV[4], 'running_task', ARGV[5])
+elseif ARGV[3] == 'end' and redis.call('HGET', KEYS[1], 'running') == ARGV[4] then
+  redis.call('HDEL', KEYS[1], 'running', 'running_task')
+end
+return 1
+"""
+
 _UNLOCK = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
+
+# A terminate is a revoke too: whichever of the two reports lands first, the cancel names
+# the terminate, which is the more precise account of the same cause.
+_REFINE_CANCEL = """
+local cur = redis.call('GET', KEYS[1])
+if not cur then
+  redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3])
+  return 1
+end
+if cur == ARGV[1] then redis.call('SET', KEYS[1], ARGV[2], 'KEEPTTL') end
+return 0
+"""
+
+
+class DriveMark(StrEnum):
+    """How a drive report changes which drive is marked running."""
+
+    KEEP = ""
+    START = "start"
+    END = "end"
 
 
 @dataclass(frozen=True)
@@ -98,13 +257,17 @@ class Claim:
 
 
 class BackupRecords:
+    """The records of backups, their VM locks and leases, under one key prefix."""
+
     def __init__(self, redis: Redis, keys: Keys, ttl: int) -> None:
         self.redis = redis
         self.keys = keys
         self.ttl = ttl
         self._claim = redis.register_script(_CLAIM)
         self._finish = redis.register_script(_FINISH)
+        self._drive = redis.register_script(_DRIVE)
         self._unlock = redis.register_script(_UNLOCK)
+        self._refine = redis.register_script(_REFINE_CANCEL)
 
     def lock(self, vmid: str, backup: str) -> None:
         """Take the VM lock or raise BackupRunning naming the backup that holds it.
@@ -129,30 +292,34 @@ class BackupRecords:
         plan: BackupPlan,
         repository: str,
         task_ids: Iterable[str],
-        extra: Mapping[str, str],
+        speed_limit: int | None = None,
+        blobs: Mapping[str, bytes] | None = None,
     ) -> None:
         ids = list(task_ids)
+        now = time.time()
         fields: dict[str, str] = {
-            "uuid": plan.backup,
-            "vmid": plan.vmid,
-            "phase": Phase.RUNNING,
-            "start_time": plan.start_time,
-            "started": str(time.time()),
-            "last_activity": str(time.time()),
-            "plan": json.dumps(plan.to_dict()),
-            "repository": repository,
-            "tasks": json.dumps(ids),
-            **extra,
+            Field.UUID: plan.backup,
+            Field.VMID: plan.vmid,
+            Field.PHASE: Phase.RUNNING,
+            Field.START_TIME: plan.start_time,
+            Field.STARTED: str(now),
+            Field.LAST_ACTIVITY: str(now),
+            Field.PLAN: json.dumps(plan.to_dict()),
+            Field.REPOSITORY: repository,
+            Field.TASKS: json.dumps(ids),
+            Field.SPEED_LIMIT: str(speed_limit or 0),
+            Field.BLOBS: json.dumps(
+                {k: base64.b64encode(v).decode() for k, v in (blobs or {}).items()}
+            ),
         }
         for d in plan.drives:
             stats = DriveStats(size=d.size, dirty=d.dirty)
-            fields[f"drive:{d.name}"] = _drive_json(DriveState.PENDING, stats)
+            fields[DRIVE_FIELD + d.name] = _drive_json(DriveState.PENDING, stats)
         pipe = self.redis.pipeline(transaction=True)
         pipe.hset(self.keys.backup(plan.backup), mapping=cast(Any, fields))
         pipe.persist(self.keys.lock(plan.vmid))
         for task_id in ids:
             pipe.set(self.keys.task(task_id), plan.backup, ex=self.ttl)
-        now = time.time()
         pipe.sadd(self.keys.active(), plan.backup)
         pipe.sadd(self.keys.repositories(), repository)
         pipe.zadd(self.keys.backups(), {plan.backup: now})
@@ -161,7 +328,7 @@ class BackupRecords:
 
     def delete(self, backup: str) -> None:
         """Forget a backup that was never dispatched (submit failed half way)."""
-        raw = self.redis.hget(self.keys.backup(backup), "tasks")
+        raw = self.redis.hget(self.keys.backup(backup), Field.TASKS)
         ids = json.loads(raw) if raw else []
         keys = [self.keys.backup(backup), self.keys.cancel(backup)]
         keys += [self.keys.lease(backup, role) for role in LeaseRole]
@@ -169,27 +336,32 @@ class BackupRecords:
         self.redis.zrem(self.keys.backups(), backup)
         self.redis.srem(self.keys.active(), backup)
 
+    def load_or_none(self, backup: str) -> BackupRecord | None:
+        raw = self.raw_or_none(backup)
+        return BackupRecord.parse(raw) if raw else None
+
+    def load(self, backup: str) -> BackupRecord:
+        return BackupRecord.parse(self.raw(backup))
+
     def raw_or_none(self, backup: str) -> dict[str, str] | None:
         data = self.redis.hgetall(self.keys.backup(backup))
         return {_text(k): _text(v) for k, v in data.items()} if data else None
 
     def raw(self, backup: str) -> dict[str, str]:
-        data = self.redis.hgetall(self.keys.backup(backup))
-        if not data:
-            raise NotFound(f"backup {backup}")
-        return {_text(k): _text(v) for k, v in data.items()}
-
-    def plan(self, backup: str) -> BackupPlan:
-        return BackupPlan.from_dict(json.loads(self.field(backup, "plan")))
-
-    def field(self, backup: str, name: str) -> str:
-        raw = self.redis.hget(self.keys.backup(backup), name)
+        """The record's hash as it is stored (tests and reports of internals)."""
+        raw = self.raw_or_none(backup)
         if raw is None:
             raise NotFound(f"backup {backup}")
-        return _text(raw)
+        return raw
+
+    def blobs(self, backup: str) -> dict[str, bytes]:
+        raw = self.redis.hget(self.keys.backup(backup), Field.BLOBS)
+        if not raw:
+            return {}
+        return {name: base64.b64decode(data) for name, data in json.loads(raw).items()}
 
     def phase(self, backup: str) -> Phase | None:
-        raw = self.redis.hget(self.keys.backup(backup), "phase")
+        raw = self.redis.hget(self.keys.backup(backup), Field.PHASE)
         return Phase(_text(raw)) if raw else None
 
     def phases(self, backups: Sequence[str]) -> list[Phase | None]:
@@ -197,11 +369,14 @@ class BackupRecords:
         for watching many backups at once."""
         pipe = self.redis.pipeline(transaction=False)
         for backup in backups:
-            pipe.hget(self.keys.backup(backup), "phase")
+            pipe.hget(self.keys.backup(backup), Field.PHASE)
         return [Phase(_text(raw)) if raw else None for raw in pipe.execute()]
 
     def task_ids(self, backup: str) -> list[str]:
-        return list(json.loads(self.field(backup, "tasks")))
+        raw = self.redis.hget(self.keys.backup(backup), Field.TASKS)
+        if raw is None:
+            raise NotFound(f"backup {backup}")
+        return list(json.loads(raw))
 
     def backup_of_task(self, task_id: str) -> str | None:
         raw = self.redis.get(self.keys.task(task_id))
@@ -217,23 +392,35 @@ class BackupRecords:
         prev = _text(previous)
         return Claim(bool(won), Phase(prev) if prev else None)
 
-    def finish(self, backup: str, final: Phase, vmid: str) -> bool:
-        """Set the final phase and end time, release the lock, start the TTL; once only."""
+    def finish(self, record: BackupRecord, final: Phase, cancel_reason: str = "") -> bool:
+        """End the backup and every drive of it, release the lock, start the TTL; once only.
+
+        A drive still marked running ends ``failed`` on an error, ``cancelled`` otherwise.
+        """
+        backup = record.uuid
         keys = [
             self.keys.backup(backup),
-            self.keys.lock(vmid),
+            self.keys.lock(record.vmid),
             self.keys.active(),
             self.keys.lease(backup, LeaseRole.COPY),
             self.keys.lease(backup, LeaseRole.FINISH),
             self.keys.cancel(backup),
+            *(self.keys.task(t) for t in record.task_ids),
         ]
-        keys += [self.keys.task(t) for t in self.task_ids(backup)]
         end = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        return bool(self._finish(keys=keys, args=[final, end, backup, self.ttl]))
+        stopped = DriveState.FAILED if final is Phase.ERROR else DriveState.CANCELLED
+        drives = [DRIVE_FIELD + d.name for d in record.plan.drives]
+        args: list[str | int] = [final, end, backup, self.ttl, cancel_reason, stopped, *drives]
+        return bool(self._finish(keys=keys, args=args))
 
     def request_cancel(self, backup: str, reason: str) -> bool:
         """Record why the backup must stop; True for the first request only."""
         return bool(self.redis.set(self.keys.cancel(backup), reason, nx=True, ex=self.ttl))
+
+    def refine_cancel(self, backup: str, was: str, now: str) -> bool:
+        """Record ``now`` as the cancel reason unless another than ``was`` came first."""
+        keys = [self.keys.cancel(backup)]
+        return bool(self._refine(keys=keys, args=[was, now, self.ttl]))
 
     def cancel_reason(self, backup: str) -> str | None:
         raw = self.redis.get(self.keys.cancel(backup))
@@ -243,7 +430,7 @@ class BackupRecords:
         """Why a drive of this backup must stop now, or None to go on."""
         pipe = self.redis.pipeline(transaction=False)
         pipe.get(self.keys.cancel(backup))
-        pipe.hget(self.keys.backup(backup), "phase")
+        pipe.hget(self.keys.backup(backup), Field.PHASE)
         reason, phase = pipe.execute()
         if reason:
             return _text(reason)
@@ -255,30 +442,35 @@ class BackupRecords:
 
     def record_error(self, backup: str, message: str) -> bool:
         """Keep the first real error only; True when this one was the first."""
-        return bool(self.redis.hsetnx(self.keys.backup(backup), "error", message))
+        return bool(self.redis.hsetnx(self.keys.backup(backup), Field.ERROR, message))
 
-    def set_fields(self, backup: str, fields: Mapping[str, str]) -> None:
-        self.redis.hset(self.keys.backup(backup), mapping=cast(Any, dict(fields)))
+    def set_snapshot(self, backup: str, snapshot: str) -> None:
+        self.redis.hset(self.keys.backup(backup), Field.SNAPSHOT, snapshot)
 
-    def delete_field(self, backup: str, name: str, only_if: str | None = None) -> None:
-        key = self.keys.backup(backup)
-        if only_if is None or self.redis.hget(key, name) == only_if.encode():
-            self.redis.hdel(key, name)
-
-    def count(self, backup: str, name: str) -> int:
+    def count(self, backup: str, name: Field) -> int:
         return int(self.redis.hincrby(self.keys.backup(backup), name, 1))
 
-    def update_drive(
-        self, backup: str, drive: str, state: DriveState, stats: DriveStats, worker: str = ""
-    ) -> None:
+    def report_drive(
+        self,
+        backup: str,
+        drive: str,
+        state: DriveState,
+        stats: DriveStats,
+        worker: str = "",
+        *,
+        mark: DriveMark = DriveMark.KEEP,
+        task_id: str = "",
+    ) -> bool:
+        """A drive's state and counters; ignored (False) once the backup has ended."""
         value = _drive_json(state, stats, worker)
-        self.redis.hset(self.keys.backup(backup), f"drive:{drive}", value)
+        args = [DRIVE_FIELD + drive, value, mark, drive, task_id]
+        return bool(self._drive(keys=[self.keys.backup(backup)], args=args))
 
     def touch(self, backup: str, role: LeaseRole, holder: str, ttl: float) -> None:
         """Renew a lease: ``holder`` works on the backup in ``role`` for ``ttl`` more seconds."""
         pipe = self.redis.pipeline(transaction=False)
         pipe.set(self.keys.lease(backup, role), holder, px=int(ttl * 1000))
-        pipe.hset(self.keys.backup(backup), "last_activity", str(time.time()))
+        pipe.hset(self.keys.backup(backup), Field.LAST_ACTIVITY, str(time.time()))
         pipe.execute()
 
     def drop_lease(self, backup: str, role: LeaseRole, holder: str) -> None:
@@ -315,11 +507,8 @@ class BackupRecords:
 
 
 def _drive_json(state: DriveState, stats: DriveStats, worker: str = "") -> str:
+    # "state" first: the finishing script rewrites it in place (_FINISH).
     return json.dumps({"state": state, "worker": worker, **stats.to_dict()})
-
-
-def drive_fields(raw: Mapping[str, str], drive: str) -> dict[str, Any]:
-    return dict(json.loads(raw.get(f"drive:{drive}", "{}")))
 
 
 def _text(value: bytes | str) -> str:

@@ -8,12 +8,11 @@ while the commit is in progress.
 
 from __future__ import annotations
 
-import json
-from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from txnbackup.record import Phase, drive_fields
+from txnbackup.record import BackupRecord, Phase
+from txnbackup.transaction import DrivePlan
 
 PUBLIC_STATUS = {
     Phase.RUNNING: "active",
@@ -37,6 +36,7 @@ class DriveStatus:
     transferred: int
     zero_bytes: int
     reused: int
+    task_id: str  # the Celery task copying this drive: what `celery control revoke` takes
 
 
 @dataclass(frozen=True)
@@ -56,6 +56,7 @@ class BackupStatus:
     zero_bytes: int
     reused: int
     drives: tuple[DriveStatus, ...]
+    commit_task: str  # the Celery task id of the commit (the chord callback)
 
     @property
     def active(self) -> bool:
@@ -65,48 +66,48 @@ class BackupStatus:
         return asdict(self)
 
 
-def from_record(raw: Mapping[str, str]) -> BackupStatus:
-    phase = Phase(raw["phase"])
-    plan = json.loads(raw["plan"])
-    drives = tuple(_drive(raw, d) for d in plan["drives"])
+def from_record(record: BackupRecord) -> BackupStatus:
+    drives = tuple(_drive(record, d) for d in record.plan.drives)
     return BackupStatus(
-        uuid=raw["uuid"],
-        vmid=raw["vmid"],
-        status=PUBLIC_STATUS[phase],
-        phase=phase,
-        errmsg=_errmsg(raw, phase),
-        start_time=raw["start_time"],
-        end_time=raw.get("end_time", ""),
-        finishing=phase is Phase.COMMITTING,
-        snapshot=raw.get("snapshot", ""),
+        uuid=record.uuid,
+        vmid=record.vmid,
+        status=PUBLIC_STATUS[record.phase],
+        phase=record.phase,
+        errmsg=_errmsg(record),
+        start_time=record.start_time,
+        end_time=record.end_time,
+        finishing=record.phase is Phase.COMMITTING,
+        snapshot=record.snapshot,
         total=sum(d.size for d in drives),
         dirty=sum(d.dirty for d in drives),
         transferred=sum(d.transferred for d in drives),
         zero_bytes=sum(d.zero_bytes for d in drives),
         reused=sum(d.reused for d in drives),
         drives=drives,
+        commit_task=record.commit_task,
     )
 
 
-def _errmsg(raw: Mapping[str, str], phase: Phase) -> str:
-    if "error" in raw:
-        return raw["error"]
-    if phase in (Phase.CANCELLED, Phase.ROLLING_BACK):
-        return raw.get("cancel_reason", "cancelled")
+def _errmsg(record: BackupRecord) -> str:
+    if record.error:
+        return record.error
+    if record.phase in (Phase.CANCELLED, Phase.ROLLING_BACK):
+        return record.cancel_reason or "cancelled"
     return ""
 
 
-def _drive(raw: Mapping[str, str], plan: Mapping[str, Any]) -> DriveStatus:
-    live = drive_fields(raw, plan["name"])
+def _drive(record: BackupRecord, plan: DrivePlan) -> DriveStatus:
+    live = record.drive(plan.name)
     return DriveStatus(
-        name=plan["name"],
-        node=plan["node"],
-        action=plan["action"],
-        reason=plan["reason"],
-        state=live.get("state", "pending"),
-        size=int(plan["size"]),
-        dirty=int(live.get("dirty", plan["dirty"])),
-        transferred=int(live.get("transferred", 0)),
-        zero_bytes=int(live.get("zero_bytes", 0)),
-        reused=int(live.get("reused", 0)),
+        name=plan.name,
+        node=plan.node,
+        action=str(plan.action),
+        reason=plan.reason,
+        state=str(live.state),
+        size=plan.size,
+        dirty=live.stats.dirty,
+        transferred=live.stats.transferred,
+        zero_bytes=live.stats.zero_bytes,
+        reused=live.stats.reused,
+        task_id=record.task_of(plan.name),
     )

@@ -25,7 +25,9 @@ def _on_revoked(task_id: str) -> object:
 @worker_ready.connect
 def start_background_threads(**_: Any) -> None:
     rt = runtime()
-    reaper = ReaperThread(Reaper(rt, on_action=count_reaper_action), rt.settings.reaper_interval)
+    reaper = ReaperThread(
+        Reaper(rt, send_rollback, on_action=count_reaper_action), rt.settings.reaper_interval
+    )
     reaper.start()
     watcher = RevokeWatcher(lambda: list(worker_state.revoked), _on_revoked)
     watcher.start()

@@ -60,23 +60,21 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from tasks.events import (
-    COPY_TASK,
     DriveInfo,
     DriveReport,
     backup_summary,
     drive_read,
     drive_stopped,
 )
+from tasks.names import COMMIT, COPY_DRIVE, ROLLBACK
 from tasks.runtime import runtime
-from txnbackup.errors import NotFound
-from txnbackup.record import BackupRecords, Phase
+from txnbackup.record import BackupRecords, Field
 from txnbackup.stats import DriveStats
 from txnbackup.status import from_record
 
 log = logging.getLogger(__name__)
 
-FINISHING_TASKS = frozenset({"txnbackup.commit", "txnbackup.rollback"})
-OBSERVED = "metrics_observed"  # record field: how many processes saw the backup ended
+FINISHING_TASKS = frozenset({COMMIT, ROLLBACK})
 _serving: list[MetricsConfig] = []
 DURATION_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200, 14400, 28800, 86400)
 
@@ -159,14 +157,11 @@ def observe_ended(records: BackupRecords, backup: str) -> bool:
 
     True when this call counted it; False when it has not ended or was counted before.
     """
-    try:
-        raw = records.raw(backup)
-    except NotFound:
+    record = records.load_or_none(backup)
+    if record is None or not record.phase.final or records.count(backup, Field.OBSERVED) != 1:
         return False
-    if not Phase(raw["phase"]).final or records.count(backup, OBSERVED) != 1:
-        return False
-    status = from_record(raw)
-    seconds = max(0.0, time.time() - float(raw.get("started") or time.time()))
+    status = from_record(record)
+    seconds = max(0.0, time.time() - (record.started or time.time()))
     BACKUPS.labels(status.status).inc()
     BACKUP_SECONDS.labels(status.status).observe(seconds)
     if status.status != "done":
@@ -273,14 +268,14 @@ def forget_pool_process(pid: int | None = None, **_: Any) -> None:
 
 @task_prerun.connect
 def drive_started(task: Any = None, **_: Any) -> None:
-    if getattr(task, "name", None) == COPY_TASK:
+    if getattr(task, "name", None) == COPY_DRIVE:
         RUNNING_DRIVES.labels(task.request.hostname or "").inc()
 
 
 @task_postrun.connect
 def task_ended(task: Any = None, args: Any = None, **_: Any) -> None:
     name = getattr(task, "name", None)
-    if name == COPY_TASK:
+    if name == COPY_DRIVE:
         RUNNING_DRIVES.labels(task.request.hostname or "").dec()
     elif name in FINISHING_TASKS and args:
         observe_ended(runtime().records, str(args[0]))

@@ -21,16 +21,17 @@ import logging
 import shutil
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 from typing import Protocol
 
-from tasks.finish import abandon, resume_rollback, run_commit
-from tasks.runtime import Runtime
+from txnbackup import ending
 from txnbackup.bitmap import TxnState
-from txnbackup.record import Phase
+from txnbackup.ending import SendRollback
+from txnbackup.record import BackupRecord, Phase
+from txnbackup.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
@@ -49,22 +50,19 @@ class Judgement:
     reason: str = ""
 
 
-def judge(
-    raw: Mapping[str, str] | None, leased: bool, now: float, queue_timeout: float
-) -> Judgement:
+def judge(record: BackupRecord | None, leased: bool, now: float, queue_timeout: float) -> Judgement:
     """What the reaper must do with one backup; a pure function of what Redis holds."""
-    if raw is None or Phase(raw["phase"]).final:
+    if record is None or record.phase.final:
         return Judgement(Verdict.FORGET)
     if leased:
         return Judgement(Verdict.ALIVE)
-    phase = Phase(raw["phase"])
-    if phase is Phase.COMMITTING:
+    if record.phase is Phase.COMMITTING:
         return Judgement(Verdict.RESUME_COMMIT, "commit lost its worker")
-    if phase is Phase.ROLLING_BACK:
+    if record.phase is Phase.ROLLING_BACK:
         return Judgement(Verdict.RESUME_ROLLBACK, "rollback lost its worker")
-    if running := raw.get("running"):
-        return Judgement(Verdict.ABANDON, f"worker lost while copying drive {running}")
-    idle = now - float(raw.get("last_activity") or raw.get("started") or now)
+    if record.running:
+        return Judgement(Verdict.ABANDON, f"worker lost while copying drive {record.running}")
+    idle = now - (record.last_activity or now)
     if idle > queue_timeout:
         return Judgement(Verdict.ABANDON, f"no worker took the next drive for {idle:.0f} s")
     return Judgement(Verdict.ALIVE)
@@ -77,8 +75,11 @@ class ActionSink(Protocol):
 
 
 class Reaper:
-    def __init__(self, rt: Runtime, on_action: ActionSink | None = None) -> None:
+    def __init__(
+        self, rt: Runtime, send_rollback: SendRollback, on_action: ActionSink | None = None
+    ) -> None:
         self.rt = rt
+        self.send_rollback = send_rollback
         self.on_action: ActionSink = on_action or (lambda kind, backup=None: None)
 
     def run_once(self) -> dict[str, Verdict]:
@@ -90,12 +91,12 @@ class Reaper:
 
     def _reap(self, backup: str) -> Verdict | None:
         records, s = self.rt.records, self.rt.settings
-        raw = records.raw_or_none(backup)
-        judgement = judge(raw, records.leased(backup), time.time(), s.queue_timeout)
+        record = records.load_or_none(backup)
+        judgement = judge(record, records.leased(backup), time.time(), s.queue_timeout)
         if judgement.verdict is Verdict.ALIVE:
             return None
         if judgement.verdict is Verdict.FORGET:
-            if raw is None:
+            if record is None:
                 records.forget_active(backup)
             return None
         if not records.start_reaping(backup, s.lease_ttl):
@@ -108,9 +109,11 @@ class Reaper:
     def _actions(self) -> dict[Verdict, Callable[[str, str], object]]:
         rt = self.rt
         return {
-            Verdict.ABANDON: lambda b, why: abandon(rt, b, why),
-            Verdict.RESUME_COMMIT: lambda b, why: run_commit(rt, b, resume=True),
-            Verdict.RESUME_ROLLBACK: lambda b, why: resume_rollback(rt, b),
+            Verdict.ABANDON: lambda b, why: ending.abandon(rt, b, why),
+            Verdict.RESUME_COMMIT: lambda b, why: ending.commit(
+                rt, b, self.send_rollback, resume=True
+            ),
+            Verdict.RESUME_ROLLBACK: lambda b, why: ending.resume_rollback(rt, b),
         }
 
     def _orphan_freezes(self) -> None:
@@ -131,8 +134,8 @@ class Reaper:
         cutoff = time.time() - self.rt.settings.orphan_grace
         for repo in records.repositories():
             for staging in _staging_dirs(Path(repo)):
-                raw = records.raw_or_none(staging.name)
-                ended = raw is None or Phase(raw["phase"]).final
+                phase = records.phase(staging.name)
+                ended = phase is None or phase.final
                 if ended and staging.stat().st_mtime < cutoff:
                     log.warning("reaper: removing orphaned staging area %s", staging)
                     shutil.rmtree(staging, ignore_errors=True)

@@ -13,8 +13,7 @@ import logging
 import threading
 from collections.abc import Callable, Iterable
 
-from txnbackup.record import BackupRecords, DriveState, Phase, drive_fields
-from txnbackup.stats import DriveStats
+from txnbackup.record import BackupRecord, BackupRecords, DriveMark, DriveState, Phase
 
 log = logging.getLogger(__name__)
 POLL_INTERVAL = 0.2  # seconds between looks at the worker's revoked-id set
@@ -27,34 +26,36 @@ def handle_revoked(
     *,
     terminated: bool = False,
 ) -> str | None:
-    """Cancel the backup ``task_id`` belongs to; return its uuid when it was active."""
+    """Cancel the backup ``task_id`` belongs to; return its uuid when it was active.
+
+    The revoke watcher and, for a terminate, the ``task_revoked`` signal both report the same
+    revoke; the terminate names it whichever comes first (BackupRecords.refine_cancel).
+    """
     backup = records.backup_of_task(task_id)
     if backup is None:
         return None
-    phase = records.phase(backup)
-    if phase is None or phase.final:
+    record = records.load_or_none(backup)
+    if record is None or record.phase.final:
         return None
-    how = "terminated" if terminated else "revoked"
-    first = records.request_cancel(backup, f"task {task_id} {how}")
+    revoked = f"task {task_id} revoked"
     if terminated:
-        _forget_running(records, backup)
-    if phase is Phase.RUNNING and (first or terminated):
+        first = records.refine_cancel(backup, revoked, f"task {task_id} terminated")
+        _forget_running(records, record, task_id)
+    else:
+        first = records.request_cancel(backup, revoked)
+    if record.phase is Phase.RUNNING and (first or terminated):
+        how = "terminated" if terminated else "revoked"
         log.info("backup %s: task %s %s, cancelling the whole backup", backup, task_id, how)
         send_rollback(backup)
     return backup
 
 
-def _forget_running(records: BackupRecords, backup: str) -> None:
+def _forget_running(records: BackupRecords, record: BackupRecord, task_id: str) -> None:
     """A terminated drive task never reports that it stopped; report it on its behalf."""
-    raw = records.raw(backup)
-    drive = raw.get("running")
-    if drive:
-        records.update_drive(backup, drive, DriveState.CANCELLED, _stats(raw, drive))
-        records.delete_field(backup, "running", only_if=drive)
-
-
-def _stats(raw: dict[str, str], drive: str) -> DriveStats:
-    return DriveStats.from_dict(drive_fields(raw, drive))
+    drive = record.running
+    if drive and record.running_task == task_id:
+        stats = record.drive(drive).stats
+        records.report_drive(record.uuid, drive, DriveState.CANCELLED, stats, mark=DriveMark.END)
 
 
 class RevokeWatcher(threading.Thread):

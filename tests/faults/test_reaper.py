@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from pathlib import Path
@@ -9,25 +10,35 @@ from pathlib import Path
 import pytest
 from redis import Redis
 
-from tasks.runtime import Runtime
 from tests.conftest import TEST_REDIS_URL
 from tests.fleet import sample_content
 from txnbackup import transaction
 from txnbackup.bitmap import TxnState
 from txnbackup.drive import Drive
 from txnbackup.keys import Keys
+from txnbackup.lease import Heartbeat
 from txnbackup.names import new_backup_id
-from txnbackup.record import LeaseRole, Phase
+from txnbackup.record import BackupRecord, DriveMark, DriveState, LeaseRole, Phase
 from txnbackup.repository import Repository
+from txnbackup.runtime import Runtime
 from txnbackup.settings import Settings
 from txnbackup.status import from_record
+from txnbackup.transaction import BackupPlan
 from workers.reaper import Reaper, Verdict, judge
 
 NOW = 1_000_000.0
 
 
+def record_of(fields: dict[str, str] | None) -> BackupRecord | None:
+    if fields is None:
+        return None
+    plan = BackupPlan("u", "100", "T", ())
+    base = {"uuid": "u", "vmid": "100", "start_time": "T", "repository": "/r"}
+    return BackupRecord.parse({**base, "plan": json.dumps(plan.to_dict()), **fields})
+
+
 @pytest.mark.parametrize(
-    ("raw", "leased", "verdict"),
+    ("fields", "leased", "verdict"),
     [
         (None, False, Verdict.FORGET),
         ({"phase": "done"}, False, Verdict.FORGET),
@@ -40,8 +51,8 @@ NOW = 1_000_000.0
         ({"phase": "rolling_back"}, False, Verdict.RESUME_ROLLBACK),
     ],
 )
-def test_judge(raw: dict[str, str] | None, leased: bool, verdict: Verdict) -> None:
-    assert judge(raw, leased, NOW, queue_timeout=60).verdict is verdict
+def test_judge(fields: dict[str, str] | None, leased: bool, verdict: Verdict) -> None:
+    assert judge(record_of(fields), leased, NOW, queue_timeout=60).verdict is verdict
 
 
 @pytest.fixture
@@ -50,12 +61,23 @@ def rt(keys: Keys, redis_client: Redis) -> Runtime:
     return Runtime.from_settings(settings)
 
 
+def no_rollback(backup: str) -> None:
+    raise AssertionError(f"the reaper queued a rollback of {backup}; it rolls back itself")
+
+
+def mark_running(rt: Runtime, backup: str, drive: str) -> None:
+    """What a drive task records as it starts (its lease is another matter)."""
+    stats = rt.records.load(backup).drive(drive).stats
+    mark = DriveMark.START
+    assert rt.records.report_drive(backup, drive, DriveState.RUNNING, stats, mark=mark)
+
+
 def started_backup(rt: Runtime, repo: Repository, tmp_path: Path) -> transaction.BackupPlan:
     path = tmp_path / "scsi0.raw"
     path.write_bytes(sample_content(512 * 1024, seed=1))
     plan = transaction.prepare(repo, rt.bitmaps, "100", [Drive("scsi0", str(path))])
     rt.records.lock("100", plan.backup)
-    rt.records.create(plan, str(repo.path), ["t1", "t2"], {})
+    rt.records.create(plan, str(repo.path), ["t1", "t2"])
     return plan
 
 
@@ -64,26 +86,27 @@ def test_a_backup_whose_worker_died_mid_drive_is_rolled_back(
 ) -> None:
     # Given a running backup whose drive task holds no lease any more (its worker is gone)
     plan = started_backup(rt, repo, tmp_path)
-    rt.records.set_fields(plan.backup, {"running": "scsi0"})
+    mark_running(rt, plan.backup, "scsi0")
 
     # When the reaper runs
-    acted = Reaper(rt).run_once()
+    acted = Reaper(rt, no_rollback).run_once()
 
     # Then it rolled the backup back as an error naming the drive, freeing the VM
     assert acted == {plan.backup: Verdict.ABANDON}
-    status = from_record(rt.records.raw(plan.backup))
+    status = from_record(rt.records.load(plan.backup))
     assert (status.status, status.errmsg) == ("error", "worker lost while copying drive scsi0")
+    assert [d.state for d in status.drives] == ["failed"]
     assert rt.records.holder("100") is None
     assert rt.bitmaps.state(plan.backup) is TxnState.ROLLED_BACK
     assert not (repo.path / "staging" / plan.backup).exists()
-    assert Reaper(rt).run_once() == {}
+    assert Reaper(rt, no_rollback).run_once() == {}
 
 
 def test_a_live_backup_is_left_alone(rt: Runtime, repo: Repository, tmp_path: Path) -> None:
     plan = started_backup(rt, repo, tmp_path)
-    rt.records.set_fields(plan.backup, {"running": "scsi0"})
+    mark_running(rt, plan.backup, "scsi0")
     rt.records.touch(plan.backup, LeaseRole.COPY, "w", 30)
-    assert Reaper(rt).run_once() == {}
+    assert Reaper(rt, no_rollback).run_once() == {}
     assert rt.records.phase(plan.backup) is Phase.RUNNING
 
 
@@ -94,7 +117,7 @@ def test_bits_frozen_by_a_producer_that_died_are_returned(
     plan = started_backup(rt, repo, tmp_path)
     transaction.copy(repo, rt.bitmaps, plan, "scsi0", lambda: None, lambda s: None)
     transaction.commit(repo, rt.bitmaps, plan)
-    rt.records.finish(plan.backup, Phase.DONE, "100")
+    rt.records.finish(rt.records.load(plan.backup), Phase.DONE)
     assert rt.bitmaps.mark_dirty("100", "scsi0", 70_000, 10) == 1
     orphan = new_backup_id()
     drive = Drive("scsi0", str(tmp_path / "scsi0.raw"))
@@ -105,9 +128,46 @@ def test_bits_frozen_by_a_producer_that_died_are_returned(
     os.utime(repo.path / "staging" / orphan, (old, old))
 
     # When the reaper runs
-    Reaper(rt).run_once()
+    Reaper(rt, no_rollback).run_once()
 
     # Then the frozen bit is back in the active bitmap and the staging area is gone
     assert rt.bitmaps.state(orphan) is TxnState.ROLLED_BACK
     assert rt.bitmaps.dirty_chunks("100", "scsi0") == {1}
     assert not (repo.path / "staging" / orphan).exists()
+
+
+def test_a_drive_stopped_from_outside_keeps_its_lease_until_it_expires(
+    rt: Runtime, repo: Repository, tmp_path: Path
+) -> None:
+    # Given a drive task whose process is being terminated (SystemExit) mid-drive
+    plan = started_backup(rt, repo, tmp_path)
+    mark_running(rt, plan.backup, "scsi0")
+    with (
+        pytest.raises(SystemExit),
+        Heartbeat(rt.records, plan.backup, LeaseRole.COPY, "w/t1", ttl=30),
+    ):
+        raise SystemExit(1)
+
+    # When the reaper runs before whoever terminated it has reported for it
+    acted = Reaper(rt, no_rollback).run_once()
+
+    # Then it leaves the backup alone: the lease says someone may still speak for the drive
+    assert acted == {}
+    assert rt.records.phase(plan.backup) is Phase.RUNNING
+
+
+def test_a_lost_drive_of_a_cancelled_backup_ends_cancelled_not_in_error(
+    rt: Runtime, repo: Repository, tmp_path: Path
+) -> None:
+    # Given a backup cancelled by a terminate, whose drive's worker then died without a word
+    plan = started_backup(rt, repo, tmp_path)
+    mark_running(rt, plan.backup, "scsi0")
+    rt.records.request_cancel(plan.backup, "task t1 terminated")
+
+    # When the reaper finds the drive running without a lease
+    assert Reaper(rt, no_rollback).run_once() == {plan.backup: Verdict.ABANDON}
+
+    # Then the first cause stays the cause: cancelled, and the drive too
+    status = from_record(rt.records.load(plan.backup))
+    assert (status.status, status.errmsg) == ("cancelled", "task t1 terminated")
+    assert [d.state for d in status.drives] == ["cancelled"]

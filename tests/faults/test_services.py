@@ -26,10 +26,9 @@ from redis import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from cli.demo.services import find_redis_server
-from tasks.canvas import COPY_DRIVE
+from tasks.names import COPY_DRIVE
 from tasks.producer import Producer
 from tasks.queues import node_queue
-from tasks.runtime import Runtime
 from tests.faults.test_kill import assert_invariants, assert_restores
 from tests.fleet import SampleVM, new_vmid, wait_for
 from tests.fleet_plugin import Fleet
@@ -40,6 +39,7 @@ from txnbackup.keys import Keys
 from txnbackup.record import BackupRecords
 from txnbackup.redisconn import outage_retry
 from txnbackup.repository import Repository
+from txnbackup.runtime import Runtime
 from txnbackup.settings import Settings
 from txnbackup.tracker import Tracker
 

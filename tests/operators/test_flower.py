@@ -7,6 +7,7 @@ Revoke and Terminate buttons call the REST API these tests call.
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -97,8 +98,8 @@ def test_flower_shows_readable_tasks_and_a_running_drive_in_progress(
     [
         pytest.param(1, False, "revoked", id="revoke-waiting-drive"),
         pytest.param(0, False, "revoked", id="revoke-running-drive"),
-        # the revoke watcher and the terminate handler race to record why: either wins
-        pytest.param(0, True, "", id="terminate-running-drive"),
+        # the revoke watcher may see it first; the terminate still names it
+        pytest.param(0, True, "terminated", id="terminate-running-drive"),
     ],
 )
 def test_flower_revoke_and_terminate_cancel_the_whole_backup(
@@ -137,3 +138,32 @@ def test_flower_revoke_and_terminate_cancel_the_whole_backup(
 
 def _delta(fleet: OpsFleet, before: list[Any], name: str, **labels: str) -> float:
     return metric(fleet.scrape(), name, **labels) - metric(before, name, **labels)
+
+
+@pytest.mark.parametrize("target", [0, 1, 2], ids=["first", "middle", "last"])
+def test_flower_terminate_of_any_drive_ends_the_backup_at_once(
+    ops_fleet: OpsFleet,
+    ops_producer: Producer,
+    ops_vm: SampleVM,
+    ops_repo: Repository,
+    target: int,
+) -> None:
+    # Given three slow drives on two nodes, the target one being copied
+    for i, node in enumerate(("default", "node2", "default")):
+        ops_vm.add_drive(f"scsi{i}", 2 * MIB, seed=40 + i, node=node)
+    backup = ops_producer.submit(
+        ops_vm.vmid, ops_vm.drives, repository=ops_repo.path, speed_limit=MIB
+    )
+    wait_for(lambda: ops_producer.status(backup).drives[target].transferred > 0, 30, "the drive")
+    task_id = ops_producer.status(backup).drives[target].task_id
+
+    # When an operator presses Terminate on it in Flower
+    since = time.monotonic()
+    ops_fleet.flower.revoke(task_id, terminate=True)
+
+    # Then within about a second the backup and every drive of it have ended, saying so
+    status = ops_producer.wait(backup, timeout=30, interval=0.05)
+    assert time.monotonic() - since < 2.5, "the worker that terminated it was blocked"
+    assert (status.status, status.errmsg) == ("cancelled", f"task {task_id} terminated")
+    states = [d.state for d in status.drives]
+    assert states == ["done"] * target + ["cancelled"] + ["skipped"] * (2 - target)

@@ -23,7 +23,6 @@ from tests.operators.fleet import (
     stop_process,
     wait_for_log,
 )
-from txnbackup.record import drive_fields
 from txnbackup.repository import Repository
 
 MIB = 1024 * 1024
@@ -63,7 +62,7 @@ def test_metrics_match_the_status_of_the_backups(
     assert metric(after, "txnbackup_reused_bytes_total", **vm) == first.reused + second.reused
     assert metric(after, "txnbackup_zero_bytes_total", **vm) == first.zero_bytes + second.zero_bytes
     stored = sum(
-        int(drive_fields(ops_producer.rt.records.raw(s.uuid), d.name)["stored"])
+        ops_producer.rt.records.load(s.uuid).drive(d.name).stats.stored
         for s in (first, second)
         for d in s.drives
     )

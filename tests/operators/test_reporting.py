@@ -24,7 +24,7 @@ from tasks.events import (
 from tests.operators.fleet import FLOWER_CONFIG
 from txnbackup.action import BitmapAction
 from txnbackup.keys import Keys
-from txnbackup.record import BackupRecords, DriveState, Phase
+from txnbackup.record import BackupRecord, BackupRecords, DriveState, Phase
 from txnbackup.stats import DriveStats
 from txnbackup.status import from_record
 from txnbackup.transaction import BackupPlan, DrivePlan
@@ -239,12 +239,11 @@ def test_a_backup_s_outcome_is_counted_once_in_the_fleet(
     # Given a backup that was cancelled
     records = BackupRecords(redis_client, keys, 600)
     backup = "6f1c2a53-5b36-4c59-9a57-8f0b3f2a1c11"
-    records.create(sample_plan(backup), "/srv/repo", ["t1", "t2", "t3"], {})
+    records.create(sample_plan(backup), "/srv/repo", ["t1", "t2", "t3"])
     assert metrics.observe_ended(records, backup) is False  # still running: not yet
-    records.update_drive(backup, "scsi0", DriveState.CANCELLED, DriveStats(MIB, MIB, MIB // 2))
+    records.report_drive(backup, "scsi0", DriveState.CANCELLED, DriveStats(MIB, MIB, MIB // 2))
     assert records.claim(backup, Phase.ROLLING_BACK, frm=[Phase.RUNNING]).won
-    records.set_fields(backup, {"cancel_reason": "cancelled by user"})
-    assert records.finish(backup, Phase.CANCELLED, "100")
+    assert records.finish(records.load(backup), Phase.CANCELLED, "cancelled by user")
     before = _sample(metrics.BACKUPS, outcome="cancelled")
     # When every worker process that ran one of its tasks looks at it
     with caplog.at_level(logging.INFO, logger="workers.metrics"):
@@ -264,12 +263,14 @@ def test_the_backup_summary_reads_like_vzdump() -> None:
         "phase": "done",
         "start_time": "T",
         "snapshot": "vm/100/T",
-        "plan": '{"drives": [{"name": "scsi0", "node": "default", "action": "used", '
-        '"reason": "", "size": 4194304, "dirty": 2097152}]}',
+        "repository": "/srv/repo",
+        "plan": '{"backup": "u", "vmid": "100", "start_time": "T", "drives": [{"name": "scsi0",'
+        ' "path": "/dev/sda", "node": "default", "action": "used", "reason": "", "size": 4194304,'
+        ' "dirty": 2097152}]}',
         "drive:scsi0": '{"state": "done", "dirty": 2097152, "transferred": 2097152, '
         '"zero_bytes": 524288, "reused": 1048576}',
     }
-    assert backup_summary(from_record(raw), 2.0) == [
+    assert backup_summary(from_record(BackupRecord.parse(raw)), 2.0) == [
         "vm 100 backup u: backup is sparse: 512.0 KiB (25%) total zero data",
         "vm 100 backup u: backup was done incrementally, reused 1.0 MiB (50%)",
         "vm 100 backup u: transferred 2.0 MiB of 2.0 MiB dirty in 2s (1.0 MiB/s)",

@@ -12,7 +12,6 @@ from tasks.producer import Producer
 from tests.fleet import SampleVM, WorkerProcess
 from txnbackup.drive import Drive
 from txnbackup.errors import BackupRunning, DriveNotFound, InvalidInput
-from txnbackup.record import drive_fields
 from txnbackup.repository import Repository
 from txnbackup.restore import restore_drive
 from txnbackup.snapshot import SnapshotId
@@ -90,8 +89,8 @@ def test_drives_run_on_their_nodes_queue(
 
     # Then each drive was copied by the worker of its node
     assert status.status == "done", status.errmsg
-    raw = producer.rt.records.raw(status.uuid)
-    workers = {d.name: drive_fields(raw, d.name)["worker"] for d in vm.drives}
+    record = producer.rt.records.load(status.uuid)
+    workers = {d.name: record.drive(d.name).worker for d in vm.drives}
     assert workers == {"scsi0": fleet["default"].name, "scsi1": fleet["node2"].name}
 
 

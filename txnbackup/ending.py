@@ -1,0 +1,132 @@
+"""How a backup ends: commit (the chord callback), rollback (the error path), and what the
+reaper does for a worker that died: abandon a running backup, resume a commit or rollback.
+
+Every ending first claims its phase in the record (txnbackup.record); only the claimant acts,
+so any number of deliveries of a commit or a rollback, from any trigger, ends the backup in
+exactly one outcome. Whoever finishes holds the ``finish`` lease while it works, so a worker
+dying part way leaves a phase the reaper resumes. The Celery layer only adapts these functions
+to tasks and passes ``send_rollback``, the way a rollback is queued.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import socket
+import time
+from collections.abc import Callable, Iterator
+
+from txnbackup import transaction
+from txnbackup.lease import Heartbeat
+from txnbackup.record import BackupRecord, Field, LeaseRole, Phase
+from txnbackup.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+SendRollback = Callable[[str], None]
+
+
+class PublishedButNotCommitted(Exception):
+    """The snapshot is published; committing the bitmaps must be retried, never undone."""
+
+
+def commit(rt: Runtime, backup: str, send_rollback: SendRollback, *, resume: bool = False) -> str:
+    """Claim running -> committing (or resume a claimed commit) and complete it."""
+    allowed = [Phase.RUNNING, Phase.COMMITTING] if resume else [Phase.RUNNING]
+    claim = rt.records.claim(backup, Phase.COMMITTING, frm=allowed, unless_cancelled=True)
+    if not claim.won:
+        if claim.previous is Phase.RUNNING:
+            send_rollback(backup)  # a cancel was recorded first: it wins
+        log.info("backup %s: commit skipped, backup is %s", backup, claim.previous)
+        return f"skipped: {claim.previous}"
+    with _finishing(rt, backup):
+        return _commit(rt, rt.records.load(backup))
+
+
+def _commit(rt: Runtime, record: BackupRecord) -> str:
+    records, plan = rt.records, record.plan
+    repo = rt.repository(record.repository)
+    try:
+        snapshot = transaction.commit(repo, rt.bitmaps, plan, records.blobs(record.uuid))
+    except Exception as exc:
+        if repo.find_backup(plan.vmid, record.uuid) is not None:
+            raise PublishedButNotCommitted(str(exc)) from exc
+        records.record_error(record.uuid, f"commit: {exc}")
+        if records.claim(record.uuid, Phase.ROLLING_BACK, frm=[Phase.COMMITTING]).won:
+            _roll_back(rt, record)  # the lease of this commit covers it
+        raise
+    records.set_snapshot(record.uuid, str(snapshot))
+    records.count(record.uuid, Field.COMMIT_RUNS)
+    records.finish(record, Phase.DONE)
+    log.info("vm %s backup %s: done, snapshot %s", plan.vmid, record.uuid, snapshot)
+    return str(snapshot)
+
+
+def rollback(rt: Runtime, backup: str) -> str:
+    claim = rt.records.claim(backup, Phase.ROLLING_BACK, frm=[Phase.RUNNING])
+    if not claim.won:
+        return f"skipped: {claim.previous}"
+    with _finishing(rt, backup):
+        return _roll_back(rt, rt.records.load(backup))
+
+
+def resume_rollback(rt: Runtime, backup: str) -> str:
+    """Finish a rollback whose worker died part way (every step of it is idempotent)."""
+    if rt.records.phase(backup) is not Phase.ROLLING_BACK:
+        return "skipped"
+    with _finishing(rt, backup):
+        return _roll_back(rt, rt.records.load(backup), resumed=True)
+
+
+def abandon(rt: Runtime, backup: str, reason: str) -> str:
+    """Roll back a running backup whose worker is gone or whose drive no worker takes.
+
+    A cancel recorded before stays the cause: a terminated drive's worker dies because of it.
+    """
+    if rt.records.cancel_reason(backup) is None:
+        rt.records.record_error(backup, reason)
+    return rollback(rt, backup)
+
+
+@contextlib.contextmanager
+def _finishing(rt: Runtime, backup: str) -> Iterator[None]:
+    holder = f"{socket.gethostname()}:{os.getpid()}"
+    with Heartbeat(rt.records, backup, LeaseRole.FINISH, holder, rt.settings.lease_ttl):
+        yield
+
+
+def _roll_back(rt: Runtime, record: BackupRecord, *, resumed: bool = False) -> str:
+    """Undo a claimed backup: wait for its running drive to stop, discard, return the bits."""
+    records = rt.records
+    records.count(record.uuid, Field.ROLLBACK_RESUMED if resumed else Field.ROLLBACK_RUNS)
+    record = _wait_for_running_drive(rt, record)
+    repo = rt.repository(record.repository)
+    transaction.rollback(repo, rt.bitmaps, record.plan)
+    cancel = records.cancel_reason(record.uuid)
+    if not cancel and not record.error:
+        records.record_error(record.uuid, _unexplained(record))
+    record = records.load(record.uuid)
+    final = Phase.ERROR if record.error else Phase.CANCELLED
+    records.finish(record, final, cancel or "cancelled" if final is Phase.CANCELLED else "")
+    log.info("vm %s backup %s: rolled back (%s)", record.vmid, record.uuid, final)
+    return str(final)
+
+
+def _unexplained(record: BackupRecord) -> str:
+    """A rollback nobody asked for is an error: a drive task that died says nothing itself."""
+    if record.running:
+        return f"worker lost while copying drive {record.running}"
+    return "a task of the backup failed without reporting why"
+
+
+def _wait_for_running_drive(rt: Runtime, record: BackupRecord) -> BackupRecord:
+    """Nothing may be written to a backup after its rollback: give the running drive, which
+    sees the cancel within a fraction of a second, time to stop (a killed one never does)."""
+    if not record.running or not rt.records.lease_holder(record.uuid, LeaseRole.COPY):
+        return record
+    deadline = time.monotonic() + rt.settings.rollback_wait
+    while record.running and time.monotonic() < deadline:
+        time.sleep(0.05)
+        record = rt.records.load(record.uuid)
+    return record
