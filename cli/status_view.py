@@ -55,6 +55,7 @@ def drive_table(status: BackupStatus) -> Table:
         "transferred",
         "zero",
         "reused",
+        "task",
     ):
         table.add_column(header, justify="right" if header in _NUMERIC else "left")
     for d in status.drives:
@@ -64,6 +65,7 @@ def drive_table(status: BackupStatus) -> Table:
             d.action,
             d.state,
             *(format_size(v) for v in (d.size, d.dirty, d.transferred, d.zero_bytes, d.reused)),
+            d.task_id,
         )
     return table
 

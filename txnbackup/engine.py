@@ -35,7 +35,8 @@ from txnbackup.chunkstore import ChunkBackend
 from txnbackup.constants import ZERO_DIGEST
 from txnbackup.drive import DriveReader
 from txnbackup.errors import Cancelled, IntegrityError
-from txnbackup.index import IndexReader, IndexWriter, chunk_count
+from txnbackup.geometry import chunk_count, extent
+from txnbackup.index import IndexReader, IndexWriter
 from txnbackup.manifest import DriveEntry
 from txnbackup.staging import Staging
 from txnbackup.stats import DriveStats
@@ -266,13 +267,13 @@ def _plan(
     count = chunk_count(size, cs)
     if incremental is None:
         for i in range(count):
-            yield i * cs, min(cs, size - i * cs), None
+            yield *extent(i, size, cs), None
         return
     with IndexReader(incremental.base_index) as base:
         if base.count != count or base.chunk_size != cs:
             raise IntegrityError(f"base index of {incremental.base_index} has another geometry")
         for i, (bit, digest) in enumerate(zip(incremental.bits, base, strict=True)):
-            yield i * cs, min(cs, size - i * cs), None if bit else digest
+            yield *extent(i, size, cs), None if bit else digest
 
 
 class _Pipeline:

@@ -20,15 +20,12 @@ from typing import BinaryIO
 from txnbackup.constants import DIGEST_SIZE
 from txnbackup.errors import IntegrityError
 from txnbackup.fsutil import temp_name, write_error
+from txnbackup.geometry import chunk_count
 
 MAGIC = b"TXBI"
 VERSION = 1
 HEADER = struct.Struct(">4sB3xIQQ")
 READ_BATCH = 4096  # digests per read while iterating
-
-
-def chunk_count(size: int, chunk_size: int) -> int:
-    return -(-size // chunk_size)
 
 
 @dataclass(frozen=True)
@@ -144,11 +141,3 @@ def file_sha256(path: Path) -> str:
         while block := fh.read(1 << 20):
             h.update(block)
     return h.hexdigest()
-
-
-def dirty_bytes(size: int, chunk_size: int, dirty_chunks: int, last_dirty: bool) -> int:
-    """Bytes covered by ``dirty_chunks`` chunks, the last (maybe short) one among them or not."""
-    count = chunk_count(size, chunk_size)
-    if not last_dirty or not count:
-        return dirty_chunks * chunk_size
-    return (dirty_chunks - 1) * chunk_size + size - (count - 1) * chunk_size

@@ -20,6 +20,7 @@ from txnbackup.errors import (
     TargetWriteError,
 )
 from txnbackup.fsutil import fsync_dir, os_reason, temp_name
+from txnbackup.geometry import extent
 from txnbackup.index import IndexReader, file_sha256
 from txnbackup.manifest import DriveEntry
 from txnbackup.repository import Repository
@@ -114,8 +115,7 @@ def _write_chunks(
         pending: deque[Future[None]] = deque()
         try:
             for i, digest in enumerate(reader):
-                offset = i * entry.chunk_size
-                length = min(entry.chunk_size, entry.size - offset)
+                offset, length = extent(i, entry.size, entry.chunk_size)
                 if digest == ZERO_DIGEST:
                     zero_chunks += 1
                     if holes:

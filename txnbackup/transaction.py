@@ -23,7 +23,7 @@ from txnbackup.drive import Drive, FileDrive, drive_size
 from txnbackup.engine import CancelCheck, CopyJob, Incremental, ProgressSink, copy_drive
 from txnbackup.errors import DriveSizeChanged, InvalidInput, NotFound, TransactionStateError
 from txnbackup.failpoints import failpoint
-from txnbackup.index import chunk_count, dirty_bytes
+from txnbackup.geometry import chunk_count, dirty_bytes
 from txnbackup.manifest import DriveEntry
 from txnbackup.names import check_backup_id, check_drive_name, check_vmid, new_backup_id
 from txnbackup.repository import Repository

@@ -17,7 +17,7 @@ import pytest
 
 from tests.fleet import SampleVM, new_vmid, wait_for
 from tests.fleet_plugin import Fleet
-from txnbackup.index import chunk_count
+from txnbackup.geometry import chunk_count
 from txnbackup.repository import Repository
 from txnbackup.restore import restore_drive
 from txnbackup.snapshot import SnapshotId

@@ -10,7 +10,8 @@ import pytest
 from tests.unit.builders import CS, stray_files
 from txnbackup.constants import ZERO_DIGEST
 from txnbackup.errors import IntegrityError
-from txnbackup.index import HEADER, IndexReader, IndexWriter, chunk_count, file_sha256
+from txnbackup.geometry import chunk_count
+from txnbackup.index import HEADER, IndexReader, IndexWriter, file_sha256
 
 
 def digests(n: int) -> list[bytes]:
