@@ -11,7 +11,11 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+from celery import Celery
+
+from tasks.queues import CONTROL_QUEUE
 from txnbackup.drive import Drive
 from txnbackup.status import BackupStatus
 from txnbackup.tracker import Tracker
@@ -135,3 +139,11 @@ def env_for_workers(base: dict[str, str]) -> dict[str, str]:
     env = dict(os.environ)
     env.update(base)
     return env
+
+
+def control_queue_empty(app: Celery) -> bool:
+    """No message waits in the control queue (commits and rollbacks) of the app's broker."""
+    with app.connection_for_write() as conn:
+        channel: Any = conn.default_channel  # the stubs' StdChannel lacks queue_declare
+        _, waiting, _ = channel.queue_declare(CONTROL_QUEUE, passive=True)
+    return int(waiting) == 0

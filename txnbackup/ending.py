@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable, Iterator
 
 from txnbackup import transaction
+from txnbackup.failpoints import failpoint
 from txnbackup.lease import Heartbeat
 from txnbackup.record import BackupRecord, Field, LeaseRole, Phase
 from txnbackup.runtime import Runtime
@@ -34,7 +35,9 @@ class PublishedButNotCommitted(Exception):
 def commit(rt: Runtime, backup: str, send_rollback: SendRollback, *, resume: bool = False) -> str:
     """Claim running -> committing (or resume a claimed commit) and complete it."""
     allowed = [Phase.RUNNING, Phase.COMMITTING] if resume else [Phase.RUNNING]
+    failpoint("commit.before_claim")
     claim = rt.records.claim(backup, Phase.COMMITTING, frm=allowed, unless_cancelled=True)
+    failpoint("commit.claimed")
     if not claim.won:
         if claim.previous is Phase.RUNNING:
             send_rollback(backup)  # a cancel was recorded first: it wins

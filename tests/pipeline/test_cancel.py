@@ -8,7 +8,6 @@ scsi0 is being copied. Plain Celery fails three of the five cases; all must pass
 from __future__ import annotations
 
 import random
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +16,7 @@ import pytest
 from celery import Celery
 
 from tasks.producer import Producer
-from tests.fleet import SampleVM, drive_state, wait_for
+from tests.fleet import SampleVM, control_queue_empty, drive_state, wait_for
 from tests.pipeline.test_backup import restores_identical
 from txnbackup.repository import Repository
 from txnbackup.status import BackupStatus
@@ -56,7 +55,9 @@ def _copied(status: BackupStatus, drive: str) -> int:
 def settle(producer: Producer, backup: str) -> BackupStatus:
     status = producer.wait(backup, timeout=30)
     assert not status.active, f"backup still {status.phase} after 30 s"
-    time.sleep(1.0)  # let duplicate rollback deliveries arrive, so "exactly once" is observable
+    # Every rollback sent (chord errback, the drive's failure path, the revoke watcher) has been
+    # delivered before "exactly once" is judged.
+    wait_for(lambda: control_queue_empty(producer.app), 10, "the control queue to drain")
     return producer.status(backup)
 
 
