@@ -19,13 +19,21 @@ from types import ModuleType
 
 import click
 
-from cli import backup_verbs, demo_verbs, gc_verbs, repository_verbs, tracker_verbs
+from cli import (
+    backup_verbs,
+    demo_verbs,
+    gc_verbs,
+    repository_verbs,
+    retention_verbs,
+    tracker_verbs,
+)
 from cli.errors import run
 from txnbackup.settings import Settings
 
 VERB_MODULES: tuple[ModuleType, ...] = (
     repository_verbs,
     gc_verbs,
+    retention_verbs,
     tracker_verbs,
     backup_verbs,
     demo_verbs,

@@ -43,6 +43,10 @@ class SnapshotNotFound(NotFound):
     """snapshot {} not found"""
 
 
+class NoCompleteSnapshot(NotFound):
+    """{}: VM {} has no complete snapshot"""
+
+
 class RepositoryNotFound(NotFound):
     """no txnbackup repository at {}"""
 
@@ -83,6 +87,14 @@ class ConflictError(TxnBackupError):
 
 class BackupRunning(ConflictError):
     """backup already running: {}"""
+
+
+class SnapshotProtected(ConflictError):
+    """snapshot {} is protected; run unprotect first"""
+
+
+class PruneBlocked(ConflictError):
+    """backup running: {} (VM {}); none of its snapshots removed"""
 
 
 class TransactionStateError(ConflictError):
