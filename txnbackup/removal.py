@@ -23,13 +23,14 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from txnbackup.errors import InvalidInput, SnapshotNotFound, SnapshotProtected
+from txnbackup.errors import SnapshotNotFound, SnapshotProtected
 from txnbackup.failpoints import failpoint
 from txnbackup.fsutil import fsync_dir
 from txnbackup.manifest import MANIFEST_NAME, Manifest
 from txnbackup.protection import PROTECTED_SUFFIX
 from txnbackup.repository import Repository
-from txnbackup.snapshot import SnapshotId, parse_time
+from txnbackup.snapshot import SnapshotId
+from txnbackup.snapshot_files import snapshot_dirs
 from txnbackup.verify import FAILED_SUFFIX
 
 log = logging.getLogger(__name__)
@@ -57,11 +58,9 @@ def remove_snapshot(repo: Repository, snapshot: SnapshotId) -> None:
 
 def half_removed(repo: Repository, vmid: str | None = None) -> Iterator[Path]:
     """Directories of snapshots whose removal was interrupted."""
-    vmdirs = [repo.path / "vm" / vmid] if vmid else _subdirs(repo.path / "vm")
-    for vmdir in vmdirs:
-        for directory in _subdirs(vmdir):
-            if _is_time(directory.name) and _interrupted(directory):
-                yield directory
+    for directory in snapshot_dirs(repo, vmid):
+        if _interrupted(directory):
+            yield directory
 
 
 def finish_removals(repo: Repository, vmid: str | None = None) -> list[str]:
@@ -79,7 +78,10 @@ def finish_removals(repo: Repository, vmid: str | None = None) -> list[str]:
 def _interrupted(directory: Path) -> bool:
     if (directory / MANIFEST_NAME).exists():
         return False
-    names = {p.name for p in directory.iterdir()}
+    try:
+        names = {p.name for p in directory.iterdir()}
+    except FileNotFoundError:
+        return False
     return REMOVING_NAME in names or not names
 
 
@@ -121,18 +123,3 @@ def _beside(directory: Path, suffix: str) -> Path:
 def _unlink(path: Path) -> None:
     with contextlib.suppress(FileNotFoundError):
         path.unlink()
-
-
-def _is_time(name: str) -> bool:
-    try:
-        parse_time(name)
-    except InvalidInput:
-        return False
-    return True
-
-
-def _subdirs(path: Path) -> list[Path]:
-    try:
-        return sorted(p for p in path.iterdir() if p.is_dir() and not p.is_symlink())
-    except (FileNotFoundError, NotADirectoryError):
-        return []
