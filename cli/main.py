@@ -21,6 +21,7 @@ import click
 
 from cli import (
     backup_verbs,
+    check_verbs,
     demo_verbs,
     gc_verbs,
     repository_verbs,
@@ -34,6 +35,7 @@ VERB_MODULES: tuple[ModuleType, ...] = (
     repository_verbs,
     gc_verbs,
     retention_verbs,
+    check_verbs,
     tracker_verbs,
     backup_verbs,
     demo_verbs,

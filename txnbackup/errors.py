@@ -79,6 +79,10 @@ class VerifyFailed(IntegrityError):
     """snapshot {} failed verification: {} bad chunk(s)"""
 
 
+class CheckFailed(IntegrityError):
+    """repository check found {} problem(s)"""
+
+
 class ConflictError(TxnBackupError):
     """conflict: {}"""
 

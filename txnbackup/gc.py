@@ -40,6 +40,7 @@ from pathlib import Path
 from txnbackup.chunkstore import BAD_SUFFIX
 from txnbackup.constants import ZERO_DIGEST
 from txnbackup.errors import IntegrityError, InvalidInput
+from txnbackup.failpoints import failpoint
 from txnbackup.fsutil import temp_name
 from txnbackup.index import IndexReader, file_sha256
 from txnbackup.removal import finish_removals
@@ -183,6 +184,7 @@ def _sweep_chunk(path: Path, report: GcReport) -> None:
         os.rename(path, doomed)
     except FileNotFoundError:
         return
+    failpoint("gc.chunk_renamed", path.name)
     st = doomed.stat()
     if st.st_mtime >= report.cutoff:
         _put_back(doomed, path)  # a backup reused it between our stat and the rename

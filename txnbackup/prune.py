@@ -4,7 +4,9 @@ Holding the VM lock (the one every backup holds from submit to its end, txnbacku
 means no backup of the VM runs while its snapshots are removed: a running backup's base
 cannot vanish under it, and a backup submitted meanwhile is refused as "already running"
 until the prune of that VM ends (a moment; the lock expires by itself if prune dies). A VM
-whose backup is running is not pruned (``PruneBlocked``, "backup running: <uuid>").
+whose backup is running is not pruned (``PruneBlocked``, "backup running: <uuid>"). The lock
+of a prune lasts PRUNE_LOCK_TTL seconds, so one that dies blocks the VM's backups that long
+at most; before each removal prune checks that it still holds the lock.
 
 A snapshot that is the base of a dirty bitmap is removed like any other, and the report
 names the bitmaps: their next backup finds the base gone, decides ``invalid`` and reads
@@ -40,6 +42,8 @@ from txnbackup.snapshot import SnapshotId
 
 log = logging.getLogger(__name__)
 
+PRUNE_LOCK_TTL = 60  # seconds the VM lock of a prune that died stays (blocking that VM's backups)
+
 
 @dataclass(frozen=True)
 class Outcome:
@@ -70,6 +74,7 @@ class Pruner:
         self.redis = redis
         self.keys = keys
         self.records = records
+        self._holder = ""  # our id in the VM lock we hold
 
     @classmethod
     def from_settings(cls, repo: Repository, settings: Settings) -> Pruner:
@@ -122,6 +127,7 @@ class Pruner:
     def _remove(self, snapshot: SnapshotId, bases: dict[str, list[str]], dry_run: bool) -> Outcome:
         bitmaps = tuple(bases.get(str(snapshot), ()))
         if not dry_run:
+            self._still_locked(snapshot.vmid)
             try:
                 remove_snapshot(self.repo, snapshot)
             except SnapshotProtected:
@@ -133,6 +139,11 @@ class Pruner:
                     ", ".join(bitmaps),
                 )
         return Outcome(snapshot, (), bitmaps)
+
+    def _still_locked(self, vmid: str) -> None:
+        holder = self.records.holder(vmid)
+        if holder != self._holder:
+            raise PruneBlocked(holder or "(lock expired)", vmid)
 
     def _bases(self, vmid: str) -> dict[str, list[str]]:
         return bitmap_bases(self.redis, self.keys, self.repo.id, vmid)
@@ -146,12 +157,13 @@ class Pruner:
                 raise PruneBlocked(holder, vmid)
             yield
             return
-        me = new_backup_id()
+        me = self._holder = new_backup_id()
         try:
             self.records.lock(vmid, me)
         except BackupRunning as exc:
             raise PruneBlocked(exc.args[0], vmid) from None
         try:
+            self.redis.expire(self.keys.lock(vmid), PRUNE_LOCK_TTL)
             failpoint("prune.locked", vmid)
             yield
         finally:
