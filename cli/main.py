@@ -26,6 +26,7 @@ from cli import (
     gc_verbs,
     repository_verbs,
     retention_verbs,
+    snapshot_verbs,
     tracker_verbs,
 )
 from cli.errors import run
@@ -36,6 +37,7 @@ VERB_MODULES: tuple[ModuleType, ...] = (
     gc_verbs,
     retention_verbs,
     check_verbs,
+    snapshot_verbs,
     tracker_verbs,
     backup_verbs,
     demo_verbs,
