@@ -109,6 +109,7 @@ class Pruner:
         report = PruneReport(dry_run)
         for vmid in sorted({s.vmid for s in snapshots}):
             with self._locked(vmid, dry_run):
+                report.finished += [] if dry_run else finish_removals(self.repo, vmid)
                 bases = self._bases(vmid)
                 for snapshot in sorted({s for s in snapshots if s.vmid == vmid}, reverse=True):
                     report.outcomes.append(self._remove(snapshot, bases, dry_run))
