@@ -30,7 +30,7 @@ from txnbackup.errors import BackupRunning, PruneBlocked, SnapshotNotFound, Snap
 from txnbackup.failpoints import failpoint
 from txnbackup.keys import Keys
 from txnbackup.manifest import MANIFEST_NAME
-from txnbackup.names import new_backup_id
+from txnbackup.names import check_vmid, new_backup_id
 from txnbackup.protection import is_protected
 from txnbackup.record import BackupRecords
 from txnbackup.redisconn import connect
@@ -88,7 +88,7 @@ class Pruner:
         """Apply the policy to each VM (or the one given); a busy VM is skipped and listed."""
         report = PruneReport(dry_run)
         apply_policy(policy, [])  # refuses an empty policy before anything is touched
-        vmids = [vmid] if vmid else self.repo.vmids()
+        vmids = [check_vmid(vmid)] if vmid else self.repo.vmids()
         for v in vmids:
             try:
                 with self._locked(v, dry_run):
