@@ -30,7 +30,8 @@ from txnbackup.settings import Settings
 def gc(settings: Settings, repo: Path | None, dry_run: bool, grace: float, as_json: bool) -> None:
     """Delete chunk files that no snapshot and no running backup refers to.
 
-    Reclaims the space of failed and cancelled backups; safe while backups run (see
+    Reclaims the space of failed and cancelled backups and of pruned snapshots, and
+    finishes snapshot removals a crash interrupted; safe while backups run (see
     docs/format.md, "Garbage collection"). Also removes chunk files moved aside by verify
     once they are no longer needed, and stray temporary files.
 
@@ -38,13 +39,16 @@ def gc(settings: Settings, repo: Path | None, dry_run: bool, grace: float, as_js
     --json prints:
       {"dry_run": bool, "chunks": <chunk files>, "referenced": int,
        "young": <unreferenced, kept: newer than the grace period or a running backup>,
-       "removed": int, "removed_bytes": int, "bad_removed": int, "tmp_removed": int}
+       "removed": int, "removed_bytes": int, "bad_removed": int, "tmp_removed": int,
+       "finished": ["vm/<vmid>/<time>" whose interrupted removal gc completed]}
     """
     report = collect(open_repository(settings, repo), grace=grace, dry_run=dry_run)
     if as_json:
         print_json(_json(report))
         return
     verb = "would remove" if dry_run else "removed"
+    for name in report.finished:
+        click.echo(f"finished removing {name} (an earlier removal was interrupted)")
     click.echo(
         f"{verb} {report.removed} unreferenced chunk file(s), "
         f"{format_size(report.removed_bytes)}; kept {report.referenced} referenced and "
@@ -63,6 +67,7 @@ def _json(report: GcReport) -> dict[str, object]:
         "removed_bytes": report.removed_bytes,
         "bad_removed": report.bad_removed,
         "tmp_removed": report.tmp_removed,
+        "finished": report.finished,
     }
 
 

@@ -19,13 +19,25 @@ from types import ModuleType
 
 import click
 
-from cli import backup_verbs, demo_verbs, gc_verbs, repository_verbs, tracker_verbs
+from cli import (
+    backup_verbs,
+    check_verbs,
+    demo_verbs,
+    gc_verbs,
+    repository_verbs,
+    retention_verbs,
+    snapshot_verbs,
+    tracker_verbs,
+)
 from cli.errors import run
 from txnbackup.settings import Settings
 
 VERB_MODULES: tuple[ModuleType, ...] = (
     repository_verbs,
     gc_verbs,
+    retention_verbs,
+    check_verbs,
+    snapshot_verbs,
     tracker_verbs,
     backup_verbs,
     demo_verbs,

@@ -10,12 +10,13 @@ import click
 from cli.options import json_option, open_repository, repo_option
 from cli.output import print_json, print_table, warn
 from cli.sizes import format_size, size_option_value
+from txnbackup.blob import restore_blob
 from txnbackup.errors import IntegrityError, VerifyFailed
+from txnbackup.latest import resolve
 from txnbackup.names import check_drive_name
 from txnbackup.repository import Repository
 from txnbackup.restore import restore_drive
 from txnbackup.settings import Settings
-from txnbackup.snapshot import SnapshotId
 from txnbackup.verify import Problem, VerifyReport, verify_snapshot
 
 
@@ -92,22 +93,39 @@ def _summaries(repo: Repository, vmid: str | None) -> list[dict[str, Any]]:
 @repo_option
 @click.argument("snapshot")
 @click.argument("drive")
-@click.argument("target", type=click.Path(path_type=Path))
+@click.argument("target", type=click.Path(path_type=Path), required=False)
 @click.option("--overwrite", is_flag=True, help="Replace TARGET when it is an existing file.")
+@click.option(
+    "--config", "config", metavar="NAME", help="Restore the config blob NAME instead of a drive."
+)
 @click.pass_obj
 def restore(
-    settings: Settings, repo: Path | None, snapshot: str, drive: str, target: Path, overwrite: bool
+    settings: Settings,
+    repo: Path | None,
+    snapshot: str,
+    drive: str,
+    target: Path | None,
+    overwrite: bool,
+    config: str | None,
 ) -> None:
-    """Write DRIVE of SNAPSHOT (vm/<vmid>/<time>) to TARGET.
+    """Write DRIVE of SNAPSHOT (vm/<vmid>/<time> or vm/<vmid>/latest) to TARGET.
 
     TARGET is a file (created sparse, appearing only complete) or a block device (written in
-    place, it must be at least as large as the drive).
+    place, it must be at least as large as the drive). `restore SNAPSHOT --config NAME
+    TARGET` writes the config blob NAME to the file TARGET instead.
     """
-    snap = SnapshotId.parse(snapshot)
+    repository = open_repository(settings, repo)
+    snap = resolve(repository, snapshot)
+    if config is not None:
+        if target is not None:
+            raise click.UsageError("with --config give SNAPSHOT and TARGET only")
+        size = restore_blob(repository, snap, config, Path(drive), overwrite=overwrite)
+        click.echo(f"restored config {config} of {snap} to {drive}: {format_size(size)}")
+        return
+    if target is None:
+        raise click.UsageError("missing argument 'TARGET'")
     check_drive_name(drive)
-    result = restore_drive(
-        open_repository(settings, repo), snap, drive, target, overwrite=overwrite
-    )
+    result = restore_drive(repository, snap, drive, target, overwrite=overwrite)
     click.echo(
         f"restored drive {drive} of {snap} to {target}: {format_size(result.size)}, "
         f"{result.chunks} chunks ({result.zero_chunks} all-zero)"
@@ -131,8 +149,9 @@ def verify(settings: Settings, repo: Path | None, snapshot: str, as_json: bool) 
        "problems": [{"drive": str, "offset": <bytes> or null, "digest": "<sha256 hex>",
                      "reason": str}]}
     """
-    snap = SnapshotId.parse(snapshot)
-    report = verify_snapshot(open_repository(settings, repo), snap)
+    repository = open_repository(settings, repo)
+    snap = resolve(repository, snapshot)
+    report = verify_snapshot(repository, snap)
     if as_json:
         print_json(_report_json(report))
     elif report.ok:

@@ -43,6 +43,10 @@ class SnapshotNotFound(NotFound):
     """snapshot {} not found"""
 
 
+class NoCompleteSnapshot(NotFound):
+    """{}: VM {} has no complete snapshot"""
+
+
 class RepositoryNotFound(NotFound):
     """no txnbackup repository at {}"""
 
@@ -75,6 +79,10 @@ class VerifyFailed(IntegrityError):
     """snapshot {} failed verification: {} bad chunk(s)"""
 
 
+class CheckFailed(IntegrityError):
+    """repository check found {} problem(s)"""
+
+
 class ConflictError(TxnBackupError):
     """conflict: {}"""
 
@@ -83,6 +91,14 @@ class ConflictError(TxnBackupError):
 
 class BackupRunning(ConflictError):
     """backup already running: {}"""
+
+
+class SnapshotProtected(ConflictError):
+    """snapshot {} is protected; run unprotect first"""
+
+
+class PruneBlocked(ConflictError):
+    """backup running: {} (VM {}); none of its snapshots removed"""
 
 
 class TransactionStateError(ConflictError):

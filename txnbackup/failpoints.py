@@ -4,6 +4,7 @@
 arms them (for tests only; unset in production, where every call is one dict lookup).
 ``kill-process`` SIGKILLs the calling process (a pool child, as the OOM killer would);
 ``kill-worker`` SIGKILLs its whole process group (a worker and its pool: a host loss).
+``sleep:<seconds>`` pauses there (a test acts while the process is at that step).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import functools
 import logging
 import os
 import signal
+import time
 
 log = logging.getLogger(__name__)
 ENV = "TXNBACKUP_FAILPOINTS"
@@ -36,3 +38,5 @@ def failpoint(name: str, detail: str = "") -> None:
         os.killpg(os.getpgid(0), signal.SIGKILL)
     elif action == "kill-process":
         os.kill(os.getpid(), signal.SIGKILL)
+    elif action.startswith("sleep:"):
+        time.sleep(float(action.removeprefix("sleep:")))

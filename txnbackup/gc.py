@@ -10,9 +10,12 @@ backups, never stopping them, by these rules:
    has not indexed yet; the engine changes its staging directory only before such a drive
    starts and after its index is complete, so all of them are newer than the cutoff.
 2. **Mark.** Every digest in the indexes of every staging area (drives already copied), then
-   in the indexes of every published snapshot, listed after the staging areas were read (a
-   backup publishing meanwhile is found in one place or the other). An index that cannot be
-   read stops the collection before anything is deleted.
+   in every index file of every snapshot directory, listed after the staging areas were read
+   (a backup publishing meanwhile is found in one place or the other). Snapshots whose
+   manifest is damaged or being removed are marked from the index files they hold. An index
+   that cannot be read, or that a readable manifest lists but is missing or does not match
+   its checksum, stops the collection before anything is deleted (unless its snapshot is
+   being removed meanwhile).
 3. **Sweep.** An unmarked chunk file older than the cutoff is renamed to a ``.tmp-`` name,
    looked at again, and deleted only if its mtime is still old: a backup that reused it
    just before the rename has refreshed it (it is put back), one just after finds it gone
@@ -20,7 +23,8 @@ backups, never stopping them, by these rules:
 
 Also removed: ``<digest>.bad`` files (moved aside by verify) once no snapshot refers to
 the digest or a good copy was stored again, and stray ``.tmp-*`` files older than the
-cutoff in ``chunks/`` and ``vm/<vmid>/``. Snapshots themselves are never touched.
+cutoff in ``chunks/`` and ``vm/<vmid>/``. Snapshots are never removed here, but removals a
+crash interrupted are finished first (txnbackup.removal).
 """
 
 from __future__ import annotations
@@ -36,9 +40,12 @@ from pathlib import Path
 from txnbackup.chunkstore import BAD_SUFFIX
 from txnbackup.constants import ZERO_DIGEST
 from txnbackup.errors import IntegrityError, InvalidInput
+from txnbackup.failpoints import failpoint
 from txnbackup.fsutil import temp_name
 from txnbackup.index import IndexReader, file_sha256
+from txnbackup.removal import finish_removals
 from txnbackup.repository import Repository
+from txnbackup.snapshot_files import being_removed, snapshot_dirs, snapshot_indexes
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +68,7 @@ class GcReport:
     removed_bytes: int = 0
     bad_removed: int = 0
     tmp_removed: int = 0
+    finished: list[str] = field(default_factory=list)  # interrupted snapshot removals completed
     marked: set[bytes] = field(default_factory=set, repr=False)
 
 
@@ -69,6 +77,8 @@ def collect(repo: Repository, *, grace: float = DEFAULT_GRACE, dry_run: bool = F
     if grace < 0:
         raise InvalidInput(f"grace period {grace} must not be negative")
     report = GcReport(dry_run, _cutoff(repo, time.time() - grace))
+    if not dry_run:
+        report.finished = finish_removals(repo)
     _mark_all(repo, report.marked)
     _sweep(repo, report)
     log.info(
@@ -87,11 +97,14 @@ def _mark_all(repo: Repository, marked: set[bytes]) -> None:
     # Staging areas first, published snapshots second: see the module docstring.
     for index in _staging_indexes(repo):
         _mark(marked, index, expected_sha256=None)
-    for snapshot in repo.snapshots():
-        manifest = repo.manifest(snapshot)
-        for entry in manifest.drives:
-            index = repo.snapshot_dir(snapshot) / entry.index
-            _mark(marked, index, expected_sha256=entry.index_sha256)
+    for directory in snapshot_dirs(repo):
+        try:
+            for index, expected in snapshot_indexes(directory):
+                _mark(marked, index, expected_sha256=expected)
+        except IntegrityError:
+            if being_removed(directory):
+                continue  # a prune removed it while we read it
+            raise
 
 
 def _sweep(repo: Repository, report: GcReport) -> None:
@@ -171,6 +184,7 @@ def _sweep_chunk(path: Path, report: GcReport) -> None:
         os.rename(path, doomed)
     except FileNotFoundError:
         return
+    failpoint("gc.chunk_renamed", path.name)
     st = doomed.stat()
     if st.st_mtime >= report.cutoff:
         _put_back(doomed, path)  # a backup reused it between our stat and the rename
