@@ -78,7 +78,8 @@ class Qsd:
                 "--chardev", f"socket,id={name},path={path},server=on,wait=off",
                 "--monitor", f"chardev={name}",
             ]  # fmt: skip
-        self.proc = subprocess.Popen(args, stderr=open(self.dir / "qsd.log", "ab"))  # noqa: SIM115
+        with open(self.dir / "qsd.log", "ab") as log:
+            self.proc = subprocess.Popen(args, stderr=log)
         try:
             for sock in (self.qmp_path, self.harness_path, self.nbd_socket):
                 wait_for(Path(sock), self.proc)

@@ -172,7 +172,8 @@ class FleeceSession:
         _private_dir(self.run_dir)
         self.scratch.mkdir(parents=True, exist_ok=True)
         if self.own_server:
-            addr = {"type": "unix", "path": self.socket}
+            # nbd-server-start still takes the legacy address form, with "data".
+            addr = {"type": "unix", "data": {"path": self.socket}}
             self.qmp.execute("nbd-server-start", {"addr": addr})
         for drive in self.drives:
             path = naming.overlay_file(self.scratch, self.backup, drive.name)
