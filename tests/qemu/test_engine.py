@@ -34,7 +34,9 @@ def back_up(
     at the begin instant."""
     backup = new_backup_id()
     with qsd.qmp() as qmp:
-        session = FleeceSession(qmp, backup, discover(qmp), nbd_socket=qsd.nbd_socket)
+        session = FleeceSession(
+            qmp, backup, discover(qmp), nbd_socket=qsd.nbd_socket, run_root=qsd.dir
+        )
         with guest.paused:
             model = {d: guest.content(d) for d in DRIVES}
             decisions = session.begin()

@@ -14,7 +14,7 @@ if WHY:
     pytest.skip(WHY, allow_module_level=True)
 
 from txnbackup.action import BitmapAction  # noqa: E402
-from txnbackup.errors import QmpCommandFailed, TxnBackupError  # noqa: E402
+from txnbackup.errors import QmpCommandFailed, QmpUnavailable, TxnBackupError  # noqa: E402
 from txnbackup.names import new_backup_id  # noqa: E402
 from txnbackup.qemu.discover import QemuDrive, discover  # noqa: E402
 from txnbackup.qemu.fleece import FleeceSession  # noqa: E402
@@ -26,7 +26,7 @@ from txnbackup.qemu.qmp import QmpClient  # noqa: E402
 def session(qsd: Qsd, backup: str) -> Iterator[FleeceSession]:
     """A session on a fresh monitor connection, as another worker process would open it."""
     with qsd.qmp() as qmp:
-        yield FleeceSession(qmp, backup, discover(qmp), nbd_socket=qsd.nbd_socket)
+        yield FleeceSession(qmp, backup, discover(qmp), nbd_socket=qsd.nbd_socket, run_root=qsd.dir)
 
 
 def begin(qsd: Qsd, guest: Guest) -> tuple[str, dict[str, BitmapAction], dict[str, bytes]]:
@@ -171,7 +171,9 @@ def test_an_inconsistent_bitmap_is_removed_and_the_drive_read_in_full(
     qsd.kill()  # leaves them marked in-use: inconsistent at the next start
     qsd.start()
     with qsd.qmp() as qmp:
-        s = FleeceSession(qmp, new_backup_id(), discover(qmp), nbd_socket=qsd.nbd_socket)
+        s = FleeceSession(
+            qmp, new_backup_id(), discover(qmp), nbd_socket=qsd.nbd_socket, run_root=qsd.dir
+        )
         states = s.bitmap_states()
         assert all(state.inconsistent for state in states.values())
         decisions = s.begin()
@@ -194,7 +196,7 @@ def test_a_failed_begin_leaves_nothing_and_changes_no_bitmap(qsd: Qsd, guest: Gu
     end(qsd, first, "commit")
     with qsd.qmp() as qmp:
         drives = [*discover(qmp), QemuDrive("ghost", "no-such-node", qsd.size, "qcow2")]
-        s = FleeceSession(qmp, new_backup_id(), drives, nbd_socket=qsd.nbd_socket)
+        s = FleeceSession(qmp, new_backup_id(), drives, nbd_socket=qsd.nbd_socket, run_root=qsd.dir)
         with pytest.raises(Exception, match="ghost") as failure:
             s.begin()
         assert "no-such-node" in str(failure.value)
@@ -210,3 +212,29 @@ def test_the_monitor_client_reports_qemu_s_own_message(qsd: Qsd) -> None:
         assert failure.value.desc == "Cannot find device='nope' nor node-name='nope'"
         assert isinstance(failure.value, TxnBackupError) and failure.value.exit_code == 7
         assert qmp.execute("query-version")["qemu"]["major"] >= 7
+
+
+def test_qemu_killed_mid_backup_rolls_back_to_a_full_read_next(qsd: Qsd, guest: Guest) -> None:
+    guest.fill()
+    first, _, _ = begin(qsd, guest)
+    end(qsd, first, "commit")
+    guest.close()
+    qsd.quit()
+    qsd.start()
+    fresh = Guest(qsd)
+    backup, actions, _ = begin(qsd, fresh)
+    assert set(actions.values()) == {BitmapAction.USED}
+    fresh.close()
+    with qsd.qmp() as qmp:
+        s = FleeceSession(qmp, backup, discover(qmp), nbd_socket=qsd.nbd_socket, run_root=qsd.dir)
+        qsd.kill()
+        with pytest.raises(QmpUnavailable):
+            s.rollback()
+        assert not s.run_dir.exists()  # the overlays are gone with it
+    qsd.start()
+    end(qsd, backup, "rollback")  # the frozen bits are lost: nothing may claim to cover them
+    assert bitmaps(qsd) == {d: [] for d in DRIVES}
+    with session(qsd, new_backup_id()) as s:
+        decisions = s.begin()
+        assert {d.action for d in decisions.values()} == {BitmapAction.NEW}
+        s.rollback()

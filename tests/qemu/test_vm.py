@@ -77,7 +77,7 @@ def test_a_vm_s_drives_are_found_frozen_read_and_ended(vm: Path) -> None:
             ("virtio0", "d0", SIZE),
             ("virtio1", "d1", SIZE),
         ]
-        full = FleeceSession(qmp, new_backup_id(), drives)
+        full = FleeceSession(qmp, new_backup_id(), drives, run_root=vm)
         assert {d.action for d in full.begin().values()} == {BitmapAction.NEW}
         guest_write(vm, "virtio0", 0)  # after the instant: the view still reads zeros
         view = full.view(drives[0])
@@ -88,7 +88,7 @@ def test_a_vm_s_drives_are_found_frozen_read_and_ended(vm: Path) -> None:
         assert not full.leftovers()
 
         guest_write(vm, "virtio1", 3 * CS)
-        incremental = FleeceSession(qmp, new_backup_id(), drives)
+        incremental = FleeceSession(qmp, new_backup_id(), drives, run_root=vm)
         decisions = incremental.begin()
         assert {d.action for d in decisions.values()} == {BitmapAction.USED}
         for drive, expected in zip(drives, ({0}, {3}), strict=True):
@@ -103,7 +103,7 @@ def test_a_vm_s_drives_are_found_frozen_read_and_ended(vm: Path) -> None:
         assert not incremental.leftovers()
         assert not incremental.run_dir.exists()
 
-        retry = FleeceSession(qmp, new_backup_id(), drives)
+        retry = FleeceSession(qmp, new_backup_id(), drives, run_root=vm)
         retry.begin()
         view = retry.view(drives[1])
         with NbdDrive("virtio1", view.uri, view.bitmap) as reader:

@@ -54,7 +54,8 @@ class FleeceSession:
 
     ``nbd_socket`` names the process's NBD server when it already runs one (QEMU allows only
     one and cannot tell its address); without it the session starts and stops its own in a
-    private run directory. Overlays go to ``scratch`` (default: that run directory).
+    private run directory under ``run_root``. Overlays go to ``scratch`` (default: that run
+    directory). Every process ending the session must be given the same three.
     """
 
     def __init__(
@@ -65,9 +66,10 @@ class FleeceSession:
         *,
         nbd_socket: str | None = None,
         scratch: Path | None = None,
+        run_root: Path = naming.RUN_ROOT,
     ) -> None:
         self.qmp, self.backup, self.drives = qmp, backup, tuple(drives)
-        self.run_dir = naming.run_dir(backup)
+        self.run_dir = naming.run_dir(backup, run_root)
         self.own_server = nbd_socket is None
         self.socket = nbd_socket or str(self.run_dir / "nbd.sock")
         self.scratch = scratch or self.run_dir

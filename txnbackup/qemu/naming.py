@@ -44,9 +44,9 @@ def filter_node(backup: str, drive: str) -> str:
     return f"{_node_stem(backup, drive)}-cbw"
 
 
-def run_dir(backup: str) -> Path:
+def run_dir(backup: str, root: Path = RUN_ROOT) -> Path:
     """Private to the backup; short, since unix socket paths must stay under 108 bytes."""
-    return RUN_ROOT / f"{PREFIX}qemu-{backup}"
+    return root / f"{PREFIX}qemu-{backup}"
 
 
 def overlay_file(scratch: Path, backup: str, drive: str) -> Path:
