@@ -14,9 +14,14 @@ if WHY:
     pytest.skip(WHY, allow_module_level=True)
 
 from txnbackup.action import BitmapAction  # noqa: E402
-from txnbackup.errors import QmpCommandFailed, QmpUnavailable, TxnBackupError  # noqa: E402
+from txnbackup.errors import (  # noqa: E402
+    QemuDriveError,
+    QmpCommandFailed,
+    QmpUnavailable,
+    TxnBackupError,
+)
 from txnbackup.names import new_backup_id  # noqa: E402
-from txnbackup.qemu.discover import QemuDrive, discover  # noqa: E402
+from txnbackup.qemu.discover import QemuDrive, discover, explicit  # noqa: E402
 from txnbackup.qemu.fleece import FleeceSession  # noqa: E402
 from txnbackup.qemu.nbd_drive import NbdDrive  # noqa: E402
 from txnbackup.qemu.qmp import QmpClient  # noqa: E402
@@ -238,3 +243,18 @@ def test_qemu_killed_mid_backup_rolls_back_to_a_full_read_next(qsd: Qsd, guest: 
         decisions = s.begin()
         assert {d.action for d in decisions.values()} == {BitmapAction.NEW}
         s.rollback()
+
+
+def test_drives_are_found_by_node_or_named_explicitly(qsd: Qsd, guest: Guest) -> None:
+    backup, _, _ = begin(qsd, guest)
+    with qsd.qmp() as qmp:
+        # During a backup our overlays are qcow2 nodes too; they are not drives.
+        assert [(d.name, d.node, d.size) for d in discover(qmp)] == [
+            (d, d, qsd.size) for d in DRIVES
+        ]
+        assert [d.node for d in explicit(qmp, {"scsi0": "drive1"})] == ["drive1"]
+        with pytest.raises(QemuDriveError, match=r"drive scsi1: .* no block node 'drive9'"):
+            explicit(qmp, {"scsi1": "drive9"})
+        with pytest.raises(QemuDriveError, match="'drive0-file' is a 'file' node"):
+            explicit(qmp, {"scsi1": "drive0-file"})
+    end(qsd, backup, "rollback")

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from txnbackup.errors import InvalidInput, QemuDriveError
-from txnbackup.names import DRIVE_RE
+from txnbackup.names import DRIVE_RE, check_drive_name
 from txnbackup.qemu.naming import is_ours
 from txnbackup.qemu.qmp import QmpClient
 
@@ -53,7 +53,8 @@ def drive_name(label: str) -> str:
 
 
 def discover(qmp: QmpClient) -> list[QemuDrive]:
-    """The drives of the QEMU process behind ``qmp``, in QEMU's order."""
+    """The drives of the QEMU process behind ``qmp``: a VM's in its order, a daemon's by
+    name."""
     blocks = qmp.execute("query-block")
     drives = _vm_drives(blocks) if blocks else _daemon_drives(qmp)
     names = [d.name for d in drives]
@@ -88,7 +89,8 @@ def _vm_drives(blocks: list[dict[str, Any]]) -> list[QemuDrive]:
 
 
 def _daemon_drives(qmp: QmpClient) -> list[QemuDrive]:
-    return [
+    # Sorted: QEMU lists nodes newest first, an order that says nothing to a user.
+    drives = [
         QemuDrive(drive_name(n["node-name"]), n["node-name"], n["image"]["virtual-size"], n["drv"])
         for n in qmp.execute("query-named-block-nodes", {"flat": True})
         if n["drv"] in FORMAT_DRIVERS
@@ -96,9 +98,11 @@ def _daemon_drives(qmp: QmpClient) -> list[QemuDrive]:
         and not n["node-name"].startswith("#")
         and not is_ours(n["node-name"])
     ]
+    return sorted(drives, key=lambda d: d.name)
 
 
 def _checked(name: str, node: str, driver: str, size: int) -> QemuDrive:
+    check_drive_name(name)
     if driver not in FORMAT_DRIVERS:
         raise QemuDriveError(
             name,

@@ -102,9 +102,12 @@ class FleeceSession:
 
     def view(self, drive: QemuDrive) -> DriveView:
         """The view of ``drive`` while the session runs, as QEMU shows it."""
-        frozen = [b for b in self._frozen(node_bitmaps(self.qmp)) if b[0] == drive]
-        usable = [b for _, b in frozen if not b.recording and not b.inconsistent]
-        bitmap = usable[0].name if len(usable) == 1 else None
+        usable = [
+            b.name
+            for d, b in self._frozen(node_bitmaps(self.qmp))
+            if d == drive and not b.recording and not b.inconsistent
+        ]
+        bitmap = usable[0] if len(usable) == 1 else None
         return DriveView(drive, self.socket, naming.export_name(self.backup, drive.name), bitmap)
 
     def commit(self) -> None:
