@@ -7,6 +7,8 @@ VENV=${VENV:-.venv}
 export VENV
 
 scripts/ensure-venv.sh dev
+# QEMU, qemu-img, libnbd and its Python module for tests/qemu (skipped, saying why, without).
+scripts/ensure-qemu.sh
 scripts/ensure-redis.sh
 
 "$VENV/bin/ruff" check .

@@ -141,3 +141,30 @@ class Cancelled(TxnBackupError):
     """backup cancelled: {}"""
 
     exit_code = 9
+
+
+class QemuError(TxnBackupError):
+    """QEMU at {}: {}"""
+
+    exit_code = 7
+
+
+class QmpUnavailable(QemuError):
+    """cannot talk to QEMU's monitor at {}: {}"""
+
+
+class QmpCommandFailed(QemuError):
+    """QEMU at {}: {} failed: {}"""
+
+    @property
+    def desc(self) -> str:
+        """QEMU's own message (its ``desc``)."""
+        return str(self.args[2])
+
+
+class QmpTimeout(QemuError):
+    """QEMU at {}: no {} within {} s"""
+
+
+class QemuDriveError(QemuError):
+    """drive {}: {}"""
