@@ -16,7 +16,8 @@ from pathlib import Path
 
 from txnbackup.constants import ZERO_DIGEST
 from txnbackup.errors import CorruptChunk, IntegrityError, InvalidInput, SnapshotNotFound
-from txnbackup.index import IndexReader, chunk_count, file_sha256
+from txnbackup.geometry import chunk_count
+from txnbackup.index import IndexReader, file_sha256
 from txnbackup.manifest import BlobEntry, DriveEntry, Manifest
 from txnbackup.repository import Repository
 from txnbackup.snapshot import SnapshotId

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from types import TracebackType
 
 from txnbackup.errors import DriveReadError, DriveUnreadable
-from txnbackup.index import chunk_count
+from txnbackup.geometry import chunk_count
 
 try:
     import nbd
