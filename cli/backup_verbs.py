@@ -13,6 +13,7 @@ JSON shapes (``--json``), stable (docs/json.md has them all):
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import tempfile
 from pathlib import Path
@@ -105,7 +106,7 @@ def backup(
     Exit code with --wait: 0 done, 1 error, 9 cancelled, 130 stopped watching (Ctrl-C).
     """
     producer = _producer(settings)
-    parsed = [Drive.parse(spec) for spec in drives]
+    parsed = [_absolute(Drive.parse(spec)) for spec in drives]
     uuid = producer.submit(
         vmid,
         parsed,
@@ -117,7 +118,17 @@ def backup(
     if not wait:
         print_json({"uuid": uuid}) if as_json else click.echo(uuid)
         return
+    # First, so that a user can cancel or look it up while it runs (stdout stays one JSON
+    # document with --json).
+    click.echo(f"backup {uuid}", err=as_json)
     raise SystemExit(follow_and_show(producer, uuid, as_json))
+
+
+def _absolute(drive: Drive) -> Drive:
+    """The worker resolves a path from its own directory: send what the shell meant."""
+    if drive.path.startswith("qemu:"):
+        return drive
+    return dataclasses.replace(drive, path=os.path.abspath(drive.path))
 
 
 @click.command()

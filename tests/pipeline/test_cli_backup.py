@@ -19,7 +19,9 @@ MIB = 1024 * 1024
 TXNBACKUP = str(Path(sys.executable).parent / "txnbackup")
 
 
-def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def cli(
+    *args: str, env: dict[str, str] | None = None, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
     """The real command, configured like the test fleet unless ``env`` says otherwise."""
     return subprocess.run(
         [TXNBACKUP, *args],
@@ -27,8 +29,29 @@ def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedPr
         text=True,
         timeout=120,
         env=env or env_for_workers(FLEET_ENV),
+        cwd=cwd,
         check=False,
     )
+
+
+def test_a_drive_path_relative_to_the_shell_is_backed_up_and_the_uuid_comes_first(
+    producer: Producer, vm: SampleVM, pipeline_repo: Repository
+) -> None:
+    # Given a drive named by a path relative to the user's directory (not the worker's)
+    drive = vm.add_drive("scsi0", MIB, seed=5)
+    relative = Path(drive.path).name
+
+    # When it is backed up with --wait
+    done = cli(
+        "backup", vm.vmid, f"--drive=scsi0={relative}", "--repo", str(pipeline_repo.path),
+        "--wait", "--json", cwd=vm.root,
+    )  # fmt: skip
+
+    # Then it is done, and the uuid was told first (on stderr, as stdout holds the JSON)
+    assert done.returncode == 0, done.stderr
+    status = json.loads(done.stdout)
+    assert status["status"] == "done", status["errmsg"]
+    assert done.stderr.splitlines()[0] == f"backup {status['uuid']}"
 
 
 def test_backup_wait_json_then_status_and_backups(
