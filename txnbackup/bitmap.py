@@ -33,10 +33,18 @@ from enum import StrEnum
 from typing import Any, Protocol
 
 from redis import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from txnbackup.constants import BITMAP_READ_BLOCK
-from txnbackup.errors import IntegrityError, InvalidInput, NotFound, TransactionStateError
+from txnbackup.errors import (
+    IntegrityError,
+    InvalidInput,
+    MarkNotRecorded,
+    NotFound,
+    TransactionStateError,
+)
 from txnbackup.keys import Keys
 
 EPOCH_LENGTH = 16  # bytes of the epoch header of every bits key; the scripts spell out 16
@@ -220,10 +228,18 @@ class RedisBitmaps:
         try:
             return int(self._mark(keys=keys, args=[offset, length]))
         except ResponseError as exc:
-            size = str(exc).split()[-1]
+            # Only the script's own RANGE reply is the caller's fault; anything else (out of
+            # memory, a read-only replica, a denied command) is Redis's, and the writer must
+            # learn that its mark was lost so that it reports the write again.
+            reply = str(exc)
+            if not reply.startswith("RANGE "):
+                raise MarkNotRecorded(f"{vmid}/{drive}", f"{offset}+{length}", reply) from None
             raise InvalidInput(
-                f"range {offset}+{length} is beyond the end of drive {vmid}/{drive} ({size} bytes)"
+                f"range {offset}+{length} is beyond the end of drive {vmid}/{drive} "
+                f"({reply.split()[1]} bytes)"
             ) from None
+        except (RedisConnectionError, RedisTimeoutError) as exc:
+            raise MarkNotRecorded(f"{vmid}/{drive}", f"{offset}+{length}", str(exc)) from None
 
     def freeze(self, backup: str, vmid: str, items: Sequence[FreezeItem]) -> dict[str, Frozen]:
         """Freeze all drives' bitmaps in one step; return what each drive's backup must read."""
