@@ -22,7 +22,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from redis import Redis
 from redis.backoff import ExponentialBackoff
-from redis.exceptions import AuthenticationError, NoPermissionError, RedisError
+from redis.exceptions import AuthenticationError, NoPermissionError, RedisError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
@@ -121,6 +121,45 @@ def _check_url_files(url: str) -> None:
     for option, values in parse_qs(urlsplit(url).query).items():
         if option in FILE_OPTIONS and not os.path.exists(values[-1]):
             raise InvalidInput(f"Redis URL {redacted(url)!r}: {option}={values[-1]} does not exist")
+
+
+def eviction_warning(redis: Redis) -> str | None:
+    """Why this Redis may drop keys under memory pressure (a bits key evicted is a drive read
+    in full), or None when its maxmemory-policy is noeviction."""
+    try:
+        value = redis.config_get("maxmemory-policy").get("maxmemory-policy")
+    except ResponseError as exc:  # CONFIG renamed away or denied to this user
+        return (
+            f"cannot check Redis's maxmemory-policy ({exc}): make sure it is noeviction, or "
+            "dirty bitmaps may be evicted and backups read whole drives"
+        )
+    policy = _text(value) if value else ""
+    if policy == "noeviction":
+        return None
+    return (
+        f"Redis's maxmemory-policy is {policy or 'unknown'}: it may evict dirty bitmaps under "
+        "memory pressure (each such drive is then read in full); set maxmemory-policy "
+        "noeviction (README, Redis settings)"
+    )
+
+
+def eviction_warning_at(url: str) -> str | None:
+    """``eviction_warning`` of the Redis at ``url``; None if it cannot be reached (whoever
+    uses it reports that)."""
+    try:
+        client = connect(url)
+    except TxnBackupError:
+        return None
+    try:
+        return eviction_warning(client)
+    except (RedisError, OSError):
+        return None
+    finally:
+        client.close()
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
 
 
 @contextmanager
