@@ -99,6 +99,8 @@ redis.call('HSET', KEYS[1], 'state', 'frozen', 'vmid', ARGV[1], 'drives', cjson.
 return counts
 """
 
+# A transaction frozen by a txnbackup without epochs has none: its drives commit to an empty
+# epoch, which no bits key carries, so their next backup reads everything once.
 _COMMIT = """
 local state = redis.call('HGET', KEYS[1], 'state')
 if not state then return redis.error_reply('TXN missing') end
@@ -107,7 +109,7 @@ if state ~= 'frozen' then return redis.error_reply('TXN ' .. state) end
 local items = cjson.decode(redis.call('HGET', KEYS[1], 'drives'))
 for i, item in ipairs(items) do
   redis.call('HSET', KEYS[3*i-1], 'base', ARGV[1], 'repository', ARGV[2], 'size', item.size,
-    'chunk_size', item.chunk_size, 'epoch', item.epoch)
+    'chunk_size', item.chunk_size, 'epoch', item.epoch or '')
   redis.call('DEL', KEYS[3*i+1])
 end
 redis.call('HSET', KEYS[1], 'state', 'committed', 'snapshot', ARGV[1])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 
 import pytest
@@ -436,3 +437,20 @@ def test_commit_after_the_meta_was_evicted_leaves_a_whole_meta(
 
     meta = tracked.meta(VM, DRIVE)
     assert meta == BitmapMeta(SIZE, CS, "vm/100/2026-02-01T00:00:00Z", "repo-2", frozen.epoch)
+
+
+def test_a_backup_frozen_before_epochs_existed_commits_to_a_full_read(
+    tracked: RedisBitmaps, redis_client: Redis, keys: Keys
+) -> None:
+    # Given a transaction frozen by an older txnbackup: its drives carry no epoch
+    backup = new_backup()
+    freeze(tracked, backup)
+    txn = keys.bitmap_txn(backup)
+    old_style = [{"drive": DRIVE, "size": str(SIZE), "chunk_size": str(CS)}]
+    redis_client.hset(txn, "drives", json.dumps(old_style))
+
+    # When this txnbackup commits it, the commit completes, and the bitmap proves nothing
+    assert tracked.commit(backup, "vm/100/2026-02-01T00:00:00Z", "repo-2") is True
+    meta = tracked.meta(VM, DRIVE)
+    assert meta is not None and (meta.base, meta.epoch) == ("vm/100/2026-02-01T00:00:00Z", "")
+    assert not freeze(tracked, new_backup())[DRIVE].whole
