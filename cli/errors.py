@@ -1,7 +1,8 @@
 """How the command line ends: every failure is one line on stderr and a documented exit code.
 
 - a TxnBackupError prints ``txnbackup: error: <message>`` and exits with its ``exit_code``;
-- a Redis connection error or timeout is ServiceUnavailable (exit 7);
+- a Redis connection error or timeout is ServiceUnavailable (exit 7); failed authentication
+  or a command the Redis user may not run is a settings error (exit 2);
 - any other OSError (a user's path is missing, unreadable, not writable) is an I/O error
   (exit 8) naming the path;
 - Ctrl-C exits 130 without a traceback; a closed pipe (``| head``) exits 141 quietly;
@@ -17,10 +18,17 @@ import sys
 from collections.abc import Sequence
 
 import click
+from redis.exceptions import AuthenticationError, NoPermissionError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from txnbackup.errors import DriveIOError, ServiceUnavailable, TxnBackupError
+from txnbackup.errors import (
+    DriveIOError,
+    RedisAuthFailed,
+    RedisPermissionDenied,
+    ServiceUnavailable,
+    TxnBackupError,
+)
 
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells report for Ctrl-C
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE
@@ -52,6 +60,10 @@ def as_txnbackup_error(exc: Exception) -> TxnBackupError | None:
     """The error a user should see for ``exc``, or None when ``exc`` is a bug."""
     if isinstance(exc, TxnBackupError):
         return exc
+    if isinstance(exc, AuthenticationError):
+        return RedisAuthFailed("Redis", str(exc))
+    if isinstance(exc, NoPermissionError):
+        return RedisPermissionDenied("Redis", str(exc))
     if isinstance(exc, RedisConnectionError | RedisTimeoutError):
         return ServiceUnavailable("Redis", str(exc))
     if isinstance(exc, OSError):

@@ -111,6 +111,22 @@ class ServiceUnavailable(TxnBackupError):
     exit_code = 7
 
 
+class MarkNotRecorded(ServiceUnavailable):
+    """mark of drive {} bytes {} was NOT recorded: {}; the writer must report the write again"""
+
+
+class RedisTlsFailed(ServiceUnavailable):
+    """TLS with Redis at {} failed: {}"""
+
+
+class RedisAuthFailed(InvalidInput):
+    """Redis at {}: authentication failed ({}); check the user and password in the Redis URL"""
+
+
+class RedisPermissionDenied(InvalidInput):
+    """Redis at {} denied a command: {}; the Redis user needs the ACL in README, Redis settings"""
+
+
 class DriveIOError(TxnBackupError):
     """I/O error: {}"""
 

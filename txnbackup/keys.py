@@ -10,19 +10,23 @@ class Keys:
     prefix: str
 
     def bitmap_meta(self, vmid: str, drive: str) -> str:
-        """Hash: size (bytes), chunk_size (bytes), base (snapshot id or ''), repository (id)."""
+        """Hash: size (bytes), chunk_size (bytes), base (snapshot id or ''), repository (id),
+        epoch (what the bits key's header must be; '' when the bits cannot prove themselves)."""
         return f"{self.prefix}bitmap:{vmid}:{drive}:meta"
 
     def bitmap_bits(self, vmid: str, drive: str) -> str:
-        """String: the active dirty bitmap, bit i (MSB first) = chunk i changed."""
+        """String: the bitmap's epoch (16 bytes), then the active dirty bitmap, bit i (MSB
+        first) = chunk i changed."""
         return f"{self.prefix}bitmap:{vmid}:{drive}:bits"
 
     def frozen_bits(self, backup: str, drive: str) -> str:
-        """String: the bits a running backup copies; gone after its commit or rollback."""
+        """String: the bits a running backup copies (epoch header first, as the active bits);
+        gone after its commit or rollback."""
         return f"{self.prefix}frozen:{backup}:{drive}"
 
     def bitmap_txn(self, backup: str) -> str:
-        """Hash: state (frozen|committed|rolledback), vmid, drives (JSON), snapshot."""
+        """Hash: state (frozen|committed|rolledback), vmid, snapshot, drives (JSON: drive, size,
+        chunk_size, epoch of the fresh active bits, prior epoch if the frozen bits were whole)."""
         return f"{self.prefix}bitmaptxn:{backup}"
 
     def bitmap_txns(self) -> str:

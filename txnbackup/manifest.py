@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -54,6 +55,13 @@ class Manifest:
     chunk_size: int
     drives: tuple[DriveEntry, ...]
     blobs: tuple[BlobEntry, ...] = ()
+    # Per drive, the epoch of the dirty bitmap that starts at this snapshot (txnbackup.bitmap):
+    # the next backup uses a bitmap only if it still carries this epoch.
+    bitmaps: Mapping[str, str] = field(default_factory=dict)
+
+    def bitmap_epoch(self, drive: str) -> str:
+        """The epoch recorded for the drive's bitmap, or "" (none recorded: do not trust one)."""
+        return self.bitmaps.get(drive, "")
 
     def drive(self, name: str) -> DriveEntry | None:
         return next((d for d in self.drives if d.name == name), None)
@@ -62,6 +70,7 @@ class Manifest:
         data = {k: getattr(self, k) for k in self.__dataclass_fields__}
         data["drives"] = [d.to_dict() for d in self.drives]
         data["blobs"] = [b.__dict__ for b in self.blobs]
+        data["bitmaps"] = dict(self.bitmaps)
         return json.dumps(data, indent=2, sort_keys=True).encode() + b"\n"
 
     @classmethod
@@ -76,4 +85,14 @@ class Manifest:
             chunk_size=int(data["chunk_size"]),
             drives=tuple(DriveEntry.from_dict(d) for d in data["drives"]),
             blobs=tuple(BlobEntry.from_dict(b) for b in data.get("blobs", [])),
+            bitmaps=_bitmap_epochs(data.get("bitmaps", {})),
         )
+
+
+def _bitmap_epochs(raw: Any) -> dict[str, str]:
+    """The ``bitmaps`` member: drive name -> epoch, both strings (absent in older manifests)."""
+    if not isinstance(raw, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in raw.items()
+    ):
+        raise ValueError("bitmaps must map drive names to epoch strings")
+    return dict(raw)

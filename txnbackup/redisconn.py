@@ -14,17 +14,27 @@ without a lease for the reaper to finish (docs/brokers.md, "Redis restarts").
 
 from __future__ import annotations
 
+import os
+import ssl
 from collections.abc import Iterator
 from contextlib import contextmanager
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 from redis import Redis
 from redis.backoff import ExponentialBackoff
+from redis.exceptions import AuthenticationError, NoPermissionError, RedisError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
-from txnbackup.errors import InvalidInput, ServiceUnavailable
+from txnbackup.errors import (
+    InvalidInput,
+    RedisAuthFailed,
+    RedisPermissionDenied,
+    RedisTlsFailed,
+    ServiceUnavailable,
+    TxnBackupError,
+)
 
 REDIS_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
 CONNECT_TIMEOUT = 5  # seconds to open a TCP connection to Redis
@@ -32,6 +42,8 @@ COMMAND_TIMEOUT = 30  # seconds a command may take before its connection counts 
 OUTAGE_RIDE_OUT = 30  # seconds of failed retries before a command's error is raised
 BACKOFF_CAP = 1.0  # seconds between retries once backed off
 BACKOFF_BASE = 0.05  # seconds before the first retry (then doubled up to the cap)
+FILE_OPTIONS = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "ssl_ca_path")
+CERT_REQS_HINT = "ssl_cert_reqs takes none, optional or required"
 
 
 def redacted(url: str) -> str:
@@ -55,15 +67,17 @@ def outage_retry(ride_out: float = OUTAGE_RIDE_OUT) -> Retry:
 
 
 def connect(url: str) -> Redis:
-    """A client for ``url`` that has answered a PING (ServiceUnavailable otherwise)."""
+    """A client for ``url`` that has answered a PING; otherwise the error that says why not:
+    a bad URL or option, failed authentication, TLS, or Redis not reachable."""
+    _check_url_files(url)
     try:
         probe = Redis.from_url(url, socket_connect_timeout=CONNECT_TIMEOUT)
     except ValueError as exc:
         raise InvalidInput(f"Redis URL {redacted(url)!r}: {exc}") from None
     try:
         probe.ping()
-    except REDIS_ERRORS as exc:
-        raise ServiceUnavailable(f"Redis at {redacted(url)}", str(exc)) from None
+    except (RedisError, OSError) as exc:
+        raise connection_error(url, exc) from None
     finally:
         probe.close()
     return Redis.from_url(
@@ -73,6 +87,79 @@ def connect(url: str) -> Redis:
         health_check_interval=30,
         retry=outage_retry(),
     )
+
+
+def connection_error(url: str, exc: RedisError | OSError) -> TxnBackupError:
+    """The error a user should see when talking to Redis at ``url`` failed with ``exc``."""
+    where = redacted(url)
+    if isinstance(exc, AuthenticationError):
+        has_password = urlsplit(url).password is not None
+        reason = str(exc) if has_password else "Redis wants a password and the URL gives none"
+        return RedisAuthFailed(where, reason)
+    if isinstance(exc, NoPermissionError):
+        return RedisPermissionDenied(where, str(exc))
+    tls = _tls_failure(exc)
+    if tls and urlsplit(url).scheme == "rediss":
+        return RedisTlsFailed(where, tls)
+    if isinstance(exc, RedisConnectionError | RedisTimeoutError | OSError):
+        return ServiceUnavailable(f"Redis at {where}", str(exc))
+    # Not a failure to connect: redis-py rejecting an option of the URL when it connects.
+    hint = f" ({CERT_REQS_HINT})" if "Certificate Requirements" in str(exc) else ""
+    return InvalidInput(f"Redis URL {where!r}: {exc}{hint}")
+
+
+def _tls_failure(exc: BaseException) -> str | None:
+    """What went wrong in the TLS handshake under ``exc``, if that is what failed."""
+    cause = exc.__context__ or exc
+    if isinstance(cause, ssl.SSLError) or "handshake" in str(cause):
+        return f"{cause} (is that port serving TLS, and is its certificate trusted?)"
+    return None
+
+
+def _check_url_files(url: str) -> None:
+    """redis-py reports a missing certificate file as "Error 2 connecting", without its name."""
+    for option, values in parse_qs(urlsplit(url).query).items():
+        if option in FILE_OPTIONS and not os.path.exists(values[-1]):
+            raise InvalidInput(f"Redis URL {redacted(url)!r}: {option}={values[-1]} does not exist")
+
+
+def eviction_warning(redis: Redis) -> str | None:
+    """Why this Redis may drop keys under memory pressure (a bits key evicted is a drive read
+    in full), or None when its maxmemory-policy is noeviction."""
+    try:
+        value = redis.config_get("maxmemory-policy").get("maxmemory-policy")
+    except ResponseError as exc:  # CONFIG renamed away or denied to this user
+        return (
+            f"cannot check Redis's maxmemory-policy ({exc}): make sure it is noeviction, or "
+            "dirty bitmaps may be evicted and backups read whole drives"
+        )
+    policy = _text(value) if value else ""
+    if policy == "noeviction":
+        return None
+    return (
+        f"Redis's maxmemory-policy is {policy or 'unknown'}: it may evict dirty bitmaps under "
+        "memory pressure (each such drive is then read in full); set maxmemory-policy "
+        "noeviction (README, Redis settings)"
+    )
+
+
+def eviction_warning_at(url: str) -> str | None:
+    """``eviction_warning`` of the Redis at ``url``; None if it cannot be reached (whoever
+    uses it reports that)."""
+    try:
+        client = connect(url)
+    except TxnBackupError:
+        return None
+    try:
+        return eviction_warning(client)
+    except (RedisError, OSError):
+        return None
+    finally:
+        client.close()
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
 
 
 @contextmanager

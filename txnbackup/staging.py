@@ -66,8 +66,13 @@ def publish(
     start_time: SnapshotId,
     drives: Sequence[str],
     blobs: Mapping[str, bytes],
+    bitmap_epochs: Mapping[str, str] | None = None,
 ) -> SnapshotId:
-    """Write the manifest (last), then rename the staging area to the snapshot."""
+    """Write the manifest (last), then rename the staging area to the snapshot.
+
+    ``bitmap_epochs`` (drive -> epoch of its fresh bitmap) go into the manifest, so the next
+    backup can tell whether a bitmap in Redis is the one that started at this snapshot.
+    """
     repo = staging.repo
     if not staging.exists():
         done = repo.find_backup(vmid, staging.backup)
@@ -78,7 +83,8 @@ def publish(
     if manifest_path.exists():
         manifest = Manifest.from_json(manifest_path.read_bytes())
     else:
-        manifest = _write_manifest(staging, vmid, _free_time(repo, start_time), drives, blobs)
+        target = _free_time(repo, start_time)
+        manifest = _write_manifest(staging, vmid, target, drives, blobs, bitmap_epochs or {})
     for name in drives:
         (staging.dir / f"{name}{ENTRY_SUFFIX}").unlink(missing_ok=True)
     failpoint("commit.before_rename")
@@ -114,6 +120,7 @@ def _write_manifest(
     target: SnapshotId,
     drives: Sequence[str],
     blobs: Mapping[str, bytes],
+    bitmap_epochs: Mapping[str, str],
 ) -> Manifest:
     entries = []
     for name in drives:
@@ -131,6 +138,7 @@ def _write_manifest(
         chunk_size=staging.repo.chunk_size,
         drives=tuple(entries),
         blobs=tuple(blob_entries),
+        bitmaps={name: bitmap_epochs[name] for name in drives if bitmap_epochs.get(name)},
     )
     write_atomic(staging.dir / MANIFEST_NAME, manifest.to_json())
     return manifest

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from txnbackup.action import BitmapAction, decide
-from txnbackup.bitmap import FreezeItem, RedisBitmaps, TxnState
+from txnbackup.bitmap import FreezeItem, Frozen, RedisBitmaps, TxnState
 from txnbackup.drive import Drive, FileDrive, drive_size
 from txnbackup.engine import CancelCheck, CopyJob, Incremental, ProgressSink, copy_drive
 from txnbackup.errors import DriveSizeChanged, InvalidInput, NotFound, TransactionStateError
@@ -43,6 +43,7 @@ class DrivePlan:
     reason: str
     dirty: int  # bytes this backup reads
     base: str = ""  # snapshot id the frozen bits are relative to (``used`` only)
+    epoch: str = ""  # the epoch of the drive's fresh bitmap, recorded in the new snapshot
 
 
 @dataclass(frozen=True)
@@ -84,6 +85,18 @@ def check_drives(drives: Sequence[Drive]) -> None:
         raise InvalidInput(f"duplicate drive name(s): {', '.join(duplicates)}")
 
 
+@dataclass(frozen=True)
+class Decided:
+    """A drive's action as decided before the freeze, and the epoch that decision trusted."""
+
+    drive: Drive
+    size: int
+    action: BitmapAction
+    reason: str
+    base: str = ""  # ``used`` only
+    epoch: str = ""  # ``used`` only: the epoch the frozen bits must carry
+
+
 def plan_backup(
     repo: Repository,
     bitmaps: RedisBitmaps,
@@ -92,7 +105,7 @@ def plan_backup(
     *,
     full: bool = False,
     sizes: Mapping[str, int] | None = None,
-) -> list[tuple[Drive, int, str, BitmapAction, str]]:
+) -> list[Decided]:
     """Validate every input and decide actions; changes nothing anywhere."""
     check_vmid(vmid)
     check_drives(drives)
@@ -100,9 +113,13 @@ def plan_backup(
     for d in drives:
         size = sizes[d.name] if sizes and d.name in sizes else drive_size(d.name, d.path)
         meta = bitmaps.meta(vmid, d.name)
-        decision = decide(meta, repo, d.name, size, full=full)
-        base = meta.base if meta and decision.action is BitmapAction.USED else ""
-        decided.append((d, size, base, decision.action, decision.reason))
+        decision = decide(meta, repo, vmid, d.name, size, full=full)
+        if meta and decision.action is BitmapAction.USED:
+            decided.append(
+                Decided(d, size, decision.action, decision.reason, meta.base, meta.epoch)
+            )
+        else:
+            decided.append(Decided(d, size, decision.action, decision.reason))
     return decided
 
 
@@ -121,16 +138,10 @@ def prepare(
     decided = plan_backup(repo, bitmaps, vmid, drives, full=full, sizes=sizes)
     start = format_time(datetime.now(UTC))
     frozen = bitmaps.freeze(
-        backup, vmid, [FreezeItem(d.name, size, repo.chunk_size) for d, size, *_ in decided]
+        backup, vmid, [FreezeItem(d.drive.name, d.size, repo.chunk_size) for d in decided]
     )
-    plans = []
-    for d, size, base, action, reason in decided:
-        f = frozen[d.name]
-        dirty = (
-            size if action.full_read else dirty_bytes(size, repo.chunk_size, f.chunks, f.last_dirty)
-        )
-        plans.append(DrivePlan(d.name, d.path, d.node, size, action, reason, dirty, base))
-    plan = BackupPlan(backup, vmid, start, tuple(plans))
+    plans = tuple(_drive_plan(d, frozen[d.drive.name], repo.chunk_size) for d in decided)
+    plan = BackupPlan(backup, vmid, start, plans)
     try:
         Staging(repo, backup).create()
     except Exception:
@@ -141,6 +152,35 @@ def prepare(
             "vm %s backup %s drive %s: bitmap %s (%s)", vmid, backup, p.name, p.action, p.reason
         )
     return plan
+
+
+def _drive_plan(decided: Decided, frozen: Frozen, chunk_size: int) -> DrivePlan:
+    """The drive's plan once frozen: a ``used`` bitmap whose frozen bits cannot prove they are
+    the ones the decision trusted (whole, of its epoch) is read in full instead."""
+    d, size, action, reason, base = (
+        decided.drive,
+        decided.size,
+        decided.action,
+        decided.reason,
+        decided.base,
+    )
+    if action is BitmapAction.USED and not (frozen.whole and frozen.prior == decided.epoch):
+        action, reason, base = BitmapAction.INVALID, _not_whole(frozen), ""
+    dirty = (
+        size
+        if action.full_read
+        else dirty_bytes(size, chunk_size, frozen.chunks, frozen.last_dirty)
+    )
+    return DrivePlan(d.name, d.path, d.node, size, action, reason, dirty, base, frozen.epoch)
+
+
+def _not_whole(frozen: Frozen) -> str:
+    if not frozen.prior:
+        return "dirty bits cannot prove they are whole (Redis lost some during a backup)"
+    return (
+        "dirty bits missing from Redis or from another time than the bitmap "
+        "(evicted, or restored from an older dump)"
+    )
 
 
 def copy(
@@ -177,8 +217,9 @@ def commit(
     if bitmaps.state(plan.backup) is TxnState.ROLLED_BACK:
         raise TransactionStateError(plan.backup, "rolled back", "commit")
     names = [d.name for d in plan.drives]
+    epochs = {d.name: d.epoch for d in plan.drives}
     snapshot = publish(
-        Staging(repo, plan.backup), plan.vmid, plan.snapshot_time, names, blobs or {}
+        Staging(repo, plan.backup), plan.vmid, plan.snapshot_time, names, blobs or {}, epochs
     )
     bitmaps.commit(plan.backup, str(snapshot), repo.id)
     return snapshot

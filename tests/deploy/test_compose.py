@@ -72,6 +72,14 @@ def test_redis_persists_append_only_and_has_a_healthcheck(compose: dict[str, Any
     assert redis["healthcheck"]["test"] == ["CMD", "redis-cli", "ping"]
 
 
+def test_redis_cannot_lose_dirty_bits_silently(compose: dict[str, Any]) -> None:
+    # Eviction would drop a bits key; an fsync per second could lose the last marks in a crash.
+    argv = services(compose)["redis"]["command"]
+    options = dict(zip(argv[1::2], argv[2::2], strict=True))
+    assert options["--maxmemory-policy"] == "noeviction"
+    assert (options["--appendonly"], options["--appendfsync"]) == ("yes", "always")
+
+
 @pytest.mark.parametrize(("service", "node"), sorted(WORKERS.items()))
 def test_each_worker_serves_its_node_and_reads_its_drives(
     compose: dict[str, Any], service: str, node: str

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -32,7 +33,7 @@ def first(repo: Repository, bitmaps: RedisBitmaps, disk: Image) -> Done:
 def action_now(repo: Repository, bitmaps: RedisBitmaps, disk: Image) -> tuple[BitmapAction, str]:
     """The action and reason the next backup would report (decided without freezing)."""
     meta = bitmaps.meta(VM, disk.name)
-    decision = decide(meta, repo, disk.name, os.path.getsize(disk.path), full=False)
+    decision = decide(meta, repo, VM, disk.name, os.path.getsize(disk.path), full=False)
     return decision.action, decision.reason
 
 
@@ -182,7 +183,7 @@ def test_a_changed_chunk_size_makes_the_bitmap_invalid(
     assert meta is not None
     odd = BitmapMeta(meta.size, 2 * CS, meta.base, meta.repository)
 
-    decision = decide(odd, repo, "scsi0", SIZE, full=False)
+    decision = decide(odd, repo, VM, "scsi0", SIZE, full=False)
 
     assert decision.action is BitmapAction.INVALID
     assert "chunk size changed" in decision.reason
@@ -193,7 +194,7 @@ def test_a_base_that_is_no_snapshot_id_makes_the_bitmap_invalid(
 ) -> None:
     meta = BitmapMeta(SIZE, CS, "not/a/snapshot", repo.id)
 
-    decision = decide(meta, repo, "scsi0", SIZE, full=False)
+    decision = decide(meta, repo, VM, "scsi0", SIZE, full=False)
 
     assert decision.action is BitmapAction.INVALID
     assert "not a snapshot id" in decision.reason
@@ -210,3 +211,35 @@ def test_a_drive_added_after_the_last_backup_is_new(
     assert plan.drive("scsi0").action is BitmapAction.USED
     assert plan.drive("scsi1").action is BitmapAction.NEW
     assert plan.drive("scsi1").dirty == 2 * CS
+
+
+def test_a_bitmap_of_another_epoch_than_its_base_recorded_is_invalid(
+    repo: Repository, bitmaps: RedisBitmaps, disk: Image, first: Done
+) -> None:
+    # Given a meta whose epoch is not the one the base snapshot recorded (keys from elsewhen)
+    meta = bitmaps.meta(VM, "scsi0")
+    assert meta is not None
+    assert repo.manifest(first.snapshot).bitmap_epoch("scsi0") == meta.epoch
+    other = replace(meta, epoch="0123456789abcdef")
+
+    decision = decide(other, repo, VM, "scsi0", SIZE, full=False)
+
+    assert decision.action is BitmapAction.INVALID
+    assert "0123456789abcdef" in decision.reason and meta.epoch in decision.reason
+
+
+def test_a_backup_of_other_drives_only_leaves_a_bitmap_used(
+    tmp_path: Path, repo: Repository, bitmaps: RedisBitmaps, disk: Image
+) -> None:
+    # Given a two-drive VM backed up, then a write to scsi1 and a backup of scsi0 alone
+    extra = make_image(tmp_path, "scsi1", mixed_content(4 * CS, seed=13))
+    run_backup(repo, bitmaps, VM, [disk.drive, extra.drive])
+    extra.write(CS, b"w" * 10)
+    bitmaps.mark_dirty(VM, "scsi1", CS, 10)
+    run_backup(repo, bitmaps, VM, [disk.drive])
+
+    # Then scsi1's bitmap is still relative to the newest snapshot holding scsi1, and used
+    done = run_backup(repo, bitmaps, VM, [extra.drive])
+    assert done.plan.drive("scsi1").action is BitmapAction.USED
+    assert done.entries["scsi1"].stats.transferred == CS
+    assert restored(repo, done.snapshot, "scsi1", tmp_path / "r") == extra.read()

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 
 import pytest
 from redis import Redis
 
 from tests.unit.builders import CS, track
-from txnbackup.bitmap import FreezeItem, Frozen, RedisBitmaps, TxnState
+from txnbackup.bitmap import BitmapMeta, FreezeItem, Frozen, RedisBitmaps, TxnState
 from txnbackup.constants import BITMAP_READ_BLOCK
-from txnbackup.errors import InvalidInput, NotFound, TransactionStateError
+from txnbackup.errors import IntegrityError, InvalidInput, NotFound, TransactionStateError
 from txnbackup.keys import Keys
 from txnbackup.tracker import Tracker
 
@@ -33,6 +34,11 @@ def new_backup() -> str:
 
 def freeze(bitmaps: RedisBitmaps, backup: str, *drives: str) -> dict[str, Frozen]:
     return bitmaps.freeze(backup, VM, [FreezeItem(d, SIZE, CS) for d in drives or (DRIVE,)])
+
+
+def counts(frozen: dict[str, Frozen]) -> dict[str, tuple[int, bool]]:
+    """Per drive: chunks marked in the frozen bits, and whether the last chunk is one."""
+    return {drive: (f.chunks, f.last_dirty) for drive, f in frozen.items()}
 
 
 def frozen_set(bitmaps: RedisBitmaps, backup: str, drive: str = DRIVE) -> set[int]:
@@ -138,7 +144,8 @@ def test_freeze_moves_the_bits_and_later_writes_go_to_a_fresh_bitmap(
     tracked.mark_dirty(VM, DRIVE, 10 * CS, 1)
 
     # Then the backup copies what was dirty before, and the new write waits for the next one
-    assert frozen == {DRIVE: Frozen(chunks=3, last_dirty=True)}
+    assert counts(frozen) == {DRIVE: (3, True)}
+    assert frozen[DRIVE].whole
     assert frozen_set(tracked, backup) == {3, 4, 40}
     assert tracked.dirty_chunks(VM, DRIVE) == {10}
     assert tracked.state(backup) is TxnState.FROZEN
@@ -147,7 +154,7 @@ def test_freeze_moves_the_bits_and_later_writes_go_to_a_fresh_bitmap(
 def test_freeze_reports_a_clean_last_chunk(tracked: RedisBitmaps) -> None:
     tracked.mark_dirty(VM, DRIVE, 0, 17 * CS)
 
-    assert freeze(tracked, new_backup()) == {DRIVE: Frozen(chunks=17, last_dirty=False)}
+    assert counts(freeze(tracked, new_backup())) == {DRIVE: (17, False)}
 
 
 def test_freeze_of_an_untracked_drive_starts_tracking(bitmaps: RedisBitmaps) -> None:
@@ -158,7 +165,8 @@ def test_freeze_of_an_untracked_drive_starts_tracking(bitmaps: RedisBitmaps) -> 
     frozen = freeze(bitmaps, new_backup())
 
     # Then there is nothing frozen, but writes from now on are tracked
-    assert frozen == {DRIVE: Frozen(chunks=0, last_dirty=False)}
+    assert counts(frozen) == {DRIVE: (0, False)}
+    assert not frozen[DRIVE].whole  # there was no bitmap to prove anything
     assert bitmaps.mark_dirty(VM, DRIVE, CS, 1) == 1
     assert bitmaps.dirty_chunks(VM, DRIVE) == {1}
     meta = bitmaps.meta(VM, DRIVE)
@@ -191,7 +199,7 @@ def test_freeze_covers_all_drives_at_once(bitmaps: RedisBitmaps) -> None:
 
     frozen = freeze(bitmaps, backup, "scsi0", "scsi1")
 
-    assert frozen == {"scsi0": Frozen(1, False), "scsi1": Frozen(3, False)}
+    assert counts(frozen) == {"scsi0": (1, False), "scsi1": (3, False)}
     assert frozen_set(bitmaps, backup, "scsi1") == {20, 21, 22}
     assert bitmaps.dirty_chunks(VM, "scsi0") == bitmaps.dirty_chunks(VM, "scsi1") == set()
 
@@ -325,7 +333,7 @@ def test_frozen_bits_of_a_bitmap_longer_than_one_read_block(bitmaps: RedisBitmap
     bits = list(bitmaps.frozen_bits(backup, DRIVE, count))
 
     # Then every chunk is visited once and exactly the marked ones are dirty
-    assert frozen == {DRIVE: Frozen(chunks=4, last_dirty=True)}
+    assert counts(frozen) == {DRIVE: (4, True)}
     assert len(bits) == count
     assert {i for i, bit in enumerate(bits) if bit} == marked
 
@@ -344,3 +352,105 @@ def test_the_tracker_marks_a_reported_write(tracked: RedisBitmaps) -> None:
     assert Tracker(tracked).mark_dirty(VM, DRIVE, CS - 1, 2) == 2
 
     assert tracked.dirty_chunks(VM, DRIVE) == {0, 1}
+
+
+def test_a_committed_bitmap_proves_itself_at_the_next_freeze(tracked: RedisBitmaps) -> None:
+    # Given a committed bitmap with writes since
+    before = tracked.meta(VM, DRIVE)
+    tracked.mark_dirty(VM, DRIVE, 0, 1)
+
+    # When the next backup freezes it
+    frozen = freeze(tracked, new_backup())[DRIVE]
+
+    # Then its bits carry the epoch its meta named, and the fresh bitmap has a new one
+    assert before is not None and before.epoch
+    assert (frozen.whole, frozen.prior) == (True, before.epoch)
+    assert frozen.epoch not in ("", before.epoch)
+
+
+def test_a_rolled_back_bitmap_still_proves_itself(tracked: RedisBitmaps) -> None:
+    backup = new_backup()
+    freeze(tracked, backup)
+    tracked.mark_dirty(VM, DRIVE, CS, 1)
+    tracked.rollback(backup)
+
+    frozen = freeze(tracked, new_backup())[DRIVE]
+
+    assert frozen.whole
+    assert counts({DRIVE: frozen}) == {DRIVE: (1, False)}
+
+
+def test_an_evicted_bits_key_cannot_prove_itself_even_after_a_mark(
+    tracked: RedisBitmaps, redis_client: Redis, keys: Keys
+) -> None:
+    # Given the bits key was evicted, then a write was marked (recreating the key)
+    redis_client.delete(keys.bitmap_bits(VM, DRIVE))
+    tracked.mark_dirty(VM, DRIVE, 7 * CS, 1)
+
+    # Then the freeze says the bits are not whole, yet keeps the marked chunk
+    frozen = freeze(tracked, new_backup())[DRIVE]
+    assert not frozen.whole
+    assert counts({DRIVE: frozen}) == {DRIVE: (1, False)}
+
+
+@pytest.mark.parametrize("lost", ["active", "frozen"])
+def test_bits_lost_during_a_backup_leave_a_bitmap_that_cannot_prove_itself(
+    tracked: RedisBitmaps, redis_client: Redis, keys: Keys, lost: str
+) -> None:
+    # Given a frozen backup whose active or frozen bits Redis evicts before it rolls back
+    tracked.mark_dirty(VM, DRIVE, 0, 1)
+    backup = new_backup()
+    freeze(tracked, backup)
+    tracked.mark_dirty(VM, DRIVE, 9 * CS, 1)
+    key = keys.bitmap_bits(VM, DRIVE) if lost == "active" else keys.frozen_bits(backup, DRIVE)
+    redis_client.delete(key)
+
+    # When it rolls back
+    tracked.rollback(backup)
+
+    # Then what is left says it is not whole: the next backup reads everything
+    meta = tracked.meta(VM, DRIVE)
+    assert meta is not None and meta.epoch == ""
+    assert not freeze(tracked, new_backup())[DRIVE].whole
+
+
+def test_frozen_bits_evicted_while_read_raise_instead_of_reading_clean(
+    tracked: RedisBitmaps, redis_client: Redis, keys: Keys
+) -> None:
+    tracked.mark_dirty(VM, DRIVE, 0, SIZE)
+    backup = new_backup()
+    freeze(tracked, backup)
+    redis_client.delete(keys.frozen_bits(backup, DRIVE))
+
+    with pytest.raises(IntegrityError, match="vanished"):
+        list(tracked.frozen_bits(backup, DRIVE, CHUNKS))
+
+
+def test_commit_after_the_meta_was_evicted_leaves_a_whole_meta(
+    tracked: RedisBitmaps, redis_client: Redis, keys: Keys
+) -> None:
+    backup = new_backup()
+    frozen = freeze(tracked, backup)[DRIVE]
+    redis_client.delete(keys.bitmap_meta(VM, DRIVE))
+
+    tracked.commit(backup, "vm/100/2026-02-01T00:00:00Z", "repo-2")
+
+    meta = tracked.meta(VM, DRIVE)
+    assert meta == BitmapMeta(SIZE, CS, "vm/100/2026-02-01T00:00:00Z", "repo-2", frozen.epoch)
+
+
+def test_a_backup_frozen_before_epochs_existed_commits_to_a_full_read(
+    tracked: RedisBitmaps, redis_client: Redis, keys: Keys
+) -> None:
+    # Given a transaction frozen by an older txnbackup: its drives carry no epoch
+    backup = new_backup()
+    freeze(tracked, backup)
+    txn = keys.bitmap_txn(backup)
+    old_style = [{"drive": DRIVE, "size": str(SIZE), "chunk_size": str(CS)}]
+    redis_client.hset(txn, "drives", json.dumps(old_style))
+
+    # When this txnbackup commits it, the commit completes, and the bitmap proves nothing
+    assert tracked.commit(backup, "vm/100/2026-02-01T00:00:00Z", "repo-2") is True
+    meta = tracked.meta(VM, DRIVE)
+    assert meta is not None and (meta.base, meta.epoch) == ("vm/100/2026-02-01T00:00:00Z", "")
+    assert not freeze(tracked, new_backup())[DRIVE].whole
