@@ -10,6 +10,7 @@ from celery.worker import state as worker_state
 
 from tasks.finish import send_rollback
 from tasks.runtime import runtime
+from txnbackup.redisconn import eviction_warning_at
 from workers.metrics import count_reaper_action
 from workers.reaper import Reaper, ReaperThread
 from workers.revocation import RevokeWatcher, handle_revoked
@@ -25,6 +26,8 @@ def _on_revoked(task_id: str) -> object:
 @worker_ready.connect
 def start_background_threads(**_: Any) -> None:
     rt = runtime()
+    if warning := eviction_warning_at(rt.settings.redis_url):
+        log.warning("txnbackup: %s", warning)
     reaper = ReaperThread(
         Reaper(rt, send_rollback, on_action=count_reaper_action), rt.settings.reaper_interval
     )

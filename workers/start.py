@@ -2,17 +2,12 @@
 
 from __future__ import annotations
 
-import logging
 import socket
 from collections.abc import Sequence
-
-from celery.signals import celeryd_after_setup
 
 from tasks.celeryapp import app
 from tasks.queues import CONTROL_QUEUE, node_queue
 from txnbackup.drive import DEFAULT_NODE
-from txnbackup.redisconn import eviction_warning_at
-from txnbackup.settings import Settings
 
 
 def worker_argv(
@@ -35,12 +30,6 @@ def worker_argv(
     if concurrency:
         argv += ["--concurrency", str(concurrency)]
     return [*argv, *extra]
-
-
-@celeryd_after_setup.connect
-def _warn_if_redis_can_evict(**_: object) -> None:
-    if warning := eviction_warning_at(Settings.from_env().redis_url):
-        logging.getLogger(__name__).warning("txnbackup: %s", warning)
 
 
 def run_worker(argv: Sequence[str]) -> None:
