@@ -13,7 +13,8 @@ status printed then is the one at that moment).
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Protocol
 
 import click
@@ -26,7 +27,7 @@ from cli.progress_view import DriveBars, StateLines
 from cli.status_view import status_table
 from txnbackup.errors import Cancelled, TxnBackupError
 from txnbackup.settings import Settings
-from txnbackup.status import BackupStatus
+from txnbackup.status import BackupStatus, DriveStatus
 
 if TYPE_CHECKING:
     from tasks.producer import Producer
@@ -34,6 +35,7 @@ if TYPE_CHECKING:
 EXIT_FOR_STATUS = {"done": 0, "error": TxnBackupError.exit_code, "cancelled": Cancelled.exit_code}
 CANCEL, STOP, WATCH = "cancel", "stop", "watch"
 CTRL_C_REASON = "cancelled by user (Ctrl-C while watching)"
+STARTING_GRACE = 3.0  # seconds a drive may wait for its turn before we ask who serves its node
 
 
 class View(Protocol):
@@ -58,9 +60,57 @@ def follow_and_show(producer: Producer, uuid: str, as_json: bool) -> int:
     return EXIT_FOR_STATUS.get(final.status, 1)
 
 
+class WaitingDriveCheck:
+    """Says once, on stderr, when the drive next in line waits on a node no worker serves."""
+
+    def __init__(self, producer: Producer, after: float = STARTING_GRACE) -> None:
+        self.producer = producer
+        self.after = after
+        self.since: dict[str, float] = {}
+        self.told: set[str] = set()
+
+    def __call__(self, status: BackupStatus) -> None:
+        waiting = _next_waiting(status)
+        if waiting is None or waiting.node in self.told:
+            return
+        first_seen = self.since.setdefault(waiting.name, time.monotonic())
+        if time.monotonic() - first_seen < self.after:
+            return
+        self.told.add(waiting.node)
+        if self.producer.nodes_without_worker([waiting.node]):
+            timeout = self.producer.rt.settings.queue_timeout
+            click.echo(
+                f"warning: no worker consumes the queue of node {waiting.node}; drive "
+                f"{waiting.name} waits for one (start `txnbackup worker --node {waiting.node}`)"
+                f"; the backup fails after {timeout} s without one (TXNBACKUP_QUEUE_TIMEOUT)",
+                err=True,
+            )
+
+
+def _next_waiting(status: BackupStatus) -> DriveStatus | None:
+    """The pending drive whose predecessors are all done: the one the chain waits for."""
+    if status.status != "active" or status.phase != "running":
+        return None
+    for drive in status.drives:
+        if drive.state == "pending":
+            return drive
+        if drive.state != "done":
+            return None
+    return None
+
+
+def _updates(check: WaitingDriveCheck, view: View | None) -> Callable[[BackupStatus], None]:
+    def on_update(status: BackupStatus) -> None:
+        check(status)
+        if view is not None:
+            view.update(status)
+
+    return on_update
+
+
 def follow(producer: Producer, uuid: str, view: View | None) -> BackupStatus | None:
     """The final status, or None when the user chose to stop watching."""
-    on_update = view.update if view is not None else None
+    on_update = _updates(WaitingDriveCheck(producer), view)
     while True:
         try:
             return producer.wait(uuid, on_update=on_update)

@@ -13,7 +13,7 @@ from kombu.exceptions import OperationalError
 from tasks.canvas import TaskIds, build
 from tasks.celeryapp import make_app
 from tasks.names import ROLLBACK
-from tasks.queues import CONTROL_QUEUE
+from tasks.queues import CONTROL_QUEUE, node_queue
 from txnbackup import transaction
 from txnbackup.drive import Drive, drive_size
 from txnbackup.errors import InvalidInput, NotFound, ServiceUnavailable
@@ -155,6 +155,12 @@ class Producer:
             if deadline is not None and time.monotonic() > deadline:
                 return status
             time.sleep(interval)
+
+    def nodes_without_worker(self, nodes: Sequence[str], timeout: float = 1.0) -> list[str]:
+        """The nodes whose queue no live worker consumes (asks every worker; takes ``timeout``)."""
+        replies = self.app.control.inspect(timeout=timeout).active_queues() or {}
+        served = {q["name"] for queues in replies.values() for q in queues}
+        return [n for n in dict.fromkeys(nodes) if node_queue(n) not in served]
 
     def recent(self, limit: int = 20) -> list[BackupStatus]:
         found = []

@@ -172,3 +172,32 @@ def test_redis_unreachable_is_a_clear_error(vm: SampleVM, pipeline_repo: Reposit
     assert result.returncode == 7
     assert "cannot reach Redis at redis://127.0.0.1:1/0" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_drive_whose_node_has_no_worker_is_told_while_waiting(
+    producer: Producer, vm: SampleVM, pipeline_repo: Repository
+) -> None:
+    # Given a drive on a node no worker serves
+    drive = vm.add_drive("scsi0", MIB, seed=6, node="ghost")
+    args = ["backup", vm.vmid, f"--drive=scsi0={drive.path}@ghost", "--repo"]
+    args += [str(pipeline_repo.path), "--wait", "--json"]
+    waiter = subprocess.Popen(
+        [TXNBACKUP, *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env_for_workers(FLEET_ENV),
+    )
+    try:
+        # When the user waits for it
+        assert waiter.stderr is not None
+        uuid = waiter.stderr.readline().split()[-1]
+        warning = waiter.stderr.readline()
+        # Then they are told which node lacks a worker, and how long the backup waits
+        assert "no worker consumes the queue of node ghost" in warning
+        assert "drive scsi0 waits" in warning and "3600 s" in warning
+        producer.cancel(uuid)
+        assert waiter.wait(30) == 9
+    finally:
+        waiter.kill()
+        waiter.wait()
