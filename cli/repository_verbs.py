@@ -93,7 +93,9 @@ def _summaries(repo: Repository, vmid: str | None) -> list[dict[str, Any]]:
 @click.argument("snapshot")
 @click.argument("drive")
 @click.argument("target", type=click.Path(path_type=Path))
-@click.option("--overwrite", is_flag=True, help="Replace TARGET when it is an existing file.")
+@click.option(
+    "--overwrite", is_flag=True, help="Replace TARGET if it exists; required for a block device."
+)
 @click.pass_obj
 def restore(
     settings: Settings, repo: Path | None, snapshot: str, drive: str, target: Path, overwrite: bool
@@ -101,7 +103,8 @@ def restore(
     """Write DRIVE of SNAPSHOT (vm/<vmid>/<time>) to TARGET.
 
     TARGET is a file (created sparse, appearing only complete) or a block device (written in
-    place, it must be at least as large as the drive).
+    place, opened exclusively, only with --overwrite; it must be at least as large as the
+    drive).
     """
     snap = SnapshotId.parse(snapshot)
     check_drive_name(drive)

@@ -11,8 +11,9 @@ backups, never stopping them, by these rules:
    starts and after its index is complete, so all of them are newer than the cutoff.
 2. **Mark.** Every digest in the indexes of every staging area (drives already copied), then
    in the indexes of every published snapshot, listed after the staging areas were read (a
-   backup publishing meanwhile is found in one place or the other). An index that cannot be
-   read stops the collection before anything is deleted.
+   backup publishing meanwhile is found in one place or the other), then in every other
+   index file found below ``vm/``. A manifest or an index that cannot be read, or does not
+   match what refers to it, stops the collection before anything is deleted.
 3. **Sweep.** An unmarked chunk file older than the cutoff is renamed to a ``.tmp-`` name,
    looked at again, and deleted only if its mtime is still old: a backup that reused it
    just before the rename has refreshed it (it is put back), one just after finds it gone
@@ -21,6 +22,9 @@ backups, never stopping them, by these rules:
 Also removed: ``<digest>.bad`` files (moved aside by verify) once no snapshot refers to
 the digest or a good copy was stored again, and stray ``.tmp-*`` files older than the
 cutoff in ``chunks/`` and ``vm/<vmid>/``. Snapshots themselves are never touched.
+
+gc never follows a symbolic link: a link in the repository is neither a directory to walk
+nor a file to delete, so nothing outside the repository can be reached.
 """
 
 from __future__ import annotations
@@ -36,8 +40,8 @@ from pathlib import Path
 from txnbackup.chunkstore import BAD_SUFFIX
 from txnbackup.constants import ZERO_DIGEST
 from txnbackup.errors import IntegrityError, InvalidInput
-from txnbackup.fsutil import temp_name
-from txnbackup.index import IndexReader, file_sha256
+from txnbackup.fsutil import real_dirs, regular_files, temp_name
+from txnbackup.index import IndexReader
 from txnbackup.repository import Repository
 
 log = logging.getLogger(__name__)
@@ -85,13 +89,34 @@ def collect(repo: Repository, *, grace: float = DEFAULT_GRACE, dry_run: bool = F
 
 def _mark_all(repo: Repository, marked: set[bytes]) -> None:
     # Staging areas first, published snapshots second: see the module docstring.
-    for index in _staging_indexes(repo):
-        _mark(marked, index, expected_sha256=None)
-    for snapshot in repo.snapshots():
-        manifest = repo.manifest(snapshot)
-        for entry in manifest.drives:
-            index = repo.snapshot_dir(snapshot) / entry.index
-            _mark(marked, index, expected_sha256=entry.index_sha256)
+    for index in _indexes(repo.path / "staging"):
+        _mark_staging(marked, index)
+    seen: set[Path] = set()
+    try:
+        for snapshot in repo.snapshots():
+            for entry in repo.manifest(snapshot).drives:
+                with repo.open_index(snapshot, entry) as reader:
+                    marked.update(reader)
+                seen.add(reader.path)
+        # Whatever a manifest may fail to list is marked too: a chunk is never deleted while
+        # any index in the repository names it.
+        for index in _indexes(repo.path / "vm", depth=2):
+            if index not in seen:
+                with IndexReader(index) as reader:
+                    marked.update(reader)
+    except IntegrityError as exc:
+        raise IntegrityError(f"gc: {_reason(exc)}; nothing deleted") from None
+    marked.discard(ZERO_DIGEST)
+
+
+def _mark_staging(marked: set[bytes], index: Path) -> None:
+    try:
+        with IndexReader(index) as reader:
+            marked.update(reader)
+    except IntegrityError as exc:
+        if os.path.lexists(index):
+            raise IntegrityError(f"gc: {_reason(exc)}; nothing deleted") from None
+        # else a staging area published or rolled back while we read it
 
 
 def _sweep(repo: Repository, report: GcReport) -> None:
@@ -108,33 +133,21 @@ def _cutoff(repo: Repository, oldest_allowed: float) -> float:
     cutoff = oldest_allowed
     for staging in _subdirs(repo.path / "staging"):
         try:
-            cutoff = min(cutoff, staging.stat().st_mtime)
+            cutoff = min(cutoff, staging.lstat().st_mtime)
         except FileNotFoundError:
             continue  # published or rolled back meanwhile
     return cutoff
 
 
-def _staging_indexes(repo: Repository) -> Iterator[Path]:
-    for staging in _subdirs(repo.path / "staging"):
-        for path in _files(staging):
+def _indexes(top: Path, depth: int = 1) -> Iterator[Path]:
+    """The index files ``depth`` real directories below ``top`` (links are not followed)."""
+    directories = [top]
+    for _ in range(depth):
+        directories = [sub for d in directories for sub in _subdirs(d)]
+    for directory in directories:
+        for path in _files(directory):
             if path.suffix == ".fidx" and not path.name.startswith(TMP_PREFIX):
                 yield path
-
-
-def _mark(marked: set[bytes], index: Path, expected_sha256: str | None) -> None:
-    try:
-        if expected_sha256 is not None and file_sha256(index) != expected_sha256:
-            raise IntegrityError(f"gc: index {index} does not match its checksum; nothing deleted")
-        with IndexReader(index) as reader:
-            marked.update(reader)
-    except FileNotFoundError:
-        if expected_sha256 is not None:
-            raise IntegrityError(f"gc: index {index} is missing; nothing deleted") from None
-    except IntegrityError:
-        if expected_sha256 is None and not index.exists():
-            return  # a staging area published or rolled back while we read it
-        raise
-    marked.discard(ZERO_DIGEST)
 
 
 def _sweep_chunk_dir_entry(repo: Repository, path: Path, report: GcReport) -> None:
@@ -156,7 +169,7 @@ def _sweep_chunk_dir_entry(repo: Repository, path: Path, report: GcReport) -> No
 
 def _sweep_chunk(path: Path, report: GcReport) -> None:
     try:
-        st = path.stat()
+        st = path.lstat()
     except FileNotFoundError:
         return
     if st.st_mtime >= report.cutoff:
@@ -171,7 +184,7 @@ def _sweep_chunk(path: Path, report: GcReport) -> None:
         os.rename(path, doomed)
     except FileNotFoundError:
         return
-    st = doomed.stat()
+    st = doomed.lstat()
     if st.st_mtime >= report.cutoff:
         _put_back(doomed, path)  # a backup reused it between our stat and the rename
         report.young += 1
@@ -189,7 +202,7 @@ def _put_back(doomed: Path, path: Path) -> None:
 
 def _remove_stray(path: Path, report: GcReport) -> None:
     try:
-        old = path.stat().st_mtime < report.cutoff
+        old = path.lstat().st_mtime < report.cutoff
     except FileNotFoundError:
         return
     if old:
@@ -206,6 +219,10 @@ def _remove(path: Path, dry_run: bool) -> int:
     return 1
 
 
+def _reason(exc: IntegrityError) -> str:
+    return str(exc).removeprefix("integrity error: ")
+
+
 def _is_digest(name: str) -> bool:
     return len(name) == DIGEST_HEX and all(c in HEX for c in name)
 
@@ -215,14 +232,8 @@ def _raw(digest: str) -> bytes:
 
 
 def _subdirs(path: Path) -> list[Path]:
-    try:
-        return sorted(p for p in path.iterdir() if p.is_dir())
-    except (FileNotFoundError, NotADirectoryError):
-        return []
+    return [Path(e.path) for e in real_dirs(path)]
 
 
 def _files(path: Path) -> list[Path]:
-    try:
-        return sorted(p for p in path.iterdir() if not p.is_dir())
-    except (FileNotFoundError, NotADirectoryError):
-        return []
+    return [Path(e.path) for e in regular_files(path)]
