@@ -31,8 +31,10 @@ from txnbackup import chunk
 from txnbackup.errors import CorruptChunk
 from txnbackup.fsutil import (
     NOFOLLOW,
+    SYMLINK_REASON,
     create_new,
     fsync_dir,
+    is_real_dir,
     make_dir,
     read_file,
     temp_name,
@@ -65,6 +67,7 @@ class ChunkStore:
         self.root = root
         self._unsynced: set[Path] = set()
         self._lock = threading.Lock()
+        self._real_prefixes: set[str] = set()  # prefix directories seen not to be links
 
     def path_for(self, digest: str) -> Path:
         return self.root / digest[:4] / digest
@@ -81,11 +84,21 @@ class ChunkStore:
 
     def has(self, digest: str) -> bool:
         """Whether the chunk is stored and its file looks whole (``chunk.plausible``)."""
-        return _plausible(self.path_for(digest), touch=False)
+        return self._real_prefix(digest) and _plausible(self.path_for(digest), touch=False)
 
     def reuse(self, digest: str) -> bool:
         """``has``, and if so, mark the chunk in use now (its mtime, for gc)."""
-        return _plausible(self.path_for(digest), touch=True)
+        return self._real_prefix(digest) and _plausible(self.path_for(digest), touch=True)
+
+    def _real_prefix(self, digest: str) -> bool:
+        """Whether the chunk's prefix directory is a directory, not a link (looked at once)."""
+        prefix = digest[:4]
+        if prefix in self._real_prefixes:
+            return True
+        if not is_real_dir(self.root / prefix):
+            return False
+        self._real_prefixes.add(prefix)
+        return True
 
     def put(self, digest: str, *encoded: bytes | memoryview) -> bool:
         """Store an encoded chunk, given whole or in parts (chunk.encode_parts); return False
@@ -127,6 +140,8 @@ class ChunkStore:
     def get(self, digest: str) -> bytes:
         """Return a chunk's plaintext, checked against its digest."""
         try:
+            if not self._real_prefix(digest) and os.path.islink(self.root / digest[:4]):
+                raise OSError(errno.ELOOP, SYMLINK_REASON, str(self.root / digest[:4]))
             blob = read_file(self.path_for(digest))
         except FileNotFoundError:
             if os.path.lexists(self.bad_path_for(digest)):

@@ -275,6 +275,24 @@ def test_a_symlinked_chunk_is_not_deduplicated_against(
     assert restored(repo, again.snapshot, "scsi0", tmp_path / "r") == image.read()
 
 
+def test_a_chunk_in_a_symlinked_prefix_directory_is_not_deduplicated_against(
+    tmp_path: Path, repo: Repository, bitmaps: RedisBitmaps, image: Image, done: Done
+) -> None:
+    # Given a chunk's prefix directory moved outside the repository and linked back
+    first = digests(repo, done.snapshot)[0]
+    prefix = repo.chunks.path_for(first).parent
+    outside = tmp_path / "outside-prefix"
+    prefix.rename(outside)
+    prefix.symlink_to(outside)
+
+    # When the drive is backed up again, Then the link is refused, not deduplicated against
+    with pytest.raises(TxnBackupError, match="is not a directory"):
+        run_backup(repo, bitmaps, VM, [image.drive], full=True)
+    # And a restore through it is refused as well
+    with pytest.raises(IntegrityError, match="symbolic link"):
+        restore_drive(repo, done.snapshot, "scsi0", tmp_path / "out.raw")
+
+
 def test_gc_never_deletes_outside_the_repository(
     tmp_path: Path, repo: Repository, done: Done
 ) -> None:
