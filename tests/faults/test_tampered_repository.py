@@ -344,8 +344,7 @@ def test_a_symlinked_index_or_snapshot_is_not_read(
 
 
 def test_repository_files_are_private(repo: Repository, done: Done) -> None:
-    # Given a repository with a snapshot and a backup in progress (under a umask of 022)
-    assert os.umask(0o022) == 0o022 or True
+    # Given a repository with a snapshot and a backup in progress
     staging = Staging(repo, new_backup_id())
     staging.create()
     staging.record_drive(done.entries["scsi0"])
