@@ -94,7 +94,9 @@ def _summaries(repo: Repository, vmid: str | None) -> list[dict[str, Any]]:
 @click.argument("snapshot")
 @click.argument("drive")
 @click.argument("target", type=click.Path(path_type=Path), required=False)
-@click.option("--overwrite", is_flag=True, help="Replace TARGET when it is an existing file.")
+@click.option(
+    "--overwrite", is_flag=True, help="Replace TARGET if it exists; required for a block device."
+)
 @click.option(
     "--config", "config", metavar="NAME", help="Restore the config blob NAME instead of a drive."
 )
@@ -111,8 +113,9 @@ def restore(
     """Write DRIVE of SNAPSHOT (vm/<vmid>/<time> or vm/<vmid>/latest) to TARGET.
 
     TARGET is a file (created sparse, appearing only complete) or a block device (written in
-    place, it must be at least as large as the drive). `restore SNAPSHOT --config NAME
-    TARGET` writes the config blob NAME to the file TARGET instead.
+    place, opened exclusively, only with --overwrite; it must be at least as large as the
+    drive). `restore SNAPSHOT --config NAME TARGET` writes the config blob NAME to the file
+    TARGET instead.
     """
     repository = open_repository(settings, repo)
     snap = resolve(repository, snapshot)

@@ -16,12 +16,14 @@ from enum import IntEnum
 
 import zstandard
 
-from txnbackup.constants import ZSTD_LEVEL
+from txnbackup.constants import MAX_CHUNK_SIZE, ZSTD_LEVEL
 from txnbackup.errors import CorruptChunk
 
 MAGIC = b"TXBC"
 CODEC_VERSION = 1
 HEADER = struct.Struct(">4sBBHII")
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+PROBE_SIZE = HEADER.size + len(ZSTD_MAGIC)  # bytes ``plausible`` looks at
 
 
 class Compression(IntEnum):
@@ -68,6 +70,25 @@ def encode_parts(data: bytes | memoryview) -> tuple[bytes, bytes | memoryview]:
         method, payload = Compression.RAW, data
     header = HEADER.pack(MAGIC, CODEC_VERSION, method, 0, len(data), zlib.crc32(payload))
     return header, payload
+
+
+def plausible(head: bytes, file_size: int) -> bool:
+    """Whether a chunk file whose first PROBE_SIZE bytes are ``head`` looks whole, without
+    reading its payload: the header parses and the file's length fits it (exactly for a raw
+    chunk; for zstd, the frame's magic and a length the writer could have produced). Damage
+    inside a compressed payload is found by ``decode`` only (verify, restore)."""
+    if len(head) < HEADER.size:
+        return False
+    magic, version, method, reserved, length, _ = HEADER.unpack_from(head)
+    if magic != MAGIC or version != CODEC_VERSION or reserved or not 0 < length <= MAX_CHUNK_SIZE:
+        return False
+    payload = file_size - HEADER.size
+    if method == Compression.RAW:
+        return bool(payload == length)
+    if method == Compression.ZSTD:
+        framed = head[HEADER.size :] == ZSTD_MAGIC
+        return framed and bool(len(ZSTD_MAGIC) < payload < length - length // 64)
+    return False
 
 
 def decode(blob: bytes, digest: str) -> bytes:

@@ -9,21 +9,37 @@ Garbage collection (txnbackup.gc) deletes a chunk file that nothing refers to on
 mtime is older than its cutoff. A writer that deduplicates against a stored chunk therefore
 ``reuse``s it, which refreshes the mtime: a chunk a running backup counts on looks in use.
 
+Deduplication trusts a stored chunk only after a cheap look (one open and one read of its
+header, ``chunk.plausible``): a regular file, not a symbolic link, whose length fits its
+header. A chunk file that fails it reads as not stored, and storing the chunk replaces it.
+
 Verify moves a corrupt chunk file aside (``quarantine``, to ``<digest>.bad``), so that the
 digest reads as not stored and the next backup that reads the chunk stores it again.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
+import stat
 import threading
 from pathlib import Path
 from typing import Protocol
 
 from txnbackup import chunk
 from txnbackup.errors import CorruptChunk
-from txnbackup.fsutil import fsync_dir, temp_name, write_error
+from txnbackup.fsutil import (
+    NOFOLLOW,
+    SYMLINK_REASON,
+    create_new,
+    fsync_dir,
+    is_real_dir,
+    make_dir,
+    read_file,
+    temp_name,
+    write_error,
+)
 
 BAD_SUFFIX = ".bad"
 QUARANTINED = "found corrupt by verify and moved aside (.bad)"
@@ -51,6 +67,7 @@ class ChunkStore:
         self.root = root
         self._unsynced: set[Path] = set()
         self._lock = threading.Lock()
+        self._real_prefixes: set[str] = set()  # prefix directories seen not to be links
 
     def path_for(self, digest: str) -> Path:
         return self.root / digest[:4] / digest
@@ -58,18 +75,29 @@ class ChunkStore:
     def bad_path_for(self, digest: str) -> Path:
         return self.root / digest[:4] / f"{digest}{BAD_SUFFIX}"
 
-    def has(self, digest: str) -> bool:
-        return os.path.exists(self.path_for(digest))
-
-    def reuse(self, digest: str) -> bool:
-        """Whether the chunk is stored; if so, mark it in use now (its mtime, for gc)."""
-        path = self.path_for(digest)
+    def present(self, digest: str) -> bool:
+        """Whether a chunk file (a regular file, not a link) is there, whole or not."""
         try:
-            os.utime(path)
+            return stat.S_ISREG(os.lstat(self.path_for(digest)).st_mode)
         except FileNotFoundError:
             return False
-        except OSError:  # a chunk we may read but not touch: dedup still holds
-            return path.exists()
+
+    def has(self, digest: str) -> bool:
+        """Whether the chunk is stored and its file looks whole (``chunk.plausible``)."""
+        return self._real_prefix(digest) and _plausible(self.path_for(digest), touch=False)
+
+    def reuse(self, digest: str) -> bool:
+        """``has``, and if so, mark the chunk in use now (its mtime, for gc)."""
+        return self._real_prefix(digest) and _plausible(self.path_for(digest), touch=True)
+
+    def _real_prefix(self, digest: str) -> bool:
+        """Whether the chunk's prefix directory is a directory, not a link (looked at once)."""
+        prefix = digest[:4]
+        if prefix in self._real_prefixes:
+            return True
+        if not is_real_dir(self.root / prefix):
+            return False
+        self._real_prefixes.add(prefix)
         return True
 
     def put(self, digest: str, *encoded: bytes | memoryview) -> bool:
@@ -79,14 +107,16 @@ class ChunkStore:
         if self.reuse(digest):
             return False
         try:
-            path.parent.mkdir(exist_ok=True)
+            make_dir(path.parent, exist_ok=True)
         except OSError as exc:
             raise write_error(path.parent, exc) from exc
         tmp = temp_name(path)
         try:
             _write_synced(tmp, encoded)
             if not _link_new(tmp, path):
-                return False
+                if _plausible(path, touch=True):
+                    return False
+                os.rename(tmp, path)  # the file there is damaged, or a link: replace it
         except OSError as exc:
             raise write_error(path, exc) from exc
         finally:
@@ -110,9 +140,11 @@ class ChunkStore:
     def get(self, digest: str) -> bytes:
         """Return a chunk's plaintext, checked against its digest."""
         try:
-            blob = self.path_for(digest).read_bytes()
+            if not self._real_prefix(digest) and os.path.islink(self.root / digest[:4]):
+                raise OSError(errno.ELOOP, SYMLINK_REASON, str(self.root / digest[:4]))
+            blob = read_file(self.path_for(digest))
         except FileNotFoundError:
-            if self.bad_path_for(digest).exists():
+            if os.path.lexists(self.bad_path_for(digest)):
                 raise CorruptChunk(digest, QUARANTINED) from None
             raise CorruptChunk(digest, "missing from the repository") from None
         except OSError as exc:
@@ -133,7 +165,7 @@ class ChunkStore:
         except OSError as exc:
             raise write_error(path, exc) from exc
         try:
-            chunk.decode(bad.read_bytes(), digest)
+            chunk.decode(read_file(bad), digest)
         except (CorruptChunk, OSError):
             fsync_dir(path.parent)
             return True
@@ -144,7 +176,7 @@ class ChunkStore:
 
 def _write_synced(path: Path, parts: tuple[bytes | memoryview, ...]) -> None:
     """Create ``path`` holding the parts one after another, and fsync it."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+    fd = create_new(path)
     try:
         left = sum(len(p) for p in parts)
         views = [memoryview(p) for p in parts]
@@ -153,6 +185,29 @@ def _write_synced(path: Path, parts: tuple[bytes | memoryview, ...]) -> None:
             left -= written
             views = _advance(views, written)
         os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _plausible(path: Path, *, touch: bool) -> bool:
+    """One open (never through a link; non-blocking, should a FIFO be planted) and one read
+    of the header; ``touch`` sets the mtime through the same descriptor."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | NOFOLLOW)
+    except OSError:  # missing, a symbolic link (ELOOP) or unreadable: not usable
+        return False
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            return False
+        if not chunk.plausible(os.pread(fd, chunk.PROBE_SIZE, 0), st.st_size):
+            return False
+        if touch:
+            with contextlib.suppress(OSError):  # a chunk we may read but not touch: still good
+                os.utime(fd)
+        return True
+    except OSError:
+        return False
     finally:
         os.close(fd)
 

@@ -117,8 +117,9 @@ def store_span(
 def check_clean(
     reader: DriveReader, store: ChunkBackend, chunks: list[tuple[int, int, bytes]], cs: int
 ) -> list[ChunkResult]:
-    """Take each clean chunk's digest from the base index while its chunk file is there; read
-    and store again one whose file is gone (a chunk verify moved aside, or a lost one, is never
+    """Take each clean chunk's digest from the base index while its chunk file is there and
+    looks whole (``ChunkBackend.has``: one open and one header read); read and store again one
+    whose file is gone or damaged (a chunk verify moved aside, a lost or truncated one, is never
     silently referred to again)."""
     results = []
     for offset, length, digest in chunks:

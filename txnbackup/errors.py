@@ -71,6 +71,10 @@ class IntegrityError(TxnBackupError):
     exit_code = 5
 
 
+class ManifestInvalid(IntegrityError):
+    """manifest of {} is invalid: {}"""
+
+
 class CorruptChunk(IntegrityError):
     """chunk {} is corrupt: {}"""
 

@@ -10,12 +10,12 @@ backups, never stopping them, by these rules:
    has not indexed yet; the engine changes its staging directory only before such a drive
    starts and after its index is complete, so all of them are newer than the cutoff.
 2. **Mark.** Every digest in the indexes of every staging area (drives already copied), then
-   in every index file of every snapshot directory, listed after the staging areas were read
-   (a backup publishing meanwhile is found in one place or the other). Snapshots whose
-   manifest is damaged or being removed are marked from the index files they hold. An index
-   that cannot be read, or that a readable manifest lists but is missing or does not match
-   its checksum, stops the collection before anything is deleted (unless its snapshot is
-   being removed meanwhile).
+   in the indexes of every published snapshot (by its manifest, read strictly), listed after
+   the staging areas were read (a backup publishing meanwhile is found in one place or the
+   other), then in every other index file a snapshot directory holds, and in every index file
+   of a snapshot whose manifest an interrupted removal renamed away (txnbackup.removal). A
+   manifest or an index that cannot be read, or does not match what refers to it, stops the
+   collection before anything is deleted (unless its snapshot is being removed meanwhile).
 3. **Sweep.** An unmarked chunk file older than the cutoff is renamed to a ``.tmp-`` name,
    looked at again, and deleted only if its mtime is still old: a backup that reused it
    just before the rename has refreshed it (it is put back), one just after finds it gone
@@ -25,6 +25,9 @@ Also removed: ``<digest>.bad`` files (moved aside by verify) once no snapshot re
 the digest or a good copy was stored again, and stray ``.tmp-*`` files older than the
 cutoff in ``chunks/`` and ``vm/<vmid>/``. Snapshots are never removed here, but removals a
 crash interrupted are finished first (txnbackup.removal).
+
+gc never follows a symbolic link: a link in the repository is neither a directory to walk
+nor a file to delete, so nothing outside the repository can be reached.
 """
 
 from __future__ import annotations
@@ -41,11 +44,12 @@ from txnbackup.chunkstore import BAD_SUFFIX
 from txnbackup.constants import ZERO_DIGEST
 from txnbackup.errors import IntegrityError, InvalidInput
 from txnbackup.failpoints import failpoint
-from txnbackup.fsutil import temp_name
-from txnbackup.index import IndexReader, file_sha256
+from txnbackup.fsutil import real_dirs, regular_files, temp_name
+from txnbackup.index import IndexReader
 from txnbackup.removal import finish_removals
 from txnbackup.repository import Repository
-from txnbackup.snapshot_files import being_removed, snapshot_dirs, snapshot_indexes
+from txnbackup.snapshot import SnapshotId
+from txnbackup.snapshot_files import being_removed, snapshot_dirs
 
 log = logging.getLogger(__name__)
 
@@ -95,16 +99,45 @@ def collect(repo: Repository, *, grace: float = DEFAULT_GRACE, dry_run: bool = F
 
 def _mark_all(repo: Repository, marked: set[bytes]) -> None:
     # Staging areas first, published snapshots second: see the module docstring.
-    for index in _staging_indexes(repo):
-        _mark(marked, index, expected_sha256=None)
-    for directory in snapshot_dirs(repo):
-        try:
-            for index, expected in snapshot_indexes(directory):
-                _mark(marked, index, expected_sha256=expected)
-        except IntegrityError:
-            if being_removed(directory):
-                continue  # a prune removed it while we read it
+    for index in _indexes(repo.path / "staging"):
+        _mark_staging(marked, index)
+    try:
+        for directory in snapshot_dirs(repo):
+            _mark_snapshot(repo, directory, marked)
+    except IntegrityError as exc:
+        raise IntegrityError(f"gc: {_reason(exc)}; nothing deleted") from None
+    marked.discard(ZERO_DIGEST)
+
+
+def _mark_snapshot(repo: Repository, directory: Path, marked: set[bytes]) -> None:
+    """A snapshot's indexes: those its manifest lists, checked against it, then every other
+    index file it holds (all of them when an interrupted removal renamed the manifest away).
+    Files vanishing under a removal running meanwhile are no reason to stop."""
+    seen: set[Path] = set()
+    snapshot = SnapshotId(directory.parent.name, directory.name)
+    try:
+        if not being_removed(directory):
+            for entry in repo.manifest(snapshot).drives:
+                with repo.open_index(snapshot, entry) as reader:
+                    marked.update(reader)
+                seen.add(reader.path)
+        for index in _indexes(directory, depth=0):
+            if index not in seen:
+                with IndexReader(index) as reader:
+                    marked.update(reader)
+    except IntegrityError:
+        if not being_removed(directory):
             raise
+
+
+def _mark_staging(marked: set[bytes], index: Path) -> None:
+    try:
+        with IndexReader(index) as reader:
+            marked.update(reader)
+    except IntegrityError as exc:
+        if os.path.lexists(index):
+            raise IntegrityError(f"gc: {_reason(exc)}; nothing deleted") from None
+        # else a staging area published or rolled back while we read it
 
 
 def _sweep(repo: Repository, report: GcReport) -> None:
@@ -121,33 +154,21 @@ def _cutoff(repo: Repository, oldest_allowed: float) -> float:
     cutoff = oldest_allowed
     for staging in _subdirs(repo.path / "staging"):
         try:
-            cutoff = min(cutoff, staging.stat().st_mtime)
+            cutoff = min(cutoff, staging.lstat().st_mtime)
         except FileNotFoundError:
             continue  # published or rolled back meanwhile
     return cutoff
 
 
-def _staging_indexes(repo: Repository) -> Iterator[Path]:
-    for staging in _subdirs(repo.path / "staging"):
-        for path in _files(staging):
+def _indexes(top: Path, depth: int = 1) -> Iterator[Path]:
+    """The index files ``depth`` real directories below ``top`` (links are not followed)."""
+    directories = [top]
+    for _ in range(depth):
+        directories = [sub for d in directories for sub in _subdirs(d)]
+    for directory in directories:
+        for path in _files(directory):
             if path.suffix == ".fidx" and not path.name.startswith(TMP_PREFIX):
                 yield path
-
-
-def _mark(marked: set[bytes], index: Path, expected_sha256: str | None) -> None:
-    try:
-        if expected_sha256 is not None and file_sha256(index) != expected_sha256:
-            raise IntegrityError(f"gc: index {index} does not match its checksum; nothing deleted")
-        with IndexReader(index) as reader:
-            marked.update(reader)
-    except FileNotFoundError:
-        if expected_sha256 is not None:
-            raise IntegrityError(f"gc: index {index} is missing; nothing deleted") from None
-    except IntegrityError:
-        if expected_sha256 is None and not index.exists():
-            return  # a staging area published or rolled back while we read it
-        raise
-    marked.discard(ZERO_DIGEST)
 
 
 def _sweep_chunk_dir_entry(repo: Repository, path: Path, report: GcReport) -> None:
@@ -169,7 +190,7 @@ def _sweep_chunk_dir_entry(repo: Repository, path: Path, report: GcReport) -> No
 
 def _sweep_chunk(path: Path, report: GcReport) -> None:
     try:
-        st = path.stat()
+        st = path.lstat()
     except FileNotFoundError:
         return
     if st.st_mtime >= report.cutoff:
@@ -185,7 +206,7 @@ def _sweep_chunk(path: Path, report: GcReport) -> None:
     except FileNotFoundError:
         return
     failpoint("gc.chunk_renamed", path.name)
-    st = doomed.stat()
+    st = doomed.lstat()
     if st.st_mtime >= report.cutoff:
         _put_back(doomed, path)  # a backup reused it between our stat and the rename
         report.young += 1
@@ -203,7 +224,7 @@ def _put_back(doomed: Path, path: Path) -> None:
 
 def _remove_stray(path: Path, report: GcReport) -> None:
     try:
-        old = path.stat().st_mtime < report.cutoff
+        old = path.lstat().st_mtime < report.cutoff
     except FileNotFoundError:
         return
     if old:
@@ -220,6 +241,10 @@ def _remove(path: Path, dry_run: bool) -> int:
     return 1
 
 
+def _reason(exc: IntegrityError) -> str:
+    return str(exc).removeprefix("integrity error: ")
+
+
 def _is_digest(name: str) -> bool:
     return len(name) == DIGEST_HEX and all(c in HEX for c in name)
 
@@ -229,14 +254,8 @@ def _raw(digest: str) -> bytes:
 
 
 def _subdirs(path: Path) -> list[Path]:
-    try:
-        return sorted(p for p in path.iterdir() if p.is_dir())
-    except (FileNotFoundError, NotADirectoryError):
-        return []
+    return [Path(e.path) for e in real_dirs(path)]
 
 
 def _files(path: Path) -> list[Path]:
-    try:
-        return sorted(p for p in path.iterdir() if not p.is_dir())
-    except (FileNotFoundError, NotADirectoryError):
-        return []
+    return [Path(e.path) for e in regular_files(path)]

@@ -3,7 +3,9 @@
 Layout: a 28-byte header (magic ``TXBI``, version u8, 3 zero bytes, chunk size u32, drive
 size u64, chunk count u64; big-endian) followed by ``count`` raw 32-byte SHA-256 digests.
 An all-zero chunk is recorded as ``ZERO_DIGEST`` (32 zero bytes) and never stored.
-The manifest keeps the SHA-256 of the whole file, so a damaged index is detected.
+The manifest keeps the SHA-256 of the whole file, so a damaged index is detected. A reader
+checks the header (count = ceil(size / chunk size), a valid chunk size) and that the file
+holds exactly ``count`` entries, and never opens an index through a symbolic link.
 """
 
 from __future__ import annotations
@@ -17,9 +19,9 @@ from pathlib import Path
 from types import TracebackType
 from typing import BinaryIO
 
-from txnbackup.constants import DIGEST_SIZE
+from txnbackup.constants import DIGEST_SIZE, MAX_CHUNK_SIZE, MIN_CHUNK_SIZE
 from txnbackup.errors import IntegrityError
-from txnbackup.fsutil import temp_name, write_error
+from txnbackup.fsutil import create_new, open_file, temp_name, write_error
 from txnbackup.geometry import chunk_count
 
 MAGIC = b"TXBI"
@@ -46,7 +48,7 @@ class IndexWriter:
         self._written = 0
         self._hash = hashlib.sha256()
         try:
-            self._fh: BinaryIO = open(self._tmp, "xb")  # noqa: SIM115 - closed by finish/abort
+            self._fh: BinaryIO = os.fdopen(create_new(self._tmp), "wb")
         except OSError as exc:
             raise write_error(self.path, exc) from exc
         self._info = (size, chunk_size)
@@ -94,18 +96,51 @@ class IndexWriter:
 
 
 class IndexReader:
+    """An index file, its header checked against itself and the file's length."""
+
     def __init__(self, path: Path) -> None:
         self.path = path
         try:
-            self._fh: BinaryIO = open(path, "rb")  # noqa: SIM115 - closed by close()
+            self._fh: BinaryIO = os.fdopen(open_file(path), "rb")
         except FileNotFoundError:
             raise IntegrityError(f"index {path} is missing") from None
+        except OSError as exc:
+            raise IntegrityError(f"index {path}: {exc.strerror or exc}") from None
+        try:
+            self._check_header()
+        except BaseException:
+            self._fh.close()
+            raise
+
+    def _check_header(self) -> None:
         header = self._fh.read(HEADER.size)
         if len(header) != HEADER.size:
-            raise IntegrityError(f"index {path}: truncated header")
+            raise IntegrityError(f"index {self.path}: truncated header")
         magic, version, self.chunk_size, self.size, self.count = HEADER.unpack(header)
         if magic != MAGIC or version != VERSION:
-            raise IntegrityError(f"index {path}: bad magic or version")
+            raise IntegrityError(f"index {self.path}: bad magic or version")
+        cs = self.chunk_size
+        if cs & (cs - 1) or not MIN_CHUNK_SIZE <= cs <= MAX_CHUNK_SIZE:
+            raise IntegrityError(f"index {self.path}: bad chunk size {cs}")
+        if self.count != chunk_count(self.size, cs):
+            raise IntegrityError(
+                f"index {self.path}: {self.count} entries for {self.size} bytes "
+                f"in chunks of {cs} (expected {chunk_count(self.size, cs)})"
+            )
+        length = os.fstat(self._fh.fileno()).st_size
+        if length != HEADER.size + self.count * DIGEST_SIZE:
+            raise IntegrityError(
+                f"index {self.path}: {length} bytes, a header and {self.count} entries "
+                f"take {HEADER.size + self.count * DIGEST_SIZE}"
+            )
+
+    def sha256(self) -> str:
+        """The SHA-256 of the whole file, as the manifest records it."""
+        h = hashlib.sha256()
+        self._fh.seek(0)
+        while block := self._fh.read(1 << 20):
+            h.update(block)
+        return h.hexdigest()
 
     def __iter__(self) -> Iterator[bytes]:
         """Yield every digest in order, reading in batches (memory stays flat)."""
@@ -137,7 +172,7 @@ class IndexReader:
 
 def file_sha256(path: Path) -> str:
     h = hashlib.sha256()
-    with open(path, "rb") as fh:
+    with os.fdopen(open_file(path), "rb") as fh:
         while block := fh.read(1 << 20):
             h.update(block)
     return h.hexdigest()

@@ -23,9 +23,9 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from txnbackup.errors import SnapshotNotFound, SnapshotProtected
+from txnbackup.errors import IntegrityError, SnapshotNotFound, SnapshotProtected
 from txnbackup.failpoints import failpoint
-from txnbackup.fsutil import fsync_dir
+from txnbackup.fsutil import fsync_dir, read_file
 from txnbackup.manifest import MANIFEST_NAME, Manifest
 from txnbackup.protection import PROTECTED_SUFFIX
 from txnbackup.repository import Repository
@@ -91,8 +91,8 @@ def _restore_if_protected(directory: Path) -> bool:
     if not _beside(directory, PROTECTED_SUFFIX).exists():
         return False
     try:
-        manifest = Manifest.from_json(removing.read_bytes())
-    except (OSError, ValueError, KeyError, TypeError):
+        manifest = Manifest.from_json(read_file(removing), str(removing))
+    except (OSError, IntegrityError):
         return False
     files = [d.index for d in manifest.drives] + [b.file for b in manifest.blobs]
     if not all((directory / name).exists() for name in files):

@@ -14,6 +14,11 @@ therefore exists completely or not at all; nothing in it is modified afterwards 
 its verdict beside it, ``vm/<vmid>/<time>.verify-failed``: txnbackup.verify).
 Rolling back deletes the staging area. Chunks of a failed backup stay and are reused by dedup
 until `txnbackup gc` (txnbackup.gc) deletes the unreferenced ones.
+
+Reading trusts nothing it finds: a manifest is parsed strictly and checked against the
+snapshot id and the repository that hold it, an index against its manifest entry (checksum,
+size, chunk size, count), and no path below the repository is followed through a symbolic
+link. Files are created 0600, directories 0700 (txnbackup.fsutil).
 """
 
 from __future__ import annotations
@@ -31,18 +36,29 @@ from txnbackup.errors import (
     FormatVersionMismatch,
     IntegrityError,
     InvalidInput,
+    ManifestInvalid,
     RepositoryError,
     RepositoryExists,
     RepositoryNotFound,
     SnapshotNotFound,
 )
-from txnbackup.fsutil import fsync_dir, write_atomic
-from txnbackup.index import file_sha256
-from txnbackup.manifest import MANIFEST_NAME, DriveEntry, Manifest
-from txnbackup.names import check_backup_id, check_vmid
+from txnbackup.fsutil import (
+    DIR_MODE,
+    fsync_dir,
+    is_real_dir,
+    make_dir,
+    read_file,
+    real_dirs,
+    regular_files,
+    write_atomic,
+)
+from txnbackup.index import IndexReader
+from txnbackup.manifest import MANIFEST_NAME, DriveEntry, Manifest, index_file
+from txnbackup.names import VMID_RE, check_backup_id, check_vmid
 from txnbackup.snapshot import SnapshotId, parse_time
 
 CONFIG_NAME = "config.json"
+SUBDIRS = ("chunks", "vm", "staging")
 
 
 @dataclass(frozen=True)
@@ -84,8 +100,9 @@ class Repository:
         config = RepositoryConfig(FORMAT_VERSION, chunk_size, str(uuid.uuid4()))
         try:
             path.mkdir(parents=True, exist_ok=True)
-            for sub in ("chunks", "vm", "staging"):
-                (path / sub).mkdir()
+            os.chmod(path, DIR_MODE)
+            for sub in SUBDIRS:
+                make_dir(path / sub)
             write_atomic(path / CONFIG_NAME, json.dumps(config.__dict__, indent=2).encode())
             fsync_dir(path)
         except OSError as exc:
@@ -95,7 +112,7 @@ class Repository:
     @classmethod
     def open(cls, path: Path) -> Repository:
         try:
-            raw = json.loads((path / CONFIG_NAME).read_bytes())
+            raw = json.loads(read_file(path / CONFIG_NAME))
         except (FileNotFoundError, NotADirectoryError):
             raise RepositoryNotFound(str(path)) from None
         except (OSError, ValueError) as exc:
@@ -109,18 +126,25 @@ class Repository:
             config = RepositoryConfig(FORMAT_VERSION, chunk_size, str(raw["id"]))
         except (KeyError, TypeError, ValueError, InvalidInput) as exc:
             raise RepositoryError(f"{path / CONFIG_NAME}: bad chunk_size or id: {exc}") from None
+        for sub in SUBDIRS:
+            if (path / sub).exists() and not is_real_dir(path / sub):
+                raise RepositoryError(f"{path / sub} is not a directory (or is a symbolic link)")
         return cls(path, config)
 
     def snapshot_dir(self, snapshot: SnapshotId) -> Path:
-        return self.path / "vm" / snapshot.vmid / snapshot.time
+        # A SnapshotId may be built without parse(): its parts are checked again here.
+        parse_time(snapshot.time)
+        return self.path / "vm" / check_vmid(snapshot.vmid) / snapshot.time
+
+    def index_path(self, snapshot: SnapshotId, drive: str) -> Path:
+        """A drive's index in a snapshot, derived from the drive name, never from a field."""
+        return self.snapshot_dir(snapshot) / index_file(drive)
 
     def staging_dir(self, backup: str) -> Path:
         return self.path / "staging" / check_backup_id(backup)
 
     def vmids(self) -> list[str]:
-        with contextlib.suppress(FileNotFoundError):
-            return sorted(p.name for p in (self.path / "vm").iterdir() if p.is_dir())
-        return []
+        return [e.name for e in real_dirs(self.path / "vm") if VMID_RE.fullmatch(e.name)]
 
     def snapshots(self, vmid: str | None = None) -> list[SnapshotId]:
         """Published snapshots, newest first (per VM when vmid is given)."""
@@ -128,20 +152,60 @@ class Repository:
         found = [
             SnapshotId(v, d.name)
             for v in vmids
-            for d in _listdir(self.path / "vm" / v)
-            if _is_time(d.name) and (d / MANIFEST_NAME).exists()
+            if is_real_dir(self.path / "vm" / v)
+            for d in real_dirs(self.path / "vm" / v)
+            if _is_time(d.name) and MANIFEST_NAME in {f.name for f in regular_files(Path(d))}
         ]
         return sorted(found, key=lambda s: (s.time, s.vmid), reverse=True)
 
     def manifest(self, snapshot: SnapshotId) -> Manifest:
+        """The snapshot's manifest, parsed strictly and checked against where it lies."""
+        where = str(snapshot)
+        directory = self.snapshot_dir(snapshot)
+        if not is_real_dir(directory.parent) or not is_real_dir(directory):
+            if directory.is_symlink() or directory.parent.is_symlink():
+                raise ManifestInvalid(where, "its directory is a symbolic link")
+            raise SnapshotNotFound(where)
         try:
-            raw = (self.snapshot_dir(snapshot) / MANIFEST_NAME).read_bytes()
+            raw = read_file(directory / MANIFEST_NAME)
         except (FileNotFoundError, NotADirectoryError):
-            raise SnapshotNotFound(str(snapshot)) from None
+            raise SnapshotNotFound(where) from None
+        except OSError as exc:
+            raise ManifestInvalid(where, exc.strerror or str(exc)) from None
+        manifest = Manifest.from_json(raw, where)
+        mismatch = [
+            f"{name} {found!r}, expected {wanted!r}"
+            for name, found, wanted in (
+                ("vmid", manifest.vmid, snapshot.vmid),
+                ("time", manifest.time, snapshot.time),
+                ("chunk_size", manifest.chunk_size, self.chunk_size),
+                ("repository", manifest.repository, self.id),
+            )
+            if found != wanted
+        ]
+        if mismatch:
+            raise ManifestInvalid(where, "; ".join(mismatch))
+        return manifest
+
+    def open_index(self, snapshot: SnapshotId, entry: DriveEntry) -> IndexReader:
+        """The drive's index, checked against its manifest entry (checksum and header)."""
+        reader = IndexReader(self.index_path(snapshot, entry.name))
         try:
-            return Manifest.from_json(raw)
-        except (ValueError, KeyError, TypeError) as exc:
-            raise IntegrityError(f"manifest of {snapshot} is unreadable: {exc}") from None
+            if reader.sha256() != entry.index_sha256:
+                raise IntegrityError(
+                    f"index of drive {entry.name} in {snapshot} does not match its checksum"
+                )
+            header = (reader.size, reader.chunk_size, reader.count)
+            listed = (entry.size, entry.chunk_size, entry.chunks)
+            if header != listed:
+                raise IntegrityError(
+                    f"index of drive {entry.name} in {snapshot}: size, chunk size, count "
+                    f"{header} differ from the manifest's {listed}"
+                )
+        except BaseException:
+            reader.close()
+            raise
+        return reader
 
     def complete_drive(self, snapshot: SnapshotId, drive: str) -> DriveEntry | None:
         """The drive's entry if the snapshot is published and its index intact, else None."""
@@ -149,10 +213,10 @@ class Repository:
             entry = self.manifest(snapshot).drive(drive)
             if entry is None:
                 return None
-            index = self.snapshot_dir(snapshot) / entry.index
-            return entry if file_sha256(index) == entry.index_sha256 else None
-        except (SnapshotNotFound, IntegrityError, OSError):
+            self.open_index(snapshot, entry).close()
+        except (SnapshotNotFound, IntegrityError, InvalidInput, OSError):
             return None
+        return entry
 
     def find_backup(self, vmid: str, backup: str) -> SnapshotId | None:
         """The snapshot a backup published, if any (re-delivered commits use this)."""
@@ -161,13 +225,6 @@ class Repository:
                 if self.manifest(snapshot).backup == backup:
                     return snapshot
         return None
-
-
-def _listdir(path: Path) -> list[Path]:
-    try:
-        return list(path.iterdir())
-    except (FileNotFoundError, NotADirectoryError):
-        return []
 
 
 def _is_time(name: str) -> bool:

@@ -12,16 +12,10 @@ from pathlib import Path
 
 from txnbackup.constants import ZERO_DIGEST
 from txnbackup.engine import default_workers
-from txnbackup.errors import (
-    CorruptChunk,
-    IntegrityError,
-    InvalidInput,
-    NotFound,
-    TargetWriteError,
-)
+from txnbackup.errors import CorruptChunk, InvalidInput, NotFound, TargetWriteError
 from txnbackup.fsutil import fsync_dir, os_reason, temp_name
 from txnbackup.geometry import extent
-from txnbackup.index import IndexReader, file_sha256
+from txnbackup.index import IndexReader
 from txnbackup.manifest import DriveEntry
 from txnbackup.repository import Repository
 from txnbackup.snapshot import SnapshotId
@@ -43,20 +37,28 @@ def drive_entry(repo: Repository, snapshot: SnapshotId, drive: str) -> DriveEntr
     if entry is None:
         names = ", ".join(d.name for d in manifest.drives)
         raise NotFound(f"drive {drive} in snapshot {snapshot} (it has: {names})")
-    index = repo.snapshot_dir(snapshot) / entry.index
-    if file_sha256(index) != entry.index_sha256:
-        raise IntegrityError(f"index of drive {drive} in {snapshot} does not match its checksum")
     return entry
 
 
 def restore_drive(
     repo: Repository, snapshot: SnapshotId, drive: str, target: Path, *, overwrite: bool = False
 ) -> RestoreResult:
-    """Write the drive's content at backup time to ``target``; a file appears only complete."""
+    """Write the drive's content at backup time to ``target``; a file appears only complete.
+
+    An existing target, file or block device, is replaced only with ``overwrite``.
+    """
     entry = drive_entry(repo, snapshot, drive)
-    index = repo.snapshot_dir(snapshot) / entry.index
-    if _is_block_device(target):
-        return _restore_to_device(repo, entry, index, target)
+    with repo.open_index(snapshot, entry) as index:
+        if _is_block_device(target):
+            if not overwrite:
+                raise InvalidInput(f"{target} is a block device; pass --overwrite to write it")
+            return _restore_to_device(repo, entry, index, target)
+        return _restore_to_file(repo, entry, index, target, overwrite)
+
+
+def _restore_to_file(
+    repo: Repository, entry: DriveEntry, index: IndexReader, target: Path, overwrite: bool
+) -> RestoreResult:
     if target.exists() and not target.is_file():
         raise InvalidInput(f"{target} is not a regular file or a block device; not replacing it")
     if target.exists() and not overwrite:
@@ -91,9 +93,13 @@ def _is_block_device(path: Path) -> bool:
 
 
 def _restore_to_device(
-    repo: Repository, entry: DriveEntry, index: Path, target: Path
+    repo: Repository, entry: DriveEntry, index: IndexReader, target: Path
 ) -> RestoreResult:
-    fd = os.open(target, os.O_WRONLY | os.O_CLOEXEC)
+    # O_EXCL on a block device: refused while it is mounted or otherwise held open exclusively.
+    try:
+        fd = os.open(target, os.O_WRONLY | os.O_EXCL | os.O_CLOEXEC)
+    except OSError as exc:
+        raise TargetWriteError(str(target), os_reason(exc)) from exc
     try:
         capacity = os.lseek(fd, 0, os.SEEK_END)
         if capacity < entry.size:
@@ -106,12 +112,12 @@ def _restore_to_device(
 
 
 def _write_chunks(
-    repo: Repository, entry: DriveEntry, index: Path, fd: int, *, holes: bool
+    repo: Repository, entry: DriveEntry, reader: IndexReader, fd: int, *, holes: bool
 ) -> RestoreResult:
     """Fetch, check and write every chunk, on a thread pool (reading, decompressing, hashing
     and pwrite release the GIL); at most RESTORE_INFLIGHT chunks are held at once."""
     zero_chunks = 0
-    with IndexReader(index) as reader, ThreadPoolExecutor(default_workers()) as pool:
+    with ThreadPoolExecutor(default_workers()) as pool:
         pending: deque[Future[None]] = deque()
         try:
             for i, digest in enumerate(reader):

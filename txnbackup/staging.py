@@ -18,8 +18,8 @@ from pathlib import Path
 from txnbackup.constants import FORMAT_VERSION
 from txnbackup.errors import IntegrityError
 from txnbackup.failpoints import failpoint
-from txnbackup.fsutil import fsync_dir, write_atomic, write_error
-from txnbackup.manifest import MANIFEST_NAME, BlobEntry, DriveEntry, Manifest
+from txnbackup.fsutil import fsync_dir, make_dir, read_file, write_atomic, write_error
+from txnbackup.manifest import MANIFEST_NAME, BlobEntry, DriveEntry, Manifest, index_file
 from txnbackup.names import check_blob_name
 from txnbackup.repository import Repository
 from txnbackup.snapshot import SnapshotId
@@ -36,22 +36,24 @@ class Staging:
 
     def create(self) -> None:
         try:
-            self.dir.mkdir(parents=True, exist_ok=True)
+            make_dir(self.dir, exist_ok=True)
         except OSError as exc:
             raise write_error(self.dir, exc) from exc
 
     def index_path(self, drive: str) -> Path:
-        return self.dir / f"{drive}.fidx"
+        return self.dir / index_file(drive)
 
     def record_drive(self, entry: DriveEntry) -> None:
         write_atomic(self.dir / f"{entry.name}{ENTRY_SUFFIX}", json.dumps(entry.to_dict()).encode())
 
     def drive_entry(self, drive: str) -> DriveEntry | None:
         try:
-            raw = (self.dir / f"{drive}{ENTRY_SUFFIX}").read_bytes()
+            raw = read_file(self.dir / f"{drive}{ENTRY_SUFFIX}")
         except FileNotFoundError:
             return None
-        return DriveEntry.from_dict(json.loads(raw))
+        except OSError as exc:
+            raise IntegrityError(f"backup {self.backup}: drive {drive}: {exc}") from None
+        return DriveEntry.from_json(raw, f"staging area of backup {self.backup}")
 
     def exists(self) -> bool:
         return self.dir.is_dir()
@@ -81,7 +83,11 @@ def publish(
         return done
     manifest_path = staging.dir / MANIFEST_NAME
     if manifest_path.exists():
-        manifest = Manifest.from_json(manifest_path.read_bytes())
+        where = f"staging area of backup {staging.backup}"
+        try:
+            manifest = Manifest.from_json(read_file(manifest_path), where)
+        except OSError as exc:
+            raise IntegrityError(f"{where}: {exc}") from None
     else:
         target = _free_time(repo, start_time)
         manifest = _write_manifest(staging, vmid, target, drives, blobs, bitmap_epochs or {})
@@ -91,7 +97,7 @@ def publish(
     target = SnapshotId(vmid, manifest.time)
     parent = repo.snapshot_dir(target).parent
     try:
-        parent.mkdir(parents=True, exist_ok=True)
+        make_dir(parent, exist_ok=True)
         fsync_dir(parent.parent)  # the first snapshot of a VM: make vm/<vmid> itself durable
         fsync_dir(staging.dir)
         os.rename(staging.dir, repo.snapshot_dir(target))

@@ -18,8 +18,8 @@ from pathlib import Path
 
 from txnbackup.constants import ZERO_DIGEST
 from txnbackup.errors import CorruptChunk, IntegrityError
-from txnbackup.fsutil import fsync_dir, write_atomic, write_error
-from txnbackup.index import IndexReader, file_sha256
+from txnbackup.fsutil import fsync_dir, read_file, write_atomic, write_error
+from txnbackup.index import IndexReader
 from txnbackup.manifest import DriveEntry
 from txnbackup.repository import Repository
 from txnbackup.snapshot import SnapshotId, format_time
@@ -60,7 +60,8 @@ def verify_snapshot(repo: Repository, snapshot: SnapshotId) -> VerifyReport:
     for blob in manifest.blobs:
         path = repo.snapshot_dir(snapshot) / blob.file
         try:
-            good = hashlib.sha256(path.read_bytes()).hexdigest() == blob.sha256
+            data = read_file(path)
+            good = len(data) == blob.size and hashlib.sha256(data).hexdigest() == blob.sha256
         except OSError:
             good = False
         if not good:
@@ -102,11 +103,8 @@ def _record(repo: Repository, report: VerifyReport) -> None:
 def _verify_drive(
     repo: Repository, snapshot: SnapshotId, entry: DriveEntry, checked: dict[str, str | None]
 ) -> tuple[int, list[Problem]]:
-    index = repo.snapshot_dir(snapshot) / entry.index
     try:
-        if file_sha256(index) != entry.index_sha256:
-            return 0, [Problem(entry.name, -1, entry.index_sha256, "index checksum mismatch")]
-        reader = IndexReader(index)
+        reader: IndexReader = repo.open_index(snapshot, entry)
     except (OSError, IntegrityError) as exc:
         return 0, [Problem(entry.name, -1, entry.index_sha256, f"index unreadable: {exc}")]
     problems = []
@@ -127,7 +125,7 @@ def _check_chunk(repo: Repository, digest: str) -> str | None:
         repo.chunks.get(digest)
     except CorruptChunk as exc:
         reason = str(exc.args[1])
-        if repo.chunks.has(digest) and repo.chunks.quarantine(digest):
+        if repo.chunks.present(digest) and repo.chunks.quarantine(digest):
             reason += "; file moved aside (.bad)"
         return reason
     return None

@@ -6,7 +6,6 @@ nothing: neither the files under the test's directory nor the dirty bitmap in Re
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import json
 import os
@@ -204,7 +203,8 @@ def test_json_shapes_are_documented_in_help(world: World) -> None:
 
 
 def test_ctrl_c_exits_130_without_a_traceback(world: World) -> None:
-    # Given a chunk file that blocks its reader (a FIFO), so verify is stuck mid-run
+    # Given a chunk file that blocks its reader (a FIFO, which has no writer yet), so verify
+    # is stuck mid-run opening it
     fifo = world.chunk_file(UNIQUE_CHUNK)
     fifo.unlink()
     os.mkfifo(fifo)
@@ -215,38 +215,20 @@ def test_ctrl_c_exits_130_without_a_traceback(world: World) -> None:
         stderr=subprocess.PIPE,
         text=True,
     )
-    writer = _open_when_read(fifo, proc)
-    _wait_until_blocked_reading(proc)
-    try:
-        # When the user presses Ctrl-C
-        proc.send_signal(signal.SIGINT)
-        _, stderr = proc.communicate(timeout=10)
-    finally:
-        os.close(writer)
+    _wait_until_blocked_opening(proc)
+    # When the user presses Ctrl-C
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=10)
     # Then the command stops with 130 and no traceback
     assert proc.returncode == 130, stderr
     assert "Traceback" not in stderr
 
 
-def _open_when_read(fifo: Path, proc: subprocess.Popen[str]) -> int:
-    """Open the FIFO's write end once the CLI has it open for reading (it then blocks)."""
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            return os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
-        except OSError as exc:
-            if exc.errno != errno.ENXIO or time.monotonic() > deadline or proc.poll() is not None:
-                raise
-        time.sleep(0.02)
-
-
-def _wait_until_blocked_reading(proc: subprocess.Popen[str]) -> None:
-    """Wait until the CLI sleeps in read() on the FIFO. Python acts on a SIGINT that arrives
-    between the open() and the read() only once that read returns, so the read blocks for
-    good: the race of every blocking call, which a user meets by pressing Ctrl-C again."""
+def _wait_until_blocked_opening(proc: subprocess.Popen[str]) -> None:
+    """Wait until the CLI sleeps in open() on the FIFO, waiting for a writer."""
     wchan = Path(f"/proc/{proc.pid}/wchan")
     deadline = time.monotonic() + 10
-    while "pipe_read" not in wchan.read_text() and time.monotonic() < deadline:
+    while "wait_for_partner" not in wchan.read_text() and time.monotonic() < deadline:
         time.sleep(0.01)
 
 

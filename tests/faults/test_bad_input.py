@@ -14,6 +14,8 @@ Rows that exist elsewhere are not repeated here:
 - tests/pipeline/test_cli_backup.py: ``backup`` with a missing drive path, duplicate drive
   names, a drive name with ``/``, vmid ``../x``, a bad node; ``status`` with a malformed or
   unknown uuid, ``cancel`` with an unknown uuid; Redis unreachable at submit.
+- tests/faults/test_tampered_repository.py: hand-edited manifests and indexes, truncated and
+  symlinked chunks, links planted for gc, file modes, restore to a block device.
 No worker runs here: every row is refused before anything is sent to the broker.
 """
 

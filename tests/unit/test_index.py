@@ -88,9 +88,9 @@ def test_a_truncated_index_is_reported_while_reading(tmp_path: Path) -> None:
         writer.finish()
     path.write_bytes(path.read_bytes()[:-5])
 
-    # When it is read, Then the damage is reported, not silently shortened
-    with IndexReader(path) as reader, pytest.raises(IntegrityError, match="truncated"):
-        list(reader)
+    # When it is opened, Then the damage is reported, not silently shortened
+    with pytest.raises(IntegrityError, match="151 bytes, a header and 4 entries take 156"):
+        IndexReader(path)
 
 
 def test_a_truncated_index_header_is_reported(tmp_path: Path) -> None:

@@ -41,7 +41,7 @@ def test_manifest_survives_a_json_round_trip() -> None:
     )
 
     # When it is written as JSON and read back
-    again = Manifest.from_json(manifest.to_json())
+    again = Manifest.from_json(manifest.to_json(), "test")
 
     # Then nothing is lost
     assert again == manifest
