@@ -110,13 +110,13 @@ class InMemoryBitmaps:
         whole = bits is not None and old_epoch != "" and bits.header == old_epoch
         if bits is not None:
             self._s.frozen[backup, item.drive] = bits
-        gone = self._s.frozen.get((backup, item.drive), _Bits(""))
+        held = self._s.frozen.get((backup, item.drive), _Bits(""))
         self._s.bits[key] = _Bits(epoch)
         base, repository = (old.base, old.repository) if old else ("", "")
         self._s.meta[key] = BitmapMeta(item.size, item.chunk_size, base, repository, epoch)
         nchunks = -(-item.size // item.chunk_size)
-        last = nchunks > 0 and nchunks - 1 in gone.chunks
-        frozen = Frozen(len(gone.chunks), last, whole, old_epoch, epoch)
+        last = nchunks > 0 and nchunks - 1 in held.chunks
+        frozen = Frozen(len(held.chunks), last, whole, old_epoch, epoch)
         return frozen, old_epoch if whole else ""
 
     def frozen_bits(self, backup: str, drive: str, count: int) -> Iterator[bool]:

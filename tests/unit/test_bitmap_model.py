@@ -9,6 +9,8 @@ per-VM lock keeps backups of one drive apart, so the keepers promise nothing fin
 
 from __future__ import annotations
 
+import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -30,6 +32,7 @@ from hypothesis.stateful import (
 )
 from redis import Redis
 
+from tests.unit.builders import KEEPERS, track
 from txnbackup.bitmap import FreezeItem, RedisBitmaps, TxnState
 from txnbackup.errors import IntegrityError, InvalidInput, NotFound, TransactionStateError
 from txnbackup.keys import Keys
@@ -290,3 +293,40 @@ def test_the_redis_keeper_follows_the_model(redis_client: Redis) -> None:
         machine_for(lambda: redis_backend(redis_client)),
         settings=settings(max_examples=50, stateful_step_count=40, deadline=None),
     )
+
+
+@KEEPERS
+def test_marks_racing_freezes_and_rollbacks_are_never_lost(bitmaps: RedisBitmaps) -> None:
+    # Given a tracked drive of 800 chunks, four writers each marking its own 200 of them
+    size = 800 * CS
+    track(bitmaps, VM, "scsi0", size, CS)
+    done = threading.Event()
+
+    def write(first: int) -> None:
+        for chunk in range(first, first + 200):
+            bitmaps.mark_dirty(VM, "scsi0", chunk * CS, 1)
+
+    def back_up_and_fail() -> None:
+        while not done.is_set():
+            backup = str(uuid.uuid4())
+            bitmaps.freeze(backup, VM, [FreezeItem("scsi0", size, CS)])
+            bitmaps.rollback(backup)
+
+    # When backups freeze and roll back the bitmap all the while
+    writers = [threading.Thread(target=write, args=(first,)) for first in range(0, 800, 200)]
+    failing = threading.Thread(target=back_up_and_fail)
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads often, also inside a keeper's method
+    try:
+        for t in [failing, *writers]:
+            t.start()
+        for t in writers:
+            t.join()
+        done.set()
+        failing.join()
+    finally:
+        sys.setswitchinterval(interval)
+
+    # Then every mark is in the active bitmap, and it still proves itself
+    assert bitmaps.dirty_chunks(VM, "scsi0") == set(range(800))
+    assert bitmaps.freeze(str(uuid.uuid4()), VM, [FreezeItem("scsi0", size, CS)])["scsi0"].whole
