@@ -11,8 +11,9 @@ import pytest
 from redis import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from txnbackup.bitmap import RedisBitmaps
+from txnbackup.bitmap import BitmapBackend, RedisBitmaps
 from txnbackup.keys import Keys
+from txnbackup.memory_bitmaps import InMemoryBitmaps
 from txnbackup.repository import Repository
 
 pytest_plugins = ("tests.fleet_plugin",)
@@ -42,7 +43,11 @@ def keys(redis_client: Redis) -> Iterator[Keys]:
 
 
 @pytest.fixture
-def bitmaps(redis_client: Redis, keys: Keys) -> RedisBitmaps:
+def bitmaps(request: pytest.FixtureRequest) -> BitmapBackend:
+    """The Redis keeper; the in-memory one for a test parametrized with ``KEEPERS``."""
+    if getattr(request, "param", "redis") == "memory":
+        return InMemoryBitmaps()
+    redis_client, keys = request.getfixturevalue("redis_client"), request.getfixturevalue("keys")
     return RedisBitmaps(redis_client, keys, ttl=3600)
 
 

@@ -182,7 +182,8 @@ class Frozen:
 
 
 class BitmapBackend(Protocol):
-    """The bitmap seam: Redis today; QEMU's own persistent bitmaps (over QMP/NBD) later."""
+    """The bitmap seam: Redis (``RedisBitmaps``) or memory (``txnbackup.memory_bitmaps``)
+    today; QEMU's own persistent bitmaps (over QMP/NBD) later."""
 
     def meta(self, vmid: str, drive: str) -> BitmapMeta | None: ...
 
@@ -195,6 +196,8 @@ class BitmapBackend(Protocol):
     def commit(self, backup: str, snapshot: str, repository: str) -> bool: ...
 
     def rollback(self, backup: str) -> bool: ...
+
+    def state(self, backup: str) -> TxnState | None: ...
 
 
 class RedisBitmaps:

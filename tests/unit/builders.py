@@ -9,6 +9,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
+
 from txnbackup.bitmap import FreezeItem, RedisBitmaps
 from txnbackup.drive import Drive
 from txnbackup.manifest import DriveEntry
@@ -19,6 +21,8 @@ from txnbackup.stats import DriveStats
 from txnbackup.transaction import BackupPlan, commit, copy, prepare
 
 CS = 64 * 1024  # the chunk size of the ``repo`` fixture
+# Runs a test once per bitmap keeper; the ``bitmaps`` fixture makes each (tests/conftest.py).
+KEEPERS = pytest.mark.parametrize("bitmaps", ["memory", "redis"], indirect=True)
 WORDS = b"alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu".split()
 
 

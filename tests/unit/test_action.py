@@ -9,11 +9,22 @@ from pathlib import Path
 
 import pytest
 
-from tests.unit.builders import CS, Done, Image, make_image, mixed_content, restored, run_backup
+from tests.unit.builders import (
+    CS,
+    KEEPERS,
+    Done,
+    Image,
+    make_image,
+    mixed_content,
+    restored,
+    run_backup,
+)
 from txnbackup.action import BitmapAction, decide
 from txnbackup.bitmap import BitmapMeta, RedisBitmaps
 from txnbackup.repository import Repository
 from txnbackup.transaction import prepare, rollback
+
+pytestmark = KEEPERS  # actions are decided from what a keeper holds, whichever it is
 
 VM = "100"
 SIZE = 6 * CS + 500

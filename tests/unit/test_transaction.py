@@ -14,6 +14,7 @@ import pytest
 
 from tests.unit.builders import (
     CS,
+    KEEPERS,
     Image,
     cancel_after,
     changed_chunks,
@@ -137,6 +138,7 @@ def test_duplicate_chunks_within_a_drive_are_stored_once(
     assert chunk_files(repo) == {hashlib.sha256(block).hexdigest()}
 
 
+@KEEPERS
 @pytest.mark.parametrize(
     ("writes", "expected_dirty"),
     [
@@ -173,6 +175,7 @@ def test_an_incremental_backup_reads_exactly_the_frozen_chunks(
     assert restored(repo, done.snapshot, "scsi0", tmp_path / "r") == disk.read()
 
 
+@KEEPERS
 def test_a_write_during_a_backup_goes_into_the_next_one(
     tmp_path: Path, repo: Repository, bitmaps: RedisBitmaps, disk: Image
 ) -> None:
@@ -266,6 +269,7 @@ def test_a_drive_resized_between_prepare_and_copy_is_refused(
     assert list((repo.path / "staging" / plan.backup).iterdir()) == []
 
 
+@KEEPERS
 def test_commit_is_repeatable(repo: Repository, bitmaps: RedisBitmaps, disk: Image) -> None:
     plan = prepare(repo, bitmaps, VM, [disk.drive])
     copy(repo, bitmaps, plan, "scsi0", no_cancel, no_progress)
@@ -278,6 +282,7 @@ def test_commit_is_repeatable(repo: Repository, bitmaps: RedisBitmaps, disk: Ima
     assert bitmaps.state(plan.backup) is TxnState.COMMITTED
 
 
+@KEEPERS
 def test_a_commit_interrupted_after_publishing_completes_on_repeat(
     repo: Repository, bitmaps: RedisBitmaps, disk: Image
 ) -> None:
@@ -298,6 +303,7 @@ def test_a_commit_interrupted_after_publishing_completes_on_repeat(
     assert meta.base == str(published)
 
 
+@KEEPERS
 def test_commit_is_refused_after_a_rollback(
     repo: Repository, bitmaps: RedisBitmaps, disk: Image
 ) -> None:
@@ -312,6 +318,7 @@ def test_commit_is_refused_after_a_rollback(
     assert rollback(repo, bitmaps, plan) is False
 
 
+@KEEPERS
 def test_rollback_is_refused_after_a_commit(
     repo: Repository, bitmaps: RedisBitmaps, disk: Image
 ) -> None:
@@ -364,6 +371,7 @@ def test_prepare_refuses_bad_input_and_changes_nothing(
     assert list((repo.path / "staging").iterdir()) == []
 
 
+@KEEPERS
 def test_prepare_that_cannot_stage_gives_every_bit_back(
     repo: Repository, bitmaps: RedisBitmaps, disk: Image
 ) -> None:
@@ -383,6 +391,7 @@ def test_prepare_that_cannot_stage_gives_every_bit_back(
     assert bitmaps.dirty_chunks(VM, "scsi0") == {2, 3}
 
 
+@KEEPERS
 def test_rollback_after_a_partial_copy_keeps_every_change_for_the_next_backup(
     tmp_path: Path, repo: Repository, bitmaps: RedisBitmaps
 ) -> None:
