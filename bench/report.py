@@ -323,7 +323,8 @@ def _chart(r: Results, path: Path) -> Path | None:
 
 def _chart_mix(ax: Any, m: MixResults) -> None:
     rows = [row for row in ROWS if row.txn in m.times.get(row.case, {})]
-    columns = ("txnbackup", *PEERS)
+    peers = [p for p in PEERS if any(p in by for by in m.times.values())]
+    columns = ("txnbackup", *peers)
     width = 0.8 / len(columns)
     for i, column in enumerate(columns):
         xs, meds, lows, highs = [], [], [], []
