@@ -192,7 +192,7 @@ def _run_in(workdir: Path, options: Options, results: Results, say: Say) -> None
                 measured = MixResults(mix)
                 results.mixes[mix] = measured
                 _Mix(mixdir, options, measured, say, fleet, peers, cache, rss).run()
-                if not options.keep:
+                if not options.keep and options.workdir is None:  # room for the next mix
                     shutil.rmtree(mixdir)
             say(f"CLI overhead: {options.latency_samples} tiny 2-drive backups, API and command")
             cli_overhead = measure_cli_overhead(fleet, workdir, options.latency_samples)
