@@ -21,7 +21,7 @@ import time
 from collections import deque
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import zstandard
@@ -81,7 +81,7 @@ class Floor:
 
     def to_dict(self) -> dict[str, object]:
         return {
-            **{k: v for k, v in self.__dict__.items()},
+            **asdict(self),
             "cpu": self.cpu,
             "parts": self.parts(),
             "binds": self.binds,
