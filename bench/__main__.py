@@ -1,4 +1,4 @@
-"""``python -m bench``: the benchmark of issue 6 (``--help`` for the options)."""
+"""``python -m bench``: the benchmark of issues 6 and 16 (``--help`` for the options)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+from bench.image import MIXES
 from bench.report import render, write
 from bench.run import Options, run
 from bench.tools import BenchError
@@ -22,7 +23,13 @@ def parse(argv: list[str] | None) -> tuple[Options, Path]:
     p.add_argument("--size", default="2G", help="image size (default 2G)")
     p.add_argument("--sparse-size", default="64G", help="sparse drive size (default 64G)")
     p.add_argument("--runs", type=int, default=3, help="repetitions of each case (default 3)")
-    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--seed", type=int, default=42, help="seed of the images (default 42)")
+    p.add_argument(
+        "--mix",
+        choices=[*MIXES, "both"],
+        default="both",
+        help="data the images hold (bench/image.py; default both, one after the other)",
+    )
     p.add_argument("--no-peers", action="store_true", help="txnbackup only")
     p.add_argument("--no-install", action="store_true", help="never apt-get install peers")
     p.add_argument("--warm", action="store_true", help="do not drop the page cache")
@@ -43,6 +50,7 @@ def parse(argv: list[str] | None) -> tuple[Options, Path]:
         sparse_size=parse_size(str(args.sparse_size)),
         runs=args.runs,
         seed=args.seed,
+        mixes=tuple(MIXES) if args.mix == "both" else (args.mix,),
         peers=not (args.no_peers or quick),
         install=not args.no_install,
         drop_caches=not (args.warm or quick),

@@ -1,9 +1,10 @@
-"""The benchmark's fleet: a Redis, one worker process for the node ``bench``, a producer.
+"""The benchmark's fleet: a Redis, one worker process for the node ``bench``, a producer, and
+on demand one worker per node of the multi-node VM.
 
 Built from the demo's service helpers (cli.demo.services): the Redis that answers, else a
-private one; keys under a prefix of the benchmark's own, deleted at the end. The worker is
-the real ``txnbackup worker`` with two pool processes; it also loads bench.noop, so the bare
-canvas runs on the same broker and worker as the backups.
+private one; keys under a prefix of the benchmark's own, deleted at the end. Each worker is
+the real ``txnbackup worker`` with two pool processes; the ``bench`` worker also loads
+bench.noop, so the bare canvas runs on the same broker and worker as the backups.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from cli.demo.services import (
     spawn,
     stop,
     wait_ready,
+    worker_fleet,
     worker_program,
 )
 from tasks.producer import Producer
@@ -29,6 +31,7 @@ from txnbackup.settings import Settings
 from txnbackup.tracker import Tracker
 
 NODE = "bench"
+NODES = ("bench-a", "bench-b")  # the multi-node VM's nodes, one worker each
 CONCURRENCY = 2  # pool processes of the worker: one copies a drive, the other can commit
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -41,6 +44,7 @@ class Fleet:
     worker: Worker
     redis_url: str
     private_redis: bool
+    env: dict[str, str]  # the environment of a txnbackup command talking to this fleet
 
 
 @contextmanager
@@ -62,9 +66,16 @@ def bench_fleet(workdir: Path, redis_url: str) -> Iterator[Fleet]:
         worker = _start_worker(env, workdir)
         stack.callback(stop, worker.proc)
         wait_ready(producer.app, [worker])
-        yield Fleet(
-            settings, producer, Tracker.from_settings(settings), worker, redis.url, redis.private
-        )
+        tracker = Tracker.from_settings(settings)
+        full_env = {**os.environ, **env}
+        yield Fleet(settings, producer, tracker, worker, redis.url, redis.private, full_env)
+
+
+@contextmanager
+def node_workers(fleet: Fleet, workdir: Path) -> Iterator[list[Worker]]:
+    """One ``txnbackup worker --node N`` per node of ``NODES``, ready on entry, gone on exit."""
+    with worker_fleet(NODES, fleet.env, workdir, fleet.producer.app) as workers:
+        yield workers
 
 
 def _start_worker(env: dict[str, str], workdir: Path) -> Worker:

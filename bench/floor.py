@@ -1,95 +1,151 @@
-"""The floor: what any backup of the image must at least spend on this machine.
+"""The floor: what any full backup of the drives must at least spend on this machine.
 
-A full backup reads every byte and hashes and compresses it. Measured on the image itself:
-a cold sequential read, and SHA-256 and zstd-1 (each alone and both, as the engine does them)
-over 4 MiB blocks already in the page cache, on one thread and on one thread per core. The
-floor of a full backup is the slower of reading and hashing+compressing on every core, as if
-the two overlapped perfectly and writing cost nothing.
+Three costs, each measured in the run that it is the floor of:
+
+- read: the drives read cold, one after another, the way the engine reads them (spans of the
+  engine's ``READ_SIZE`` on as many threads as it uses, as many spans in flight as it allows);
+- write: as many bytes as txnbackup's full backup stored, written in 4 MiB blocks to one file
+  and made durable with one fsync (the best a backup can do with its output);
+- cpu: SHA-256 and zstd (the engine's level) of every chunk that is not all zeros, in CPU
+  seconds, divided by the cores (as if every core did nothing else).
+
+They could overlap perfectly, so the floor is the slowest of the three; it ``binds``.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
-import threading
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+import statistics
+import time
+from collections import deque
+from collections.abc import Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import zstandard
 
 from bench.measure import PageCache, timed
-from txnbackup.constants import ZSTD_LEVEL
+from txnbackup.constants import DEFAULT_CHUNK_SIZE, ZSTD_LEVEL
+from txnbackup.engine import INFLIGHT_BYTES, READ_SIZE, default_workers
 
-BLOCK = 4 * 1024 * 1024  # bytes per read and per hashed or compressed block
+WRITE_BLOCK = 4 * 1024 * 1024  # bytes per write of the write floor
 
 
-@dataclass(frozen=True)
+def binding(parts: Mapping[str, float]) -> tuple[str, float]:
+    """The part that binds (the slowest; the first named on a tie) and its seconds."""
+    if not parts:
+        raise ValueError("a floor needs at least one part")
+    name = max(parts, key=lambda k: parts[k])
+    return name, parts[name]
+
+
+def engine_queue_depth() -> tuple[int, int]:
+    """The engine's reading pattern: threads reading, and spans in flight at most."""
+    threads = default_workers()
+    return threads, min(threads, max(2, INFLIGHT_BYTES // READ_SIZE))
+
+
+@dataclass
 class Floor:
+    """One mix's floor; ``write`` has a sample per full-backup repetition (median used)."""
+
     size: int
     cores: int
-    read: float  # bytes per second, each rate below likewise
-    sha256_1: float
-    sha256_n: float
-    zstd_1: float
-    zstd_n: float
-    both_1: float
-    both_n: float
+    threads: int
+    in_flight: int
+    read: float  # seconds, each of the numbers below likewise
+    sha256_cpu: float
+    zstd_cpu: float
+    write_bytes: int = 0
+    write: list[float] = field(default_factory=list)
+
+    @property
+    def cpu(self) -> float:
+        return (self.sha256_cpu + self.zstd_cpu) / self.cores
+
+    def parts(self) -> dict[str, float]:
+        parts = {"read": self.read, "cpu": self.cpu}
+        if self.write:
+            parts["write"] = statistics.median(self.write)
+        return parts
+
+    @property
+    def binds(self) -> str:
+        return binding(self.parts())[0]
 
     @property
     def seconds(self) -> float:
-        return max(self.size / self.read, self.size / self.both_n)
+        return binding(self.parts())[1]
 
-    def to_dict(self) -> dict[str, float]:
-        return {**asdict(self), "seconds": self.seconds}
+    def to_dict(self) -> dict[str, object]:
+        return {
+            **asdict(self),
+            "cpu": self.cpu,
+            "parts": self.parts(),
+            "binds": self.binds,
+            "seconds": self.seconds,
+        }
 
 
-def measure_floor(image: Path, cache: PageCache) -> Floor:
-    size = image.stat().st_size
-    cores = os.cpu_count() or 1
+def measure_floor(drives: Sequence[Path], cache: PageCache) -> Floor:
+    """Read and CPU parts of the floor (the write part comes once txnbackup has stored)."""
+    threads, in_flight = engine_queue_depth()
     cache.drop()
-    read = size / timed(_read_all, image)
-    local = threading.local()
-
-    def compressor() -> zstandard.ZstdCompressor:
-        if not hasattr(local, "zstd"):
-            local.zstd = zstandard.ZstdCompressor(level=ZSTD_LEVEL)
-        zstd: zstandard.ZstdCompressor = local.zstd
-        return zstd
-
-    def sha(data: bytes) -> None:
-        hashlib.sha256(data).digest()
-
-    def zstd(data: bytes) -> None:
-        compressor().compress(data)
-
-    def both(data: bytes) -> None:
-        sha(data)
-        zstd(data)
-
-    rates = {}
-    for name, op in (("sha256", sha), ("zstd", zstd), ("both", both)):
-        for label, threads in (("1", 1), ("n", cores)):
-            rates[f"{name}_{label}"] = size / timed(_each_block, image, op, threads)
-    return Floor(size, cores, read, **rates)
+    read = timed(_read_like_engine, drives, threads, in_flight)
+    sha, zst = _cpu_seconds(drives)
+    size = sum(d.stat().st_size for d in drives)
+    return Floor(size, os.cpu_count() or 1, threads, in_flight, read, sha, zst)
 
 
-def _read_all(image: Path) -> None:
-    fd = os.open(image, os.O_RDONLY)
+def measure_write(directory: Path, nbytes: int) -> float:
+    """Seconds to write ``nbytes`` of incompressible data into a new file and fsync it."""
+    block = os.urandom(WRITE_BLOCK)
+    path = directory / "floor-write.tmp"
+    os.sync()  # what others left dirty is not this measurement's to write
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
-        while os.read(fd, BLOCK):
-            pass
+        started = time.perf_counter()
+        left = nbytes
+        while left > 0:
+            left -= os.write(fd, block[: min(left, WRITE_BLOCK)])
+        os.fsync(fd)
+        return time.perf_counter() - started
     finally:
         os.close(fd)
+        path.unlink()
 
 
-def _each_block(image: Path, op: Callable[[bytes], None], threads: int) -> None:
-    fd = os.open(image, os.O_RDONLY)
-    size = os.fstat(fd).st_size
-    try:
-        with ThreadPoolExecutor(threads) as pool:
-            for _ in pool.map(lambda off: op(os.pread(fd, BLOCK, off)), range(0, size, BLOCK)):
-                pass
-    finally:
-        os.close(fd)
+def _read_like_engine(drives: Sequence[Path], threads: int, in_flight: int) -> None:
+    with ThreadPoolExecutor(threads) as pool:
+        for drive in drives:
+            fd = os.open(drive, os.O_RDONLY)
+            try:
+                pending: deque[Future[bytes]] = deque()
+                for offset in range(0, os.fstat(fd).st_size, READ_SIZE):
+                    pending.append(pool.submit(os.pread, fd, READ_SIZE, offset))
+                    while len(pending) >= in_flight:
+                        pending.popleft().result()
+                for f in pending:
+                    f.result()
+            finally:
+                os.close(fd)
+
+
+def _cpu_seconds(drives: Sequence[Path]) -> tuple[float, float]:
+    """CPU seconds of SHA-256 and of zstd over every chunk that is not all zeros."""
+    zstd = zstandard.ZstdCompressor(level=ZSTD_LEVEL)
+    zeros = bytes(DEFAULT_CHUNK_SIZE)
+    sha = comp = 0.0
+    for drive in drives:
+        with open(drive, "rb") as fh:
+            while data := fh.read(DEFAULT_CHUNK_SIZE):
+                if data == zeros[: len(data)]:
+                    continue
+                t0 = time.thread_time()
+                hashlib.sha256(data).digest()
+                t1 = time.thread_time()
+                zstd.compress(data)
+                sha, comp = sha + t1 - t0, comp + time.thread_time() - t1
+    return sha, comp

@@ -1,4 +1,5 @@
-"""What a run prints and writes: a table, the targets of issue 6, JSON and a PNG chart."""
+"""What a run prints and writes: a table per data mix, the targets of issues 6 and 16, JSON and
+a PNG chart."""
 
 from __future__ import annotations
 
@@ -9,10 +10,31 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.run import CASES, Results
+from bench.measure import Samples
+from bench.run import CLI, TXN, MixResults, Results
 
-TOOLS = ("txnbackup", "restic", "borg")
+PEERS = ("restic", "borg")
 MIB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Row:
+    """A line of a mix's table: a case, and which txnbackup path its txnbackup column is."""
+
+    label: str
+    case: str
+    txn: str
+
+
+ROWS = (
+    Row("API, 1 drive: full backup", "full", TXN),
+    Row("API, 1 drive: incr. clustered 1%", "clustered", TXN),
+    Row("API, 1 drive: incr. scattered 1%", "scattered", TXN),
+    Row("API, 1 drive: restore", "restore", TXN),
+    Row("API, 2 drives/2 nodes: full", "full2", TXN),
+    Row("CLI, 2 drives/2 nodes: full", "full2", CLI),
+    Row("CLI, 2 drives: restore", "restore2", CLI),
+)
 
 
 @dataclass(frozen=True)
@@ -25,38 +47,63 @@ class Target:
     def line(self) -> str:
         verdict = {True: "met", False: "MISSED", None: "not measured"}[self.met]
         shown = "-" if self.value is None else f"{self.value:.2f}"
-        return f"  {self.what:<44} {self.goal:<10} {shown:>8}  {verdict}"
+        return f"  {self.what:<58} {self.goal:<8} {shown:>8}  {verdict}"
 
 
 def targets(r: Results) -> list[Target]:
-    """Issue 6's targets, each a ratio measured in this run (medians)."""
-    floor = _get(r.extra, "floor", "seconds")
-    latency, share = (
-        _get(r.extra, "overhead", "latency_ratio"),
-        _get(r.extra, "overhead", "throughput_share"),
-    )
-    rss = [_get(r.extra, "worker_rss_full", "max"), _get(r.extra, "sparse", "worker_peak_rss")]
-    growth = _median(r.growth, "clustered", "txnbackup")
-    changed = (
-        r.changed_compressed["clustered"].median if "clustered" in r.changed_compressed else None
-    )
+    """Each target a ratio (or seconds) measured in this run, medians; per mix, then global."""
+    found = [t for name, m in r.mixes.items() for t in mix_targets(name, m)]
+    overhead = r.extra.get("overhead", {})
+    rss = [m.worker_rss_full.median for m in r.mixes.values() if m.worker_rss_full.values]
+    rss.append(_get(r.extra, "sparse", "worker_peak_rss") or 0.0)
+    share = _get(overhead, "throughput_share")
+    tiny_cli = _get(r.extra, "cli_overhead", "overhead")
     return [
-        _faster(r, "full", "restic", 2.5),
-        _faster(r, "full", "borg", 1.6),
-        _at_most("full backup / floor", _div(_median(r.times, "full", "txnbackup"), floor), 1.5),
-        _faster(r, "clustered", "restic", 20),
-        _faster(r, "scattered", "restic", 3),
-        _faster(r, "restore", "restic", 2),
-        _at_most("clustered growth / its changed chunks (zstd)", _div(growth, changed), 1.5),
-        _at_most("worker peak RSS, MiB (2 GiB and sparse drive)", _div(_max(rss), MIB), 300),
-        _at_most("tiny 3-drive backup / bare canvas latency", latency, 3),
+        *found,
+        _at_most("worker peak RSS, MiB (full backups and sparse drive)", max(rss) / MIB, 300),
+        _at_most("tiny 3-drive backup / bare canvas latency", _get(overhead, "latency_ratio"), 3),
         _at_least("tiny backups per s / bare canvases per s", share, 0.5),
+        _at_most("CLI overhead over API, tiny 2-drive VM, s", tiny_cli, 0.5),
     ]
 
 
-def _faster(r: Results, case: str, peer: str, factor: float) -> Target:
-    ratio = _div(_median(r.times, case, peer), _median(r.times, case, "txnbackup"))
-    return _at_least(f"{case}: {peer} time / txnbackup time", ratio, factor)
+def mix_targets(name: str, m: MixResults) -> list[Target]:
+    floor = m.floor.seconds if m.floor is not None else None
+    growth = _median(m.growth, "clustered", TXN)
+    changed = m.changed_compressed.get("clustered")
+    p = f"[{name}] "
+    cli_floor = _div(_median(m.times, "full2", CLI), floor)
+    return [
+        _faster(m, "full", TXN, "restic", 2.5, p + "API full"),
+        _faster(m, "full", TXN, "borg", 1.6, p + "API full"),
+        _faster(m, "full2", CLI, "restic", 2.5, p + "CLI full, 2 drives"),
+        _faster(m, "full2", CLI, "borg", 1.6, p + "CLI full, 2 drives"),
+        _faster(m, "restore", TXN, "restic", 2, p + "API restore"),
+        _faster(m, "restore", TXN, "borg", 2, p + "API restore"),
+        _faster(m, "restore2", CLI, "restic", 2, p + "CLI restore, 2 drives"),
+        _faster(m, "restore2", CLI, "borg", 2, p + "CLI restore, 2 drives"),
+        _at_most(p + "API full / floor", _div(_median(m.times, "full", TXN), floor), 1.3),
+        _at_most(p + "CLI full, 2 drives / floor", cli_floor, 1.3),
+        _faster(m, "clustered", TXN, "restic", 20, p + "incr. clustered"),
+        _faster(m, "scattered", TXN, "restic", 3, p + "incr. scattered"),
+        _at_most(p + "CLI overhead over API, 2-drive VM, s", cli_overhead(m), 0.5),
+        _at_most(
+            p + "clustered growth / its changed chunks (zstd)",
+            _div(growth, changed.median if changed else None),
+            1.5,
+        ),
+    ]
+
+
+def cli_overhead(m: MixResults) -> float | None:
+    """Seconds the command adds to the API path for the same 2-drive VM (medians)."""
+    cli, api = _median(m.times, "full2", CLI), _median(m.times, "full2", TXN)
+    return None if cli is None or api is None else cli - api
+
+
+def _faster(m: MixResults, case: str, txn: str, peer: str, factor: float, what: str) -> Target:
+    ratio = _div(_median(m.times, case, peer), _median(m.times, case, txn))
+    return _at_least(f"{what}: {peer} / txnbackup", ratio, factor)
 
 
 def _at_least(what: str, value: float | None, goal: float) -> Target:
@@ -67,37 +114,43 @@ def _at_most(what: str, value: float | None, goal: float) -> Target:
     return Target(what, f"<= {goal:g}", value, None if value is None else value <= goal)
 
 
-def _median(table: dict[str, dict[str, Any]], case: str, tool: str) -> float | None:
+def _median(table: dict[str, dict[str, Samples]], case: str, tool: str) -> float | None:
     return _median_of(table.get(case, {}), tool)
 
 
-def _median_of(by: dict[str, Any], tool: str) -> float | None:
+def _median_of(by: dict[str, Samples], tool: str) -> float | None:
     samples = by.get(tool)
     return samples.median if samples is not None and samples.values else None
 
 
-def _get(d: dict[str, Any], *keys: str) -> float | None:
+def _get(d: Any, *keys: str) -> float | None:
     for key in keys:
         if not isinstance(d, dict) or key not in d:
             return None
         d = d[key]
-    return float(d)  # type: ignore[arg-type]
+    return float(d)
 
 
 def _div(a: float | None, b: float | None) -> float | None:
     return None if a is None or not b else a / b
 
 
-def _max(values: list[float | None]) -> float | None:
-    present = [v for v in values if v is not None]
-    return max(present) if present else None
-
-
 def render(r: Results) -> str:
-    lines = [_conditions(r), "", *_times(r), "", *_repository(r), "", *_floor(r), ""]
-    lines += [*_overhead(r), "", "targets (issue 6), medians of this run:"]
+    lines = [_conditions(r), ""]
+    for name, m in r.mixes.items():
+        lines += [*_mix(r, name, m), ""]
+    lines += [*_overhead(r), "", "targets (issues 6 and 16), medians of this run:"]
     lines += [t.line() for t in targets(r)]
     return "\n".join(lines)
+
+
+def _mix(r: Results, name: str, m: MixResults) -> list[str]:
+    kinds = m.image.get("kinds", {})
+    assert isinstance(kinds, dict)
+    shares = ", ".join(f"{k} {v / MIB:.0f} MiB" for k, v in kinds.items())
+    head = f"mix {name} (seed {m.image.get('seed')}): {r.options.size / 2**30:.2f} GiB; {shares}"
+    kept = f"restored images: {m.restored_images}"
+    return [head, *_times(r, m), kept, "", *_repository(m), "", *_floor(m)]
 
 
 def _conditions(r: Results) -> str:
@@ -110,8 +163,7 @@ def _conditions(r: Results) -> str:
         f"load average (1, 5, 15 min) before: {_load(c.get('load_before'))}, "
         f"after: {_load(c.get('load_after'))}\n"
         f"page cache: {c.get('page_cache')}\n"
-        f"repositories: a new one per full run, none deleted before the end; restored images: "
-        f"{c.get('restored_images', '?')}\n"
+        "repositories: a new one per full run, none deleted before the end of the mix\n"
         + "".join(f"{name}: {desc}\n" for name, desc in r.tools.items())
         + "".join(f"{name}: skipped, {why}\n" for name, why in r.skipped.items())
     ).rstrip()
@@ -121,21 +173,26 @@ def _load(value: object) -> str:
     return ", ".join(f"{x:.2f}" for x in value) if isinstance(value, list | tuple) else "?"
 
 
-def _times(r: Results) -> list[str]:
-    tools = [t for t in TOOLS if any(t in by for by in r.times.values())]
-    head = f"{'seconds, median [min-max]':<28}" + "".join(f"{t:>22}" for t in tools)
-    head += "".join(f"{p + '/txn':>12}" for p in tools[1:])
-    lines = [f"{r.options.runs} run(s) each, {r.options.size / 2**30:.2f} GiB image", head]
-    names = {"full": "full backup", "clustered": "incr. clustered 1%"}
-    names |= {"scattered": "incr. scattered 1%", "restore": "restore (checked)"}
-    for case in CASES:
-        by = r.times.get(case, {})
-        row = f"{names[case]:<28}" + "".join(f"{_spread(by.get(t)):>22}" for t in tools)
-        base = _median(r.times, case, "txnbackup")
-        for peer in tools[1:]:
-            ratio = _div(_median(r.times, case, peer), base)
-            row += f"{'-' if ratio is None else f'{ratio:.1f}x':>12}"
-        lines.append(row)
+def _times(r: Results, m: MixResults) -> list[str]:
+    peers = [p for p in PEERS if any(p in by for by in m.times.values())]
+    head = f"{'seconds, median [min-max]':<36}{'txnbackup':>22}" + "".join(
+        f"{p:>22}" for p in peers
+    )
+    head += "".join(f"{p + '/txn':>12}" for p in peers)
+    lines = [f"{r.options.runs} run(s) each", head]
+    for row in ROWS:
+        by = m.times.get(row.case, {})
+        if row.txn not in by:
+            continue
+        line = f"{row.label:<36}{_spread(by.get(row.txn)):>22}"
+        line += "".join(f"{_spread(by.get(p)):>22}" for p in peers)
+        for peer in peers:
+            ratio = _div(_median_of(by, peer), _median_of(by, row.txn))
+            line += f"{'-' if ratio is None else f'{ratio:.2f}x':>12}"
+        lines.append(line)
+    overhead = cli_overhead(m)
+    if overhead is not None:
+        lines.append(f"{'CLI overhead (CLI - API, 2 drives)':<36}{overhead:>+21.2f}s")
     return lines
 
 
@@ -145,16 +202,16 @@ def _spread(samples: Any) -> str:
     return f"{samples.median:.2f} [{min(samples.values):.2f}-{max(samples.values):.2f}]"
 
 
-def _repository(r: Results) -> list[str]:
-    tools = [t for t in TOOLS if t in r.repo_size]
-    lines = [f"{'repository, MiB':<28}" + "".join(f"{t:>14}" for t in tools)]
-    lines.append(f"{'after the full backup':<28}" + _row(tools, lambda t: r.repo_size[t]))
+def _repository(m: MixResults) -> list[str]:
+    tools = [t for t in (TXN, *PEERS) if f"full/{t}" in m.repo_size]
+    lines = [f"{'repository, MiB':<36}" + "".join(f"{t:>14}" for t in tools)]
+    lines.append(f"{'after the full backup':<36}" + _row(tools, lambda t: m.repo_size[f"full/{t}"]))
     for case in ("clustered", "scattered"):
-        grew = functools.partial(_median_of, r.growth.get(case, {}))
-        lines.append(f"{'growth, ' + case:<28}" + _row(tools, grew))
-        if case in r.changed_compressed:
-            size = r.changed_compressed[case].median / MIB
-            lines.append(f"{'  its changed chunks, zstd-1':<28}{size:>14.1f}")
+        grew = functools.partial(_median_of, m.growth.get(case, {}))
+        lines.append(f"{'growth, ' + case:<36}" + _row(tools, grew))
+        if case in m.changed_compressed:
+            size = m.changed_compressed[case].median / MIB
+            lines.append(f"{'  its changed chunks, zstd-1':<36}{size:>14.1f}")
     return lines
 
 
@@ -163,33 +220,42 @@ def _row(tools: list[str], value: Callable[[str], float | None]) -> str:
     return "".join(f"{'-' if v is None else f'{v / MIB:.1f}':>14}" for v in cells)
 
 
-def _floor(r: Results) -> list[str]:
-    f = r.extra.get("floor")
-    if not isinstance(f, dict):
+def _floor(m: MixResults) -> list[str]:
+    f = m.floor
+    if f is None:
         return []
-    full = _median(r.times, "full", "txnbackup")
+    parts = f.parts()
     mb = 1e6
+    write = parts.get("write")
     lines = [
-        f"floor on this machine ({f['cores']} cores), MB/s: cold read {f['read'] / mb:.0f}; "
-        f"sha256 {f['sha256_1'] / mb:.0f} (1 core) {f['sha256_n'] / mb:.0f} (all); "
-        f"zstd-1 {f['zstd_1'] / mb:.0f} / {f['zstd_n'] / mb:.0f}; "
-        f"both {f['both_1'] / mb:.0f} / {f['both_n'] / mb:.0f}",
-        f"floor of a full backup: {f['seconds']:.2f} s",
-    ]
-    if full:
-        lines.append(
-            f"txnbackup full backup: {full:.2f} s = {full / f['seconds']:.2f}x the floor "
-            f"({f['seconds'] / full:.0%} of its speed)"
+        f"floor, seconds: read {f.read:.2f} (cold, {f.size / f.read / mb:.0f} MB/s; "
+        f"{f.threads} threads, {f.in_flight} spans in flight as the engine reads)",
+        "  write "
+        + (
+            "-"
+            if write is None
+            else f"{write:.2f} ({f.write_bytes / MIB:.0f} MiB + fsync, "
+            f"{f.write_bytes / write / mb:.0f} MB/s)"
         )
+        + f"; cpu {f.cpu:.2f} (sha256 {f.sha256_cpu:.2f} + zstd {f.zstd_cpu:.2f} CPU-s"
+        f" / {f.cores} cores)",
+        f"  {f.binds} binds: floor {f.seconds:.2f} s",
+    ]
+    for label, case, txn in (("API, 1 drive", "full", TXN), ("CLI, 2 drives", "full2", CLI)):
+        by = m.times.get(case, {})
+        cells = [(t, _median_of(by, t if t != "txnbackup" else txn)) for t in (TXN, *PEERS)]
+        shown = ", ".join(f"{t} {v / f.seconds:.2f}x" for t, v in cells if v is not None)
+        if shown:
+            lines.append(f"  full backup / floor, {label}: {shown}")
     return lines
 
 
 def _overhead(r: Results) -> list[str]:
     lines = []
-    rss = r.extra.get("worker_rss_full")
+    rss = [m.worker_rss_full.median for m in r.mixes.values() if m.worker_rss_full.values]
     sparse = r.extra.get("sparse")
-    if isinstance(rss, dict) and "max" in rss:
-        lines.append(f"worker peak RSS, full backups of the image: {rss['max'] / MIB:.0f} MiB")
+    if rss:
+        lines.append(f"worker peak RSS, full backups of the image: {max(rss) / MIB:.0f} MiB")
     if isinstance(sparse, dict):
         lines.append(
             f"sparse drive of {sparse['size'] / 2**30:.0f} GiB: backed up in "
@@ -208,6 +274,15 @@ def _overhead(r: Results) -> list[str]:
             f"{o['vms']} tiny VMs at once: {br['median']:.1f} backups/s "
             f"[{br['min']:.1f}-{br['max']:.1f}]; {o['vms']} bare canvases: "
             f"{cr['median']:.1f}/s [{cr['min']:.1f}-{cr['max']:.1f}]"
+        )
+    c = r.extra.get("cli_overhead")
+    if isinstance(c, dict):
+        api, cli, start = c["api"], c["cli"], c["startup"]
+        lines.append(
+            f"tiny 2-drive VM on 2 nodes: API {api['median'] * 1000:.0f} ms, "
+            f"`txnbackup backup --wait` {cli['median'] * 1000:.0f} ms: the command adds "
+            f"{c['overhead'] * 1000:.0f} ms, of which start-up (Python, CLI and Celery imports) "
+            f"{start['median'] * 1000:.0f} ms, the rest submit, polling every 0.2 s and output"
         )
     return lines
 
@@ -234,27 +309,36 @@ def _chart(r: Results, path: Path) -> Path | None:
         import matplotlib.pyplot as plt  # noqa: PLC0415
     except ImportError:
         return None
-    tools = [t for t in TOOLS if any(t in by for by in r.times.values())]
-    fig, ax = plt.subplots(figsize=(9, 4.5))
-    width = 0.8 / max(1, len(tools))
-    for i, tool in enumerate(tools):
-        xs, meds, lows, highs = [], [], [], []
-        for j, case in enumerate(CASES):
-            s = r.times.get(case, {}).get(tool)
-            if s is None or not s.values:
-                continue
-            xs.append(j + (i - (len(tools) - 1) / 2) * width)
-            meds.append(s.median)
-            lows.append(s.median - min(s.values))
-            highs.append(max(s.values) - s.median)
-        ax.bar(xs, meds, width, yerr=[lows, highs], capsize=3, label=tool)
-    ax.set_xticks(range(len(CASES)), ["full", "incr. clustered", "incr. scattered", "restore"])
-    ax.set_yscale("log")
-    ax.set_ylabel("seconds (median, min-max), log scale")
-    load = _load(r.conditions.get("load_before"))
-    ax.set_title(f"{r.options.size / 2**30:.2f} GiB image, {r.options.runs} runs; load {load}")
-    ax.legend()
+    mixes = list(r.mixes.items())
+    fig, axes = plt.subplots(len(mixes), 1, figsize=(11, 4.5 * len(mixes)), squeeze=False)
+    for ax, (name, m) in zip(axes[:, 0], mixes, strict=True):
+        _chart_mix(ax, m)
+        ax.set_title(f"mix {name}: {r.options.size / 2**30:.2f} GiB, {r.options.runs} runs")
+    fig.suptitle(f"load before: {_load(r.conditions.get('load_before'))}")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def _chart_mix(ax: Any, m: MixResults) -> None:
+    rows = [row for row in ROWS if row.txn in m.times.get(row.case, {})]
+    peers = [p for p in PEERS if any(p in by for by in m.times.values())]
+    columns = ("txnbackup", *peers)
+    width = 0.8 / len(columns)
+    for i, column in enumerate(columns):
+        xs, meds, lows, highs = [], [], [], []
+        for j, row in enumerate(rows):
+            s = m.times[row.case].get(row.txn if column == "txnbackup" else column)
+            if s is None or not s.values:
+                continue
+            xs.append(j + (i - (len(columns) - 1) / 2) * width)
+            meds.append(s.median)
+            lows.append(s.median - min(s.values))
+            highs.append(max(s.values) - s.median)
+        if xs:
+            ax.bar(xs, meds, width, yerr=[lows, highs], capsize=3, label=column)
+    ax.set_xticks(range(len(rows)), [row.label.replace(": ", "\n") for row in rows], fontsize=7)
+    ax.set_yscale("log")
+    ax.set_ylabel("seconds (median, min-max)")
+    ax.legend()

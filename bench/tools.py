@@ -1,12 +1,14 @@
-"""The three tools under test, behind one small interface: init, backup, restore.
+"""The tools under test, behind one small interface: init, backup, restore.
 
-txnbackup runs through its real pipeline (producer, Redis, a worker process, commit); restic
+txnbackup runs through its real pipeline (producer, Redis, worker processes, commit), either
+from Python (the API path) or as the ``txnbackup`` command a user types (the CLI path); restic
 and borg run as the Debian packages' commands with their defaults, borg without encryption
-(restic cannot be told not to encrypt).
+(restic cannot be told not to encrypt). Every tool backs up the same files.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -14,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from bench.fleet import NODE, Fleet
+from bench.fleet import Fleet
 from cli.demo.services import worker_program
 from txnbackup.drive import Drive
 from txnbackup.repository import Repository
@@ -35,15 +37,18 @@ class Tool(Protocol):
 
     def backup(self, repo: Path) -> None: ...
 
-    def restore(self, repo: Path, into: Path) -> Path:
-        """Restore the latest backup of the image below ``into``; return the restored file."""
+    def restore(self, repo: Path, into: Path) -> list[Path]:
+        """Restore the latest backup of the drives below ``into``; the restored files, in the
+        drives' order."""
         ...
 
 
 @dataclass
 class Txnbackup:
+    """The API path: the producer submits, the benchmark polls every ``POLL`` seconds."""
+
     fleet: Fleet
-    image: Path
+    drives: list[Drive]
     vmid: str
     name: str = "txnbackup"
     note: str = "producer -> Redis -> worker -> commit; fixed 4 MiB chunks, zstd-1, no encryption"
@@ -53,24 +58,37 @@ class Txnbackup:
         Repository.init(repo)
 
     def backup(self, repo: Path) -> None:
-        self.snapshot = run_backup(
-            self.fleet, self.vmid, [Drive("scsi0", str(self.image), NODE)], repo
-        )
+        self.snapshot = run_backup(self.fleet, self.vmid, self.drives, repo)
 
-    def restore(self, repo: Path, into: Path) -> Path:
-        target = into / self.image.name
-        run(
-            [
-                str(worker_program()),
-                "restore",
-                "--repo",
-                str(repo),
-                self.snapshot,
-                "scsi0",
-                str(target),
-            ]
-        )
-        return target
+    def restore(self, repo: Path, into: Path) -> list[Path]:
+        return restore_each(self.fleet.env, repo, self.snapshot, self.drives, into)
+
+
+@dataclass
+class TxnbackupCli:
+    """What a user types: ``txnbackup backup VMID --drive ... --wait``, one process."""
+
+    fleet: Fleet
+    drives: list[Drive]
+    vmid: str
+    name: str = "txnbackup"
+    note: str = "the txnbackup command: backup --wait (--json for the snapshot id), restore"
+    snapshot: str = ""
+
+    def init(self, repo: Path) -> None:
+        Repository.init(repo)
+
+    def backup(self, repo: Path) -> None:
+        argv = [str(worker_program()), "backup", self.vmid, "--repo", str(repo), "--wait"]
+        for d in self.drives:
+            argv += ["--drive", f"{d.name}={d.path}@{d.node}"]
+        status = json.loads(run([*argv, "--json"], self.fleet.env))
+        if status.get("status") != "done":
+            raise BenchError(f"{' '.join(argv)} ended {status.get('status')}: {status}")
+        self.snapshot = str(status["snapshot"])
+
+    def restore(self, repo: Path, into: Path) -> list[Path]:
+        return restore_each(self.fleet.env, repo, self.snapshot, self.drives, into)
 
 
 def run_backup(fleet: Fleet, vmid: str, drives: list[Drive], repo: Path) -> str:
@@ -82,9 +100,25 @@ def run_backup(fleet: Fleet, vmid: str, drives: list[Drive], repo: Path) -> str:
     return status.snapshot
 
 
+def restore_each(
+    env: dict[str, str], repo: Path, snapshot: str, drives: list[Drive], into: Path
+) -> list[Path]:
+    """One ``txnbackup restore`` per drive, one after another, as a user types them (the
+    command restores one drive at a time)."""
+    targets = []
+    for d in drives:
+        target = into / Path(d.path).name
+        run(
+            [str(worker_program()), "restore", "--repo", str(repo), snapshot, d.name, str(target)],
+            env,
+        )
+        targets.append(target)
+    return targets
+
+
 @dataclass
 class Restic:
-    image: Path
+    images: list[Path]
     cache: Path
     name: str = "restic"
     note: str = (
@@ -99,16 +133,16 @@ class Restic:
         run(["restic", "-r", str(repo), "init", "-q"], self.env)
 
     def backup(self, repo: Path) -> None:
-        run(["restic", "-r", str(repo), "backup", "-q", str(self.image)], self.env)
+        run(["restic", "-r", str(repo), "backup", "-q", *map(str, self.images)], self.env)
 
-    def restore(self, repo: Path, into: Path) -> Path:
+    def restore(self, repo: Path, into: Path) -> list[Path]:
         run(["restic", "-r", str(repo), "restore", "latest", "-q", "--target", str(into)], self.env)
-        return into / self.image.relative_to("/")
+        return [into / image.relative_to("/") for image in self.images]
 
 
 @dataclass
 class Borg:
-    image: Path
+    images: list[Path]
     base: Path
     name: str = "borg"
     note: str = "defaults (buzhash chunks, lz4) with --encryption none"
@@ -128,17 +162,20 @@ class Borg:
 
     def backup(self, repo: Path) -> None:
         self.archives += 1
-        run(["borg", "create", f"{repo}::b{self.archives}", str(self.image)], self.env)
+        archive = f"{repo}::b{self.archives}"
+        run(["borg", "create", archive, *map(str, self.images)], self.env)
 
-    def restore(self, repo: Path, into: Path) -> Path:
+    def restore(self, repo: Path, into: Path) -> list[Path]:
         run(["borg", "extract", f"{repo}::b{self.archives}"], self.env, cwd=into)
-        return into / self.image.relative_to("/")
+        return [into / image.relative_to("/") for image in self.images]
 
 
-def run(argv: list[str], env: dict[str, str] | None = None, cwd: Path | None = None) -> None:
+def run(argv: list[str], env: dict[str, str] | None = None, cwd: Path | None = None) -> str:
+    """Run a command to its end; its standard output."""
     done = subprocess.run(argv, env=env, cwd=cwd, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise BenchError(f"{' '.join(argv)} exited {done.returncode}: {done.stderr.strip()}")
+    return done.stdout
 
 
 def version(argv: list[str]) -> str:

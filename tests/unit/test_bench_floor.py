@@ -1,0 +1,56 @@
+"""The benchmark's pure parts: which cost binds the floor, the 2-drive split, the data mixes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bench.floor import Floor, binding
+from bench.image import MIXES, Generator, split
+
+MIB = 1024 * 1024
+
+
+def test_the_slowest_part_binds_the_floor() -> None:
+    assert binding({"read": 0.7, "write": 4.3, "cpu": 1.2}) == ("write", 4.3)
+    assert binding({"read": 2.0, "cpu": 1.5}) == ("read", 2.0)
+
+
+def test_a_tie_names_the_first_part() -> None:
+    assert binding({"read": 1.0, "write": 1.0, "cpu": 0.5}) == ("read", 1.0)
+
+
+def test_a_floor_without_parts_is_refused() -> None:
+    with pytest.raises(ValueError, match="at least one part"):
+        binding({})
+
+
+def test_the_write_part_counts_once_measured_with_its_median() -> None:
+    # Given a floor where reading was slower than the CPU's share
+    floor = Floor(size=MIB, cores=2, threads=4, in_flight=4, read=1.0, sha256_cpu=1.0, zstd_cpu=1.0)
+    assert (floor.binds, floor.seconds) == ("read", 1.0)
+    # When writing what the backup stored turns out slower
+    floor.write += [3.0, 1.5, 2.5]
+    # Then writing binds, at the median of its samples
+    assert (floor.binds, floor.seconds) == ("write", 2.5)
+
+
+def test_the_two_drives_hold_the_image_in_whole_chunks(tmp_path: Path) -> None:
+    image = tmp_path / "image"
+    image.write_bytes(bytes(range(256)) * (9 * MIB // 256 + 3))
+    halves = [tmp_path / "a", tmp_path / "b"]
+    split(image, halves, MIB)
+    assert halves[0].stat().st_size == 4 * MIB
+    assert halves[0].read_bytes() + halves[1].read_bytes() == image.read_bytes()
+
+
+def test_the_second_mix_is_other_data_and_repeatable(tmp_path: Path) -> None:
+    first, again, default = tmp_path / "1", tmp_path / "2", tmp_path / "d"
+    kinds = Generator(7, MIXES["second"]).write_image(first, 8 * MIB)
+    Generator(7, MIXES["second"]).write_image(again, 8 * MIB)
+    Generator(7, MIXES["default"]).write_image(default, 8 * MIB)
+    assert first.read_bytes() == again.read_bytes()
+    assert first.read_bytes() != default.read_bytes()
+    assert set(kinds) == {"zero", "text", "random", "binary"}
+    assert sum(kinds.values()) == 8 * MIB
