@@ -28,6 +28,7 @@ from cli.status_view import backups_rows, status_table
 from cli.watch import follow_and_show, watch
 from txnbackup.drive import Drive
 from txnbackup.errors import ConflictError, InvalidInput
+from txnbackup.qemu.vm import QemuVM
 from txnbackup.settings import Settings
 from txnbackup.status import BackupStatus
 
@@ -64,9 +65,20 @@ def _parse_config(values: tuple[str, ...]) -> dict[str, Path]:
     "--drive",
     "drives",
     multiple=True,
-    required=True,
     metavar="NAME=PATH[@NODE]",
-    help="A drive of the VM; repeat for each, in backup order. NODE defaults to 'default'.",
+    help="A drive of the VM; repeat for each, in backup order. NODE defaults to 'default'. "
+    "With --qmp: NAME=qemu:BLOCK-NODE (default: every drive QEMU has).",
+)
+@click.option(
+    "--qmp",
+    metavar="SOCKET@NODE",
+    help="Back up a running QEMU VM through its QMP socket, on the node that reaches it.",
+)
+@click.option(
+    "--nbd-socket",
+    metavar="PATH",
+    default="",
+    help="With --qmp: the NBD server QEMU already runs (qemu-storage-daemon --nbd-server).",
 )
 @repo_option
 @click.option("--full", is_flag=True, help="Read every chunk even where a bitmap is valid.")
@@ -94,6 +106,8 @@ def backup(
     settings: Settings,
     vmid: str,
     drives: tuple[str, ...],
+    qmp: str | None,
+    nbd_socket: str,
     repo: Path | None,
     full: bool,
     speed_limit: int | None,
@@ -105,8 +119,13 @@ def backup(
 
     Exit code with --wait: 0 done, 1 error, 9 cancelled, 130 stopped watching (Ctrl-C).
     """
-    producer = _producer(settings)
+    if not drives and not qmp:
+        raise InvalidInput("give the drives (--drive NAME=PATH), or a QEMU VM (--qmp)")
+    if nbd_socket and not qmp:
+        raise InvalidInput("--nbd-socket needs --qmp")
+    vm = QemuVM.parse(qmp, nbd_socket) if qmp else None
     parsed = [_absolute(Drive.parse(spec)) for spec in drives]
+    producer = _producer(settings)
     uuid = producer.submit(
         vmid,
         parsed,
@@ -114,6 +133,7 @@ def backup(
         full=full,
         speed_limit=speed_limit,
         config=_parse_config(configs),
+        qmp=vm,
     )
     if not wait:
         print_json({"uuid": uuid}) if as_json else click.echo(uuid)

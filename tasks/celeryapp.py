@@ -25,7 +25,7 @@ def make_app(settings: Settings) -> Celery:
         "txnbackup",
         broker=settings.broker_url,
         backend=settings.redis_url,
-        include=["tasks.copy", "tasks.finish"],
+        include=["tasks.begin", "tasks.copy", "tasks.finish"],
     )
     app.conf.update(
         task_serializer="json",

@@ -8,7 +8,7 @@ from celery import Task
 
 from tasks.celeryapp import app
 from tasks.names import COMMIT, ROLLBACK
-from tasks.queues import CONTROL_QUEUE
+from tasks.queues import finishing_queue
 from tasks.runtime import runtime
 from txnbackup import ending
 
@@ -33,4 +33,6 @@ def rollback(backup: str) -> str:
 
 
 def send_rollback(backup: str) -> None:
-    rollback.apply_async((backup,), queue=CONTROL_QUEUE)
+    """To the control queue, or a QEMU VM's node queue (only that node reaches QEMU)."""
+    record = runtime().records.load_or_none(backup)
+    rollback.apply_async((backup,), queue=finishing_queue(record.plan if record else None))

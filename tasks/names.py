@@ -3,3 +3,4 @@
 COPY_DRIVE = "txnbackup.copy_drive"
 COMMIT = "txnbackup.commit"
 ROLLBACK = "txnbackup.rollback"
+BEGIN = "txnbackup.begin"

@@ -13,7 +13,7 @@ from kombu.exceptions import OperationalError
 from tasks.canvas import TaskIds, build
 from tasks.celeryapp import make_app
 from tasks.names import ROLLBACK
-from tasks.queues import CONTROL_QUEUE, node_queue
+from tasks.queues import finishing_queue, node_queue
 from txnbackup import transaction
 from txnbackup.drive import Drive, drive_size
 from txnbackup.errors import InvalidInput, NotFound, ServiceUnavailable
@@ -24,6 +24,8 @@ from txnbackup.names import (
     check_vmid,
     new_backup_id,
 )
+from txnbackup.qemu.begin import prepare_qemu
+from txnbackup.qemu.vm import QemuVM
 from txnbackup.redisconn import redacted, unavailable_as_error
 from txnbackup.repository import Repository
 from txnbackup.runtime import Runtime
@@ -51,14 +53,45 @@ class Producer:
         full: bool = False,
         speed_limit: int | None = None,
         config: Mapping[str, Path] | None = None,
+        qmp: QemuVM | None = None,
     ) -> str:
         """Validate, lock the VM, freeze its bitmaps, dispatch; return the backup uuid.
+
+        With ``qmp`` the drives are a running QEMU VM's (``qemu:NODE-NAME`` paths, or none
+        to back up every drive QEMU has): the freeze is the first task, on the VM's node.
 
         ServiceUnavailable when Redis stops answering for longer than a client rides out;
         what the submit had done by then expires (the lock) or the reaper returns (bits).
         """
         with unavailable_as_error(self.rt.settings.redis_url):
+            if qmp is not None:
+                return self._submit_qemu(vmid, qmp, drives, repository, full, speed_limit, config)
             return self._submit(vmid, drives, repository, full, speed_limit, config)
+
+    def _submit_qemu(
+        self,
+        vmid: str,
+        vm: QemuVM,
+        drives: Sequence[Drive],
+        repository: Path | None,
+        full: bool,
+        speed_limit: int | None,
+        config: Mapping[str, Path] | None,
+    ) -> str:
+        check_vmid(vmid)
+        repo = self._repository(repository)
+        blobs = _read_blobs(config or {})
+        if speed_limit is not None and speed_limit <= 0:
+            raise InvalidInput(f"speed limit {speed_limit} must be positive")
+        backup = new_backup_id()
+        self.rt.records.lock(vmid, backup)
+        try:
+            plan = prepare_qemu(repo, vmid, vm, drives, full=full, backup=backup)
+        except BaseException:
+            self.rt.records.unlock(vmid, backup)
+            raise
+        self._dispatch(repo, plan, blobs, speed_limit)
+        return backup
 
     def _submit(
         self,
@@ -97,7 +130,7 @@ class Producer:
         blobs: Mapping[str, bytes],
         speed_limit: int | None,
     ) -> None:
-        ids = TaskIds.new(len(plan.drives))
+        ids = TaskIds.new(len(plan.drives), begin=plan.qemu is not None)
         try:
             self.rt.records.create(plan, str(repo.path.resolve()), ids.all, speed_limit, blobs)
             build(plan, ids, self.app).apply_async()
@@ -135,8 +168,11 @@ class Producer:
         return self.status(backup)
 
     def send_rollback(self, backup: str) -> None:
-        """Queue the backup's rollback (harmless if it ended or another is queued)."""
-        self.app.send_task(ROLLBACK, (backup,), queue=CONTROL_QUEUE)
+        """Queue the backup's rollback (harmless if it ended or another is queued); a QEMU
+        backup's goes to the VM's node, the only one that reaches QEMU."""
+        record = self.rt.records.load_or_none(backup)
+        queue = finishing_queue(record.plan if record else None)
+        self.app.send_task(ROLLBACK, (backup,), queue=queue)
 
     def wait(
         self,

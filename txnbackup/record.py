@@ -224,6 +224,13 @@ end
 return 1
 """
 
+# A QEMU backup's plan as its begin found it, only while the backup runs. ARGV: field, value...
+_REPLAN = """
+if redis.call('HGET', KEYS[1], 'phase') ~= 'running' then return 0 end
+redis.call('HSET', KEYS[1], unpack(ARGV))
+return 1
+"""
+
 _UNLOCK = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
@@ -268,6 +275,7 @@ class BackupRecords:
         self._drive = redis.register_script(_DRIVE)
         self._unlock = redis.register_script(_UNLOCK)
         self._refine = redis.register_script(_REFINE_CANCEL)
+        self._replan = redis.register_script(_REPLAN)
 
     def lock(self, vmid: str, backup: str) -> None:
         """Take the VM lock or raise BackupRunning naming the backup that holds it.
@@ -325,6 +333,20 @@ class BackupRecords:
         pipe.zadd(self.keys.backups(), {plan.backup: now})
         pipe.zremrangebyscore(self.keys.backups(), "-inf", now - self.ttl)
         pipe.execute()
+
+    def replan(self, plan: BackupPlan, task_ids: Sequence[str] | None = None) -> bool:
+        """Record the plan a QEMU backup's begin made (drives found, sizes, actions) and,
+        when it added the copy tasks, their ids; False (nothing written) once it ended."""
+        fields: dict[str, str] = {Field.PLAN: json.dumps(plan.to_dict())}
+        for d in plan.drives:
+            stats = DriveStats(size=d.size, dirty=d.dirty)
+            fields[DRIVE_FIELD + d.name] = _drive_json(DriveState.PENDING, stats)
+        if task_ids is not None:
+            fields[Field.TASKS] = json.dumps(list(task_ids))
+            for task_id in task_ids:
+                self.redis.set(self.keys.task(task_id), plan.backup, ex=self.ttl)
+        args = [x for pair in fields.items() for x in pair]
+        return bool(self._replan(keys=[self.keys.backup(plan.backup)], args=args))
 
     def delete(self, backup: str) -> None:
         """Forget a backup that was never dispatched (submit failed half way)."""

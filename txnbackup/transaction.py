@@ -14,20 +14,21 @@ import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 from txnbackup.action import BitmapAction, decide
 from txnbackup.bitmap import FreezeItem, Frozen, RedisBitmaps, TxnState
-from txnbackup.drive import Drive, FileDrive, drive_size
+from txnbackup.drive import Drive, drive_size
 from txnbackup.engine import CancelCheck, CopyJob, Incremental, ProgressSink, copy_drive
 from txnbackup.errors import DriveSizeChanged, InvalidInput, NotFound, TransactionStateError
 from txnbackup.failpoints import failpoint
-from txnbackup.geometry import chunk_count, dirty_bytes
+from txnbackup.geometry import dirty_bytes
 from txnbackup.manifest import DriveEntry
 from txnbackup.names import check_backup_id, check_drive_name, check_vmid, new_backup_id
+from txnbackup.qemu.vm import QemuVM
 from txnbackup.repository import Repository
 from txnbackup.snapshot import SnapshotId, format_time
+from txnbackup.source import keeper_for, source_for
 from txnbackup.staging import Staging, publish
 
 log = logging.getLogger(__name__)
@@ -52,6 +53,8 @@ class BackupPlan:
     vmid: str
     start_time: str
     drives: tuple[DrivePlan, ...]
+    qemu: QemuVM | None = None  # set for a running QEMU VM: its drives are read there
+    full: bool = False
 
     def drive(self, name: str) -> DrivePlan:
         for d in self.drives:
@@ -71,7 +74,9 @@ class BackupPlan:
         drives = tuple(
             DrivePlan(**{**d, "action": BitmapAction(d["action"])}) for d in data["drives"]
         )
-        return cls(data["backup"], data["vmid"], data["start_time"], drives)
+        qemu = QemuVM(**data["qemu"]) if data.get("qemu") else None
+        full = bool(data.get("full", False))
+        return cls(data["backup"], data["vmid"], data["start_time"], drives, qemu, full)
 
 
 def check_drives(drives: Sequence[Drive]) -> None:
@@ -196,12 +201,13 @@ def copy(
     d = plan.drive(drive)
     staging = Staging(repo, plan.backup)
     job = CopyJob(plan.vmid, plan.backup, d.name, d.action, speed_limit)
-    with FileDrive(d.name, Path(d.path)) as reader:
+    with source_for(plan, bitmaps).open(repo, plan, d) as opened:
+        reader = opened.reader
         if reader.size != d.size:
             raise DriveSizeChanged(d.name, d.size, reader.size)
         incremental = None
         if d.action is BitmapAction.USED:
-            bits = bitmaps.frozen_bits(plan.backup, d.name, chunk_count(d.size, repo.chunk_size))
+            bits = opened.dirty_bits(repo.chunk_size)
             base_dir = repo.snapshot_dir(SnapshotId.parse(d.base))
             incremental = Incremental(d.dirty, bits, base_dir / staging.index_path(d.name).name)
         return copy_drive(job, reader, staging, incremental, cancel, progress)
@@ -214,21 +220,23 @@ def commit(
     blobs: Mapping[str, bytes] | None = None,
 ) -> SnapshotId:
     """Publish the snapshot, then commit every bitmap to it. Safe to repeat."""
-    if bitmaps.state(plan.backup) is TxnState.ROLLED_BACK:
+    keeper = keeper_for(plan, bitmaps)
+    if keeper.state(plan.backup) is TxnState.ROLLED_BACK:
         raise TransactionStateError(plan.backup, "rolled back", "commit")
     names = [d.name for d in plan.drives]
     epochs = {d.name: d.epoch for d in plan.drives}
     snapshot = publish(
         Staging(repo, plan.backup), plan.vmid, plan.snapshot_time, names, blobs or {}, epochs
     )
-    bitmaps.commit(plan.backup, str(snapshot), repo.id)
+    keeper.commit(plan, str(snapshot), repo.id)
     return snapshot
 
 
 def rollback(repo: Repository, bitmaps: RedisBitmaps, plan: BackupPlan) -> bool:
     """Discard the staging area and return the frozen bits. Safe to repeat."""
-    if bitmaps.state(plan.backup) is TxnState.COMMITTED:
+    keeper = keeper_for(plan, bitmaps)
+    if keeper.state(plan.backup) is TxnState.COMMITTED:
         raise TransactionStateError(plan.backup, "committed", "roll back")
     Staging(repo, plan.backup).discard()
     failpoint("rollback.after_discard")
-    return bitmaps.rollback(plan.backup)
+    return keeper.rollback(plan)

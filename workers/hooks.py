@@ -9,6 +9,7 @@ from celery.signals import task_revoked, worker_ready, worker_shutdown
 from celery.worker import state as worker_state
 
 from tasks.finish import send_rollback
+from tasks.queues import NODE_QUEUE_PREFIX
 from tasks.runtime import runtime
 from txnbackup.redisconn import eviction_warning_at
 from workers.metrics import count_reaper_action
@@ -24,12 +25,13 @@ def _on_revoked(task_id: str) -> object:
 
 
 @worker_ready.connect
-def start_background_threads(**_: Any) -> None:
+def start_background_threads(sender: Any = None, **_: Any) -> None:
     rt = runtime()
     if warning := eviction_warning_at(rt.settings.redis_url):
         log.warning("txnbackup: %s", warning)
     reaper = ReaperThread(
-        Reaper(rt, send_rollback, on_action=count_reaper_action), rt.settings.reaper_interval
+        Reaper(rt, send_rollback, on_action=count_reaper_action, nodes=_served_nodes(sender)),
+        rt.settings.reaper_interval,
     )
     reaper.start()
     watcher = RevokeWatcher(lambda: list(worker_state.revoked), _on_revoked)
@@ -37,6 +39,17 @@ def start_background_threads(**_: Any) -> None:
     _threads.extend([reaper, watcher])
     log.info("txnbackup reaper started (every %s s)", rt.settings.reaper_interval)
     log.info("txnbackup revoke watcher started")
+
+
+def _served_nodes(consumer: Any) -> frozenset[str] | None:
+    """The nodes whose queues this worker consumes (a QEMU VM's backup needs its node)."""
+    queues = getattr(getattr(consumer, "task_consumer", None), "queues", None)
+    if queues is None:
+        return None
+    names = [q.name for q in queues]
+    return frozenset(
+        n.removeprefix(NODE_QUEUE_PREFIX) for n in names if n.startswith(NODE_QUEUE_PREFIX)
+    )
 
 
 @worker_shutdown.connect

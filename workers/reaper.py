@@ -76,11 +76,17 @@ class ActionSink(Protocol):
 
 class Reaper:
     def __init__(
-        self, rt: Runtime, send_rollback: SendRollback, on_action: ActionSink | None = None
+        self,
+        rt: Runtime,
+        send_rollback: SendRollback,
+        on_action: ActionSink | None = None,
+        nodes: frozenset[str] | None = None,
     ) -> None:
+        """``nodes``: the nodes whose queues this worker serves (None: acts for every node)."""
         self.rt = rt
         self.send_rollback = send_rollback
         self.on_action: ActionSink = on_action or (lambda kind, backup=None: None)
+        self.nodes = nodes
 
     def run_once(self) -> dict[str, Verdict]:
         """One pass over active backups, unrecorded freezes and staging areas."""
@@ -99,12 +105,28 @@ class Reaper:
             if record is None:
                 records.forget_active(backup)
             return None
+        foreign = self._foreign(record)
+        if foreign and judgement.verdict is not Verdict.ABANDON:
+            return None  # a commit or rollback to resume: the VM's node's reapers do it
         if not records.start_reaping(backup, s.lease_ttl):
             return None
         log.warning("reaper: backup %s: %s -> %s", backup, judgement.reason, judgement.verdict)
-        self._actions()[judgement.verdict](backup, judgement.reason)
+        if foreign:
+            self._abandon_elsewhere(backup, judgement.reason)
+        else:
+            self._actions()[judgement.verdict](backup, judgement.reason)
         self.on_action(str(judgement.verdict), backup)
         return judgement.verdict
+
+    def _foreign(self, record: BackupRecord | None) -> bool:
+        """A QEMU VM's backup on a node this worker does not serve: it cannot reach QEMU."""
+        vm = record.plan.qemu if record else None
+        return vm is not None and self.nodes is not None and vm.node not in self.nodes
+
+    def _abandon_elsewhere(self, backup: str, reason: str) -> None:
+        if self.rt.records.cancel_reason(backup) is None:
+            self.rt.records.record_error(backup, reason)
+        self.send_rollback(backup)  # routed to the VM's node queue
 
     def _actions(self) -> dict[Verdict, Callable[[str, str], object]]:
         rt = self.rt

@@ -121,8 +121,9 @@ class FleeceSession:
         self._transaction(actions, "commit")
 
     def rollback(self) -> None:
-        """Tear down, then merge each frozen bitmap into the new one, so that the next
-        backup reads their bits too; where that cannot be, drop both (a full read next)."""
+        """Tear down, then merge the new bitmap into the frozen one and let that record
+        again, so that the next backup reads both their bits relative to the old base; where
+        that cannot be, drop both (a full read next)."""
         self.teardown()
         per_node = node_bitmaps(self.qmp)
         actions: list[dict[str, Any]] = []
@@ -250,6 +251,19 @@ class FleeceSession:
             return [_remove(drive.node, b.name) for b in frozen if not b.recording]
         if new[0].inconsistent or any(b.inconsistent for b in frozen):
             return [_remove(drive.node, b.name) for b in bitmaps]
+        if len(frozen) == 1:
+            # The frozen bitmap records again, holding the new one's bits too: its name still
+            # names the backup whose snapshot is its base (the keeper's rule for ``used``).
+            return [
+                _action(
+                    "block-dirty-bitmap-merge",
+                    node=drive.node,
+                    target=frozen[0].name,
+                    bitmaps=[self.new_bitmap],
+                ),
+                _action("block-dirty-bitmap-enable", node=drive.node, name=frozen[0].name),
+                _remove(drive.node, self.new_bitmap),
+            ]
         merge = [
             _action(
                 "block-dirty-bitmap-merge",

@@ -1,0 +1,42 @@
+"""The first task of a running QEMU VM's backup, on the VM's node: a thin adapter over
+txnbackup.qemu.begin. When the drives were to be discovered, it replaces itself with the
+chain of their copies (Celery keeps the chord around it: commit and rollback still follow);
+the ids of those copies are recorded before they exist, so a revoke of any maps to the backup.
+Celery gives the last copy the id of this task.
+"""
+
+from __future__ import annotations
+
+from celery import Task, chain, uuid
+
+from tasks.canvas import copies
+from tasks.celeryapp import app
+from tasks.finish import send_rollback
+from tasks.names import BEGIN
+from tasks.runtime import runtime
+from txnbackup.errors import Cancelled
+from txnbackup.qemu.begin import begin_backup
+
+
+@app.task(name=BEGIN, bind=True)
+def begin(self: Task, /, backup: str, **_display: str) -> str:  # type: ignore[type-arg]
+    rt = runtime()
+    discover = not rt.records.load(backup).plan.drives
+    this = self.request.id or ""
+
+    def copy_ids(n: int) -> list[str]:
+        return [*(uuid() for _ in range(n - 1)), this][-n:] if n else []
+
+    try:
+        plan = begin_backup(rt, backup, copy_ids if discover else None)
+    except Cancelled:
+        send_rollback(backup)
+        raise
+    except Exception as exc:
+        rt.records.record_error(backup, f"begin: {exc}")
+        send_rollback(backup)
+        raise
+    if discover:
+        ids = rt.records.load(backup).task_ids[: len(plan.drives)]
+        raise self.replace(chain(*copies(plan, ids, app), app=app))
+    return f"begun {len(plan.drives)} drive(s)"

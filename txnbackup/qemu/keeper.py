@@ -1,0 +1,100 @@
+"""The QEMU drive source and bitmap keeper: the plan's ``qemu`` names the VM, and every name
+of our objects there derives from the backup uuid, so any worker of the VM's node can open a
+drive's view or end the backup from the plan alone.
+
+Commit and rollback inspect QEMU first (FleeceSession), so repeating them is harmless. When
+QEMU is gone (its monitor refuses us), its bitmaps went with it, or come back marked
+inconsistent: nothing is left to commit or merge, and the next backup reads in full.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import shutil
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from txnbackup.action import BitmapAction
+from txnbackup.bitmap import TxnState
+from txnbackup.errors import QmpUnavailable
+from txnbackup.qemu import naming
+from txnbackup.qemu.discover import QemuDrive
+from txnbackup.qemu.fleece import DriveView, FleeceSession
+from txnbackup.qemu.nbd_drive import NbdDrive
+from txnbackup.qemu.qmp import QmpClient
+from txnbackup.qemu.vm import QemuVM, block_node
+from txnbackup.repository import Repository
+from txnbackup.snapshot import SnapshotId
+from txnbackup.source import OpenDrive
+
+if TYPE_CHECKING:
+    from txnbackup.transaction import BackupPlan, DrivePlan
+
+log = logging.getLogger(__name__)
+
+
+def qemu_drive(d: DrivePlan) -> QemuDrive:
+    # The format only matters to begin (persistent bitmaps); the endings need name and node.
+    return QemuDrive(d.name, block_node(d.path), d.size, "")
+
+
+def session(vm: QemuVM, qmp: QmpClient, backup: str, drives: list[QemuDrive]) -> FleeceSession:
+    return FleeceSession(qmp, backup, drives, nbd_socket=vm.nbd_socket or None)
+
+
+class QemuSource:
+    """A drive's point-in-time view, read over NBD; a ``used`` drive's dirty bits are the
+    frozen bitmap exported with it (the bitmap of the backup that made the base)."""
+
+    def __init__(self, vm: QemuVM) -> None:
+        self.vm = vm
+
+    @contextlib.contextmanager
+    def open(self, repo: Repository, plan: BackupPlan, drive: DrivePlan) -> Iterator[OpenDrive]:
+        socket = self.vm.nbd_socket or str(naming.run_dir(plan.backup) / "nbd.sock")
+        bitmap = None
+        if drive.action is BitmapAction.USED:
+            base_backup = repo.manifest(SnapshotId.parse(drive.base)).backup
+            bitmap = naming.bitmap_name(base_backup)
+        export = naming.export_name(plan.backup, drive.name)
+        view = DriveView(qemu_drive(drive), socket, export, bitmap)
+        with NbdDrive(drive.name, view.uri, bitmap) as reader:
+            yield OpenDrive(reader, reader.dirty_chunks)
+
+
+class QemuKeeper:
+    """FleeceSession's endings for a backup's plan."""
+
+    def __init__(self, vm: QemuVM) -> None:
+        self.vm = vm
+
+    def state(self, backup: str) -> TxnState | None:
+        return None  # QEMU keeps no transaction record; the phase claims keep endings apart
+
+    def commit(self, plan: BackupPlan, snapshot: str, repository: str) -> bool:
+        self._end(plan, "commit")
+        return True
+
+    def rollback(self, plan: BackupPlan) -> bool:
+        self._end(plan, "rollback")
+        return True
+
+    def _end(self, plan: BackupPlan, ending: str) -> None:
+        drives = [qemu_drive(d) for d in plan.drives]
+        try:
+            with QmpClient(self.vm.qmp) as qmp:
+                fleece = session(self.vm, qmp, plan.backup, drives)
+                if ending == "commit":
+                    fleece.commit()
+                else:
+                    fleece.rollback()
+        except QmpUnavailable as exc:
+            log.warning(
+                "vm %s backup %s: %s: QEMU is gone (%s); its bitmaps went with it",
+                plan.vmid,
+                plan.backup,
+                ending,
+                exc,
+            )
+            shutil.rmtree(naming.run_dir(plan.backup), ignore_errors=True)
