@@ -10,6 +10,7 @@ from celery.worker import state as worker_state
 
 from tasks.finish import send_rollback
 from tasks.runtime import runtime
+from txnbackup import trust
 from workers.metrics import count_reaper_action
 from workers.reaper import Reaper, ReaperThread
 from workers.revocation import RevokeWatcher, handle_revoked
@@ -47,3 +48,9 @@ def on_task_revoked(request: Any = None, terminated: bool = False, **_: Any) -> 
     task_id = getattr(request, "id", None)
     if task_id:
         handle_revoked(runtime().records, task_id, send_rollback, terminated=bool(terminated))
+
+
+@worker_ready.connect
+def warn_about_trust(**_: Any) -> None:
+    for warning in trust.warnings(runtime().settings):
+        log.warning("txnbackup worker: %s", warning)
