@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -21,11 +22,15 @@ from tests.fleet import SampleVM, new_vmid, sample_content
 from tests.fleet_plugin import Fleet
 from txnbackup.action import BitmapAction
 from txnbackup.drive import Drive
+from txnbackup.keys import Keys
 from txnbackup.names import new_backup_id
 from txnbackup.repository import Repository
+from txnbackup.runtime import Runtime
+from txnbackup.settings import Settings
 from txnbackup.status import BackupStatus
 from txnbackup.tracker import Tracker
 from txnbackup.transaction import BackupPlan, DrivePlan
+from workers.reaper import Reaper
 
 MakeFleet = Callable[[dict[str, str]], Fleet]
 SIZE = 4 * SMALL_CHUNK
@@ -152,3 +157,48 @@ def test_a_drive_name_cannot_lead_a_worker_out_of_the_repository(
     assert not (tmp_path / "pwned.fidx").exists()
     assert chunk_files(repo) == []
     assert os.listdir(tmp_path / "repo" / "staging") == []
+
+
+def aged(path: Path) -> Path:
+    path.mkdir(parents=True)
+    (path / "file").write_bytes(b"precious")
+    old = time.time() - 3600
+    os.utime(path, (old, old))
+    return path
+
+
+def test_the_reaper_sweeps_only_staging_areas_it_can_prove_are_its_own(
+    keys: Keys, tmp_path: Path
+) -> None:
+    # Given a repository with an orphaned staging area, a directory that is no repository,
+    # and a link planted in the staging area, all older than the grace time
+    rt = Runtime.from_settings(
+        Settings(redis_url=TEST_REDIS_URL, key_prefix=keys.prefix, orphan_grace=1)
+    )
+    repo = Repository.init(tmp_path / "repo", SMALL_CHUNK)
+    orphan = aged(repo.path / "staging" / new_backup_id())
+    notes = aged(repo.path / "staging" / "notes")
+    outside = aged(tmp_path / "outside" / new_backup_id())
+    (repo.path / "staging" / new_backup_id()).symlink_to(outside)
+    victim = tmp_path / "victim"
+    victims = [aged(victim / "staging" / new_backup_id()), aged(victim / "staging" / "photos")]
+    victims.append(aged(victim / new_backup_id()))
+    # When someone adds that directory to the repositories the reaper sweeps
+    rt.redis.sadd(keys.repositories(), str(victim), str(repo.path))
+    Reaper(rt, lambda backup: None).run_once()
+    # Then only the repository's own uuid-named staging area is gone
+    assert not orphan.exists()
+    assert all((p / "file").exists() for p in [notes, outside, *victims])
+
+
+def test_a_reaper_with_a_repository_sweeps_no_other(keys: Keys, tmp_path: Path) -> None:
+    own = Repository.init(tmp_path / "own", SMALL_CHUNK)
+    other = Repository.init(tmp_path / "other", SMALL_CHUNK)
+    left = aged(other.path / "staging" / new_backup_id())
+    settings = Settings(
+        redis_url=TEST_REDIS_URL, key_prefix=keys.prefix, orphan_grace=1, repository=own.path
+    )
+    rt = Runtime.from_settings(settings)
+    rt.redis.sadd(keys.repositories(), str(other.path))
+    Reaper(rt, lambda backup: None).run_once()
+    assert (left / "file").exists()
