@@ -18,7 +18,7 @@ from redis import Redis
 from tasks.names import COPY_DRIVE
 from tasks.queues import node_queue
 from tests.conftest import SMALL_CHUNK, TEST_REDIS_URL
-from tests.fleet import SampleVM, new_vmid, sample_content
+from tests.fleet import SampleVM, control_queue_empty, new_vmid, sample_content, wait_for
 from tests.fleet_plugin import Fleet
 from txnbackup.action import BitmapAction
 from txnbackup.drive import Drive
@@ -202,3 +202,29 @@ def test_a_reaper_with_a_repository_sweeps_no_other(keys: Keys, tmp_path: Path) 
     rt.redis.sadd(keys.repositories(), str(other.path))
     Reaper(rt, lambda backup: None).run_once()
     assert (left / "file").exists()
+
+
+def test_a_cancel_is_not_logged_as_an_error(make_fleet: MakeFleet, tmp_path: Path) -> None:
+    # Given a backup whose drive is being copied slowly
+    fleet = make_fleet({})
+    worker = fleet.start("default")
+    repo = Repository.init(tmp_path / "repo", SMALL_CHUNK)
+    drive = tmp_path / "vm-disk.raw"
+    drive.write_bytes(sample_content(16 * SMALL_CHUNK, seed=5))
+    producer = fleet.producer
+    backup = producer.submit(
+        new_vmid(), [Drive("scsi0", str(drive))], repository=repo.path, speed_limit=SMALL_CHUNK
+    )
+    wait_for(lambda: producer.status(backup).drives[0].transferred > 0, 20, "the copy")
+    # When the user cancels it
+    producer.cancel(backup)
+    status = ended(fleet, backup)
+    # Then it ends cancelled, rolled back once, and the worker's log reports no error
+    assert status.status == "cancelled"
+    wait_for(lambda: control_queue_empty(producer.app), 10, "the control queue to drain")
+    assert producer.rt.records.raw(backup).get("rollback_runs") == "1"
+    time.sleep(0.5)  # the worker logs a task's outcome just after it ends
+    log = worker.log_text()
+    assert "cancelled" in log
+    assert "ERROR" not in log
+    assert "Traceback" not in log
