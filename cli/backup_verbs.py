@@ -200,7 +200,10 @@ def backups(settings: Settings, limit: int, as_json: bool) -> None:
     help="Serve Prometheus metrics on this port (http://ADDRESS:PORT/metrics).",
 )
 @click.option(
-    "--metrics-address", default="0.0.0.0", show_default=True, help="Address to serve them on."
+    "--metrics-address",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address to serve them on (0.0.0.0: every interface).",
 )
 @click.option(
     "--metrics-dir",

@@ -15,6 +15,7 @@ from tasks.finish import send_rollback
 from tasks.names import COPY_DRIVE
 from tasks.runtime import runtime
 from txnbackup.drive_step import DriveWatcher, Duplicate, StepContext, copy_step
+from txnbackup.errors import Cancelled
 from txnbackup.transaction import BackupPlan
 
 
@@ -25,6 +26,13 @@ def copy_drive(self: Task, /, backup: str, drive: str, **_display: str) -> dict[
     try:
         return copy_step(runtime(), backup, drive, ctx).to_dict()
     except Duplicate as exc:
+        raise Ignore(str(exc)) from None
+    except Cancelled as exc:
+        # A cancel is not a failure: no ERROR and traceback in the log, no chord error. The
+        # rollback is queued here (again, harmlessly) as the chord's errback no longer runs;
+        # Flower learns the drive stopped from the revoked event.
+        send_rollback(backup)
+        self.send_event("task-revoked", terminated=False, signum=None, expired=False)
         raise Ignore(str(exc)) from None
 
 

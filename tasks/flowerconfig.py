@@ -12,10 +12,16 @@ Flower reads this file as its config (it executes it and keeps the names of its 
   Celery's event state also ranks the unknown PROGRESS above REVOKED, so a drive terminated
   while running would stay PROGRESS; the revoke time it does record shows it as REVOKED. A
   drive that stopped early keeps its last progress line, marked as where it stopped.
+- ``address``: 127.0.0.1 unless ``FLOWER_ADDRESS`` or ``--address`` says otherwise (Flower reads
+  this file after the environment and before the command line, which wins).
+- Flower's buttons cancel backups: this config refuses to start without authentication
+  (``FLOWER_BASIC_AUTH`` or ``--basic-auth``; or Flower's OAuth ``--auth``).
 """
 
 from __future__ import annotations
 
+import os
+import sys
 from typing import Any
 
 from tasks.names import COPY_DRIVE
@@ -25,6 +31,22 @@ STOPPED_EARLY = frozenset({"FAILURE", "REVOKED", "REJECTED"})
 ENDED = (("succeeded", "SUCCESS"), ("failed", "FAILURE"), ("revoked", "REVOKED"))
 
 tasks_columns = "name,uuid,state,args,kwargs,result,received,started,runtime,worker"
+address = os.environ.get("FLOWER_ADDRESS", "127.0.0.1")
+NO_AUTH = (
+    "txnbackup's Flower config refuses to start without authentication: Flower's buttons"
+    " cancel backups. Set FLOWER_BASIC_AUTH=user:password (not on the command line)."
+)
+
+
+def _require_auth() -> None:
+    """Flower has parsed the environment and the command line when it executes this file."""
+    from tornado.options import options  # noqa: PLC0415 - only Flower reads this file as config
+
+    if "basic_auth" not in options:  # imported by something other than Flower
+        return
+    if not (options.basic_auth or options.auth or options.auth_provider):
+        print(NO_AUTH, file=sys.stderr)
+        raise SystemExit(2)
 
 
 def format_task(task: Any) -> Any:
@@ -42,3 +64,6 @@ def format_task(task: Any) -> Any:
     if task.state in STOPPED_EARLY:  # Celery sets no result for these: it is our last line
         task.result = f"stopped at {task.result}"
     return task
+
+
+_require_auth()

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from amqp.exceptions import ChannelError as AmqpChannelError
 from celery import Celery
 from kombu.exceptions import ChannelError
 
@@ -148,6 +149,6 @@ def control_queue_empty(app: Celery) -> bool:
         channel: Any = conn.default_channel  # the stubs' StdChannel lacks queue_declare
         try:
             _, waiting, _ = channel.queue_declare(CONTROL_QUEUE, passive=True)
-        except ChannelError:  # Redis keeps no key for an empty queue
+        except (ChannelError, AmqpChannelError):  # a drained queue has no Redis key left
             return True
     return int(waiting) == 0

@@ -30,6 +30,8 @@ FLEET_ENV = {
     "TXNBACKUP_BROKER_KEY_PREFIX": SESSION_PREFIX,
     "TXNBACKUP_STATE_TTL": "900",
     "TXNBACKUP_ROLLBACK_WAIT": "5",
+    # The normal path is the authenticated one: every test fleet seals its records.
+    "TXNBACKUP_SECRET": f"test-fleet-{uuid.uuid4().hex}",
 }
 
 

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from txnbackup import transaction
+from txnbackup import transaction, trust
 from txnbackup.constants import STOP_CHECK_INTERVAL
 from txnbackup.ending import SendRollback
 from txnbackup.errors import Cancelled
@@ -146,6 +146,7 @@ def _copy(
 ) -> DriveEntry:
     records, backup = rt.records, record.uuid
     try:
+        trust.check_step(rt.settings, record, drive)  # before anything is read or written
         repo = rt.repository(record.repository)
         check = StopCheck(records, backup)
         return transaction.copy(

@@ -17,7 +17,8 @@ import socket
 import time
 from collections.abc import Callable, Iterator
 
-from txnbackup import transaction
+from txnbackup import transaction, trust
+from txnbackup.errors import NotFound, Refused
 from txnbackup.failpoints import failpoint
 from txnbackup.lease import Heartbeat
 from txnbackup.record import BackupRecord, Field, LeaseRole, Phase
@@ -49,6 +50,8 @@ def commit(rt: Runtime, backup: str, send_rollback: SendRollback, *, resume: boo
 
 def _commit(rt: Runtime, record: BackupRecord) -> str:
     records, plan = rt.records, record.plan
+    if (refused := trust.refusal(rt.settings, record)) is not None:
+        return _refuse_commit(rt, record, refused)
     repo = rt.repository(record.repository)
     try:
         snapshot = transaction.commit(repo, rt.bitmaps, plan, records.blobs(record.uuid))
@@ -104,8 +107,11 @@ def _roll_back(rt: Runtime, record: BackupRecord, *, resumed: bool = False) -> s
     records = rt.records
     records.count(record.uuid, Field.ROLLBACK_RESUMED if resumed else Field.ROLLBACK_RUNS)
     record = _wait_for_running_drive(rt, record)
-    repo = rt.repository(record.repository)
-    transaction.rollback(repo, rt.bitmaps, record.plan)
+    if (refused := trust.refusal(rt.settings, record)) is not None:
+        _refuse_discard(rt, record, refused)
+    else:
+        repo = rt.repository(record.repository)
+        transaction.rollback(repo, rt.bitmaps, record.plan)
     cancel = records.cancel_reason(record.uuid)
     if not cancel and not record.error:
         records.record_error(record.uuid, _unexplained(record))
@@ -133,3 +139,23 @@ def _wait_for_running_drive(rt: Runtime, record: BackupRecord) -> BackupRecord:
         time.sleep(0.05)
         record = rt.records.load(record.uuid)
     return record
+
+
+def _refuse_commit(rt: Runtime, record: BackupRecord, refused: Refused) -> str:
+    """A record this worker may not act on is never published: it is rolled back."""
+    log.error("vm %s backup %s: commit refused: %s", record.vmid, record.uuid, refused)
+    rt.records.record_error(record.uuid, str(refused))
+    if rt.records.claim(record.uuid, Phase.ROLLING_BACK, frm=[Phase.COMMITTING]).won:
+        _roll_back(rt, record)
+    return f"refused: {refused}"
+
+
+def _refuse_discard(rt: Runtime, record: BackupRecord, refused: Refused) -> None:
+    """Roll back without touching a repository the record may have forged: the bits, kept in
+    Redis under the backup's uuid, go back; a staging area left behind is the reaper's."""
+    log.error(
+        "vm %s backup %s: rollback leaves the repository: %s", record.vmid, record.uuid, refused
+    )
+    rt.records.record_error(record.uuid, str(refused))
+    with contextlib.suppress(NotFound):  # a record forged whole froze no bits
+        rt.bitmaps.rollback(record.uuid)

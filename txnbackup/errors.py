@@ -188,3 +188,23 @@ class QmpTimeout(QemuError):
 
 class QemuDriveError(QemuError):
     """drive {}: {}"""
+
+
+class Refused(TxnBackupError):
+    """refused: {}"""
+
+
+class UntrustedRecord(Refused):
+    """backup {}: {}; refusing to act on the record"""
+
+
+class RecordNotAuthentic(UntrustedRecord):
+    """backup {}: the record failed authentication ({}); refusing to act on it"""
+
+
+class DriveNotAllowed(Refused):
+    """drive {}: {} is outside this worker's allowed drives (TXNBACKUP_DRIVE_ROOTS={})"""
+
+
+class RepositoryNotAllowed(Refused):
+    """repository {} is not this worker's repository (TXNBACKUP_REPOSITORY={})"""

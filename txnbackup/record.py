@@ -27,6 +27,7 @@ from redis import Redis
 
 from txnbackup.errors import BackupRunning, NotFound
 from txnbackup.keys import Keys
+from txnbackup.seal import seal
 from txnbackup.stats import DriveStats
 from txnbackup.transaction import BackupPlan
 
@@ -82,6 +83,11 @@ class Field(StrEnum):
     ROLLBACK_RUNS = "rollback_runs"
     ROLLBACK_RESUMED = "rollback_resumed"
     OBSERVED = "metrics_observed"  # how many worker processes counted the ending
+    SEAL = "seal"  # HMAC of SEALED with the fleet secret (txnbackup.seal)
+
+
+# What the producer decided, sealed at create: workers act on nothing else of the record.
+SEALED = (Field.UUID, Field.VMID, Field.PLAN, Field.REPOSITORY, Field.SPEED_LIMIT, Field.BLOBS)
 
 
 DRIVE_FIELD = "drive:"  # + drive name: that drive's state and counters (JSON)
@@ -120,6 +126,8 @@ class BackupRecord:
     running_task: str
     drives: Mapping[str, DriveRecord]
     counters: Mapping[str, int]
+    seal: str = ""
+    sealed: tuple[str, ...] = ()  # the SEALED fields as stored, for txnbackup.trust
 
     @classmethod
     def parse(cls, raw: Mapping[str, str]) -> BackupRecord:
@@ -147,6 +155,8 @@ class BackupRecord:
                 for f in (Field.COMMIT_RUNS, Field.ROLLBACK_RUNS, Field.ROLLBACK_RESUMED)
                 if f in raw
             },
+            seal=raw.get(Field.SEAL, ""),
+            sealed=tuple(raw.get(f, "") for f in SEALED),
         )
 
     def drive(self, name: str) -> DriveRecord:
@@ -266,10 +276,11 @@ class Claim:
 class BackupRecords:
     """The records of backups, their VM locks and leases, under one key prefix."""
 
-    def __init__(self, redis: Redis, keys: Keys, ttl: int) -> None:
+    def __init__(self, redis: Redis, keys: Keys, ttl: int, secret: bytes | None = None) -> None:
         self.redis = redis
         self.keys = keys
         self.ttl = ttl
+        self.secret = secret  # seals the records this process creates
         self._claim = redis.register_script(_CLAIM)
         self._finish = redis.register_script(_FINISH)
         self._drive = redis.register_script(_DRIVE)
@@ -323,6 +334,8 @@ class BackupRecords:
         for d in plan.drives:
             stats = DriveStats(size=d.size, dirty=d.dirty)
             fields[DRIVE_FIELD + d.name] = _drive_json(DriveState.PENDING, stats)
+        if self.secret is not None:
+            fields[Field.SEAL] = seal(self.secret, [fields[f] for f in SEALED])
         pipe = self.redis.pipeline(transaction=True)
         pipe.hset(self.keys.backup(plan.backup), mapping=cast(Any, fields))
         pipe.persist(self.keys.lock(plan.vmid))
@@ -345,6 +358,13 @@ class BackupRecords:
             fields[Field.TASKS] = json.dumps(list(task_ids))
             for task_id in task_ids:
                 self.redis.set(self.keys.task(task_id), plan.backup, ex=self.ttl)
+        if self.secret is not None:  # the worker that began it vouches for the new plan
+            stored = self.redis.hmget(self.keys.backup(plan.backup), list(SEALED))
+            values = {
+                f: _text(v) if v is not None else "" for f, v in zip(SEALED, stored, strict=True)
+            }
+            values[Field.PLAN] = fields[Field.PLAN]
+            fields[Field.SEAL] = seal(self.secret, [values[f] for f in SEALED])
         args = [x for pair in fields.items() for x in pair]
         return bool(self._replan(keys=[self.keys.backup(plan.backup)], args=args))
 

@@ -32,7 +32,7 @@ class Runtime:
         return cls(
             settings,
             redis,
-            BackupRecords(redis, keys, settings.state_ttl),
+            BackupRecords(redis, keys, settings.state_ttl, settings.secret),
             RedisBitmaps(redis, keys, settings.state_ttl),
         )
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from txnbackup.constants import (
@@ -33,6 +33,10 @@ class Settings:
     queue_timeout: int = 3600
     reaper_interval: int = 5
     orphan_grace: int = 300
+    # What this worker may read; empty: anything (the worker warns at start).
+    drive_roots: tuple[str, ...] = ()
+    # The fleet secret sealing records (txnbackup.seal); None: records are not authenticated.
+    secret: bytes | None = field(default=None, repr=False)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -54,6 +58,8 @@ class Settings:
             queue_timeout=_positive_int(env, "TXNBACKUP_QUEUE_TIMEOUT", 3600),
             reaper_interval=_positive_int(env, "TXNBACKUP_REAPER_INTERVAL", 5),
             orphan_grace=_positive_int(env, "TXNBACKUP_ORPHAN_GRACE", 300),
+            drive_roots=tuple(r for r in env.get("TXNBACKUP_DRIVE_ROOTS", "").split(":") if r),
+            secret=_secret(env),
         )
 
 
@@ -68,3 +74,32 @@ def _positive_int(env: Mapping[str, str], name: str, default: int) -> int:
     if value <= 0:
         raise InvalidInput(f"{name}={raw!r} must be positive")
     return value
+
+
+def _secret(env: Mapping[str, str]) -> bytes | None:
+    """The fleet secret, from a file only its owner can read or from the environment: never
+    from the command line, where every user of the host sees it (``ps``)."""
+    path = env.get("TXNBACKUP_SECRET_FILE") or None
+    value = env.get("TXNBACKUP_SECRET") or None
+    if path and value:
+        raise InvalidInput("set TXNBACKUP_SECRET_FILE or TXNBACKUP_SECRET, not both")
+    if path:
+        value = _read_secret_file(Path(path))
+    if value is None:
+        return None
+    if len(value.strip()) < 16:
+        raise InvalidInput("the fleet secret must be at least 16 characters")
+    return value.strip().encode()
+
+
+def _read_secret_file(path: Path) -> str:
+    try:
+        mode = path.stat().st_mode
+        if mode & 0o077:
+            raise InvalidInput(
+                f"TXNBACKUP_SECRET_FILE {path} is readable by others (mode {mode & 0o777:o});"
+                " chmod 600 it"
+            )
+        return path.read_text()
+    except OSError as exc:
+        raise InvalidInput(f"TXNBACKUP_SECRET_FILE {path}: {exc.strerror or exc}") from None

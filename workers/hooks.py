@@ -11,6 +11,7 @@ from celery.worker import state as worker_state
 from tasks.finish import send_rollback
 from tasks.queues import NODE_QUEUE_PREFIX
 from tasks.runtime import runtime
+from txnbackup import trust
 from txnbackup.redisconn import eviction_warning_at
 from workers.metrics import count_reaper_action
 from workers.reaper import Reaper, ReaperThread
@@ -63,3 +64,9 @@ def on_task_revoked(request: Any = None, terminated: bool = False, **_: Any) -> 
     task_id = getattr(request, "id", None)
     if task_id:
         handle_revoked(runtime().records, task_id, send_rollback, terminated=bool(terminated))
+
+
+@worker_ready.connect
+def warn_about_trust(**_: Any) -> None:
+    for warning in trust.warnings(runtime().settings):
+        log.warning("txnbackup worker: %s", warning)

@@ -203,7 +203,7 @@ class MetricsConfig:
         if not port:
             return None
         directory = env.get("PROMETHEUS_MULTIPROC_DIR", "")
-        return cls(int(port), env.get("TXNBACKUP_METRICS_ADDRESS", "0.0.0.0"), Path(directory))
+        return cls(int(port), env.get("TXNBACKUP_METRICS_ADDRESS", "127.0.0.1"), Path(directory))
 
 
 def clean_directory(directory: Path) -> None:

@@ -18,6 +18,7 @@ reaper racing a slow but live worker changes nothing the worker did not already 
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import threading
 import time
@@ -30,7 +31,10 @@ from typing import Protocol
 from txnbackup import ending
 from txnbackup.bitmap import TxnState
 from txnbackup.ending import SendRollback
+from txnbackup.errors import InvalidInput, TxnBackupError
+from txnbackup.names import check_backup_id
 from txnbackup.record import BackupRecord, Phase
+from txnbackup.repository import Repository
 from txnbackup.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -151,24 +155,55 @@ class Reaper:
                 bitmaps.forget(backup)
 
     def _orphan_staging(self) -> None:
-        """Delete staging areas of backups that ended or never started (I1)."""
+        """Delete staging areas of backups that ended or never started (I1).
+
+        The ``repositories`` set is in Redis, which anyone with access to it can write: only
+        uuid-named directories in the ``staging`` directory of a path that opens as a
+        repository (this worker's own, when it has one) are candidates, and no link is followed.
+        """
         records = self.rt.records
         cutoff = time.time() - self.rt.settings.orphan_grace
-        for repo in records.repositories():
-            for staging in _staging_dirs(Path(repo)):
+        for repo in self._repositories():
+            for staging in _staging_dirs(repo):
                 phase = records.phase(staging.name)
                 ended = phase is None or phase.final
-                if ended and staging.stat().st_mtime < cutoff:
+                if ended and staging.stat(follow_symlinks=False).st_mtime < cutoff:
                     log.warning("reaper: removing orphaned staging area %s", staging)
-                    shutil.rmtree(staging, ignore_errors=True)
+                    shutil.rmtree(staging, ignore_errors=True)  # refuses a link itself
                     self.on_action("orphan-staging")
 
+    def _repositories(self) -> list[Repository]:
+        own = self.rt.settings.repository
+        paths = [str(own)] if own is not None else self.rt.records.repositories()
+        found = []
+        for path in paths:
+            try:
+                found.append(Repository.open(Path(path)))
+            except TxnBackupError as exc:
+                log.debug("reaper: not sweeping %s: %s", path, exc)
+        return found
 
-def _staging_dirs(repo: Path) -> list[Path]:
+
+def _staging_dirs(repo: Repository) -> list[Path]:
+    top = repo.path / "staging"
+    if top.is_symlink():
+        return []
     try:
-        return [p for p in (repo / "staging").iterdir() if p.is_dir()]
+        with os.scandir(top) as entries:
+            return [
+                Path(e.path)
+                for e in entries
+                if e.is_dir(follow_symlinks=False) and _is_backup_id(e.name)
+            ]
     except OSError:
         return []
+
+
+def _is_backup_id(name: str) -> bool:
+    try:
+        return check_backup_id(name) == name
+    except InvalidInput:
+        return False
 
 
 class ReaperThread(threading.Thread):

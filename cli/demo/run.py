@@ -7,6 +7,8 @@ it deletes at the end.
 
 from __future__ import annotations
 
+import os
+import secrets
 import shutil
 import signal
 import tempfile
@@ -87,6 +89,7 @@ def run_in(
         redis = stack.enter_context(redis_for_demo(settings.redis_url, workdir))
         narrator.say(describe_redis(redis, prefix))
         env = demo_environment(redis.url, prefix, workdir / "repository")
+        env |= fleet_trust(workdir)
         producer = make_producer(env)
         scenario = new_scenario(narrator, producer, workdir, options, env)
         if not redis.private:
@@ -113,6 +116,16 @@ def demo_environment(redis_url: str, prefix: str, repository: Path) -> dict[str,
         "TXNBACKUP_REPOSITORY": str(repository),
         "TXNBACKUP_STATE_TTL": str(STATE_TTL),
     }
+
+
+def fleet_trust(workdir: Path) -> dict[str, str]:
+    """The demo's fleet runs as a fleet should: records sealed with a secret kept in a file
+    only its owner reads, and workers reading only the demo's drives."""
+    secret = workdir / "fleet.secret"
+    fd = os.open(secret, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(secrets.token_hex(32))
+    return {"TXNBACKUP_SECRET_FILE": str(secret), "TXNBACKUP_DRIVE_ROOTS": str(workdir / "drives")}
 
 
 def make_producer(env: dict[str, str]) -> Producer:

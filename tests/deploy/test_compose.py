@@ -96,7 +96,7 @@ def test_each_worker_serves_its_node_and_reads_its_drives(
 def test_flower_is_celerys_own_on_port_5555(compose: dict[str, Any]) -> None:
     flower = services(compose)["flower"]
     assert flower["entrypoint"] == ["celery", "-A", "tasks", "flower"]
-    assert "5555:5555" in flower["ports"]
+    assert "127.0.0.1:5555:5555" in flower["ports"]
     # the image puts the fleet's Flower config where the command names it
     conf = next(a.split("=", 1)[1] for a in flower["command"] if a.startswith("--conf="))
     assert f"COPY tasks/flowerconfig.py {conf}" in DOCKERFILE.read_text()

@@ -18,6 +18,7 @@ import logging
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 
+from txnbackup import trust
 from txnbackup.action import BitmapAction, Decision
 from txnbackup.drive import Drive
 from txnbackup.errors import Cancelled, InvalidInput, NoCompleteSnapshot, TxnBackupError
@@ -49,6 +50,7 @@ def begin_backup(rt: Runtime, backup: str, copy_ids: CopyIds | None = None) -> B
     plan, vm = record.plan, record.plan.qemu
     if vm is None:
         raise TxnBackupError(f"backup {backup} is not a QEMU backup")
+    trust.check_qemu(rt.settings, record)  # before QEMU is touched
     reason = rt.records.stop_reason(backup)
     if reason is not None:
         raise Cancelled(reason)
