@@ -288,7 +288,7 @@ def test_metrics_settings_and_a_clean_start(tmp_path: Path) -> None:
     assert metrics.MetricsConfig.from_env({}) is None
     env = {"TXNBACKUP_METRICS_PORT": "9808", "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "m")}
     config = metrics.MetricsConfig.from_env(env)
-    assert config == metrics.MetricsConfig(9808, "0.0.0.0", tmp_path / "m")
+    assert config == metrics.MetricsConfig(9808, "127.0.0.1", tmp_path / "m")
     (tmp_path / "m").mkdir()
     (tmp_path / "m" / "counter_123.db").write_bytes(b"old")
     metrics.clean_directory(tmp_path / "m")
