@@ -5,6 +5,9 @@ slowly; the chosen drive is stopped at a random moment of its copy by a revoke, 
 or a SIGKILL of the worker copying it. Whatever the way and the position, the backup must end
 within about a second of its cause (a lease expiry for a killed worker), every drive in a
 final state, and the error naming the first cause.
+
+Fleets of their own (make_fleet): on a RabbitMQ broker they would share queues with the
+session's fleet, so these run in tests/faults, outside the broker matrix.
 """
 
 from __future__ import annotations
