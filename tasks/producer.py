@@ -84,11 +84,11 @@ class Producer:
         if speed_limit is not None and speed_limit <= 0:
             raise InvalidInput(f"speed limit {speed_limit} must be positive")
         backup = new_backup_id()
-        self.rt.records.lock(vmid, backup)
+        self.rt.locks.lock(vmid, backup)
         try:
             plan = prepare_qemu(repo, vmid, vm, drives, full=full, backup=backup)
         except BaseException:
-            self.rt.records.unlock(vmid, backup)
+            self.rt.locks.unlock(vmid, backup)
             raise
         self._dispatch(repo, plan, blobs, speed_limit)
         return backup
@@ -112,13 +112,13 @@ class Producer:
         if speed_limit is not None and speed_limit <= 0:
             raise InvalidInput(f"speed limit {speed_limit} must be positive")
         backup = new_backup_id()
-        self.rt.records.lock(vmid, backup)
+        self.rt.locks.lock(vmid, backup)
         try:
             plan = transaction.prepare(
                 repo, self.rt.bitmaps, vmid, drives, full=full, sizes=sizes, backup=backup
             )
         except BaseException:
-            self.rt.records.unlock(vmid, backup)
+            self.rt.locks.unlock(vmid, backup)
             raise
         self._dispatch(repo, plan, blobs, speed_limit)
         return backup
@@ -138,7 +138,7 @@ class Producer:
         except BaseException as exc:
             transaction.rollback(repo, self.rt.bitmaps, plan)
             self.rt.records.delete(plan.backup)
-            self.rt.records.unlock(plan.vmid, plan.backup)
+            self.rt.locks.unlock(plan.vmid, plan.backup)
             if isinstance(exc, OperationalError):
                 url = redacted(self.rt.settings.broker_url)
                 raise ServiceUnavailable(f"broker at {url}", str(exc)) from None
@@ -158,7 +158,7 @@ class Producer:
         status = self.status(backup)
         if not status.active:
             return status
-        self.rt.records.request_cancel(backup, reason)
+        self.rt.cancels.request(backup, reason)
         # Queued drives are discarded by the worker that receives them; the running one
         # sees the cancel between chunks and stops (revoking it too would add nothing).
         pending = [d.task_id for d in status.drives if d.state == "pending" and d.task_id]
@@ -200,7 +200,7 @@ class Producer:
 
     def recent(self, limit: int = 20) -> list[BackupStatus]:
         found = []
-        for backup in self.rt.records.recent(limit):
+        for backup in self.rt.catalog.recent(limit):
             try:
                 found.append(self.status(backup))
             except NotFound:

@@ -12,6 +12,7 @@ import re
 from redis import Redis
 
 from txnbackup.keys import Keys
+from txnbackup.redisconn import text
 
 _GLOB_SPECIAL = re.compile(r"([*?\[\]\\])")
 
@@ -24,15 +25,11 @@ def bitmap_bases(
     pattern = _GLOB_SPECIAL.sub(r"\\\1", keys.prefix) + f"bitmap:{vmid}:*:meta"
     found: dict[str, list[str]] = {}
     for raw_key in redis.scan_iter(match=pattern, count=1000):
-        key = _text(raw_key)
+        key = text(raw_key)
         vmid, _, drive = (
             key[len(keys.prefix) :].removeprefix("bitmap:").removesuffix(":meta").partition(":")
         )
-        base, repo = (_text(v) if v else "" for v in redis.hmget(key, ["base", "repository"]))
+        base, repo = (text(v) if v else "" for v in redis.hmget(key, ["base", "repository"]))
         if base and repo == repository:
             found.setdefault(base, []).append(f"{vmid}/{drive}")
     return {base: sorted(drives) for base, drives in found.items()}
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value

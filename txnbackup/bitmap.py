@@ -46,6 +46,7 @@ from txnbackup.errors import (
     TransactionStateError,
 )
 from txnbackup.keys import Keys
+from txnbackup.redisconn import text
 
 EPOCH_LENGTH = 16  # bytes of the epoch header of every bits key; the scripts spell out 16
 
@@ -214,7 +215,7 @@ class RedisBitmaps:
         raw = self.redis.hgetall(self.keys.bitmap_meta(vmid, drive))
         if not raw:
             return None
-        field = {_text(k): _text(v) for k, v in raw.items()}
+        field = {text(k): text(v) for k, v in raw.items()}
         if "size" not in field or "chunk_size" not in field:
             return None  # a meta hash that lost fields cannot describe a bitmap
         return BitmapMeta(
@@ -272,7 +273,7 @@ class RedisBitmaps:
         except ResponseError:
             raise TransactionStateError(backup, "frozen", "freeze it again") from None
         return {
-            item.drive: Frozen(int(n), bool(last), bool(whole), _text(prior), p["epoch"])
+            item.drive: Frozen(int(n), bool(last), bool(whole), text(prior), p["epoch"])
             for item, p, (n, last, whole, prior) in zip(items, plan, counts, strict=True)
         }
 
@@ -317,7 +318,7 @@ class RedisBitmaps:
         members: list[bytes] = self.redis.zrangebyscore(  # type: ignore[assignment]
             self.keys.bitmap_txns(), "-inf", before
         )
-        return [_text(m) for m in members]
+        return [text(m) for m in members]
 
     def forget(self, backup: str) -> None:
         """Drop a registration whose freeze never happened (no transaction exists)."""
@@ -325,7 +326,7 @@ class RedisBitmaps:
 
     def state(self, backup: str) -> TxnState | None:
         raw = self.redis.hget(self.keys.bitmap_txn(backup), "state")
-        return TxnState(_text(raw)) if raw else None
+        return TxnState(text(raw)) if raw else None
 
     def dirty_chunks(self, vmid: str, drive: str) -> set[int]:
         """The active bitmap's set chunks (for reports and tests)."""
@@ -337,7 +338,7 @@ class RedisBitmaps:
         raw = self.redis.hmget(self.keys.bitmap_txn(backup), ["vmid", "drives"])
         if raw[0] is None or raw[1] is None:
             raise NotFound(f"bitmap transaction of backup {backup}")
-        vmid = _text(raw[0])
+        vmid = text(raw[0])
         keys = [self.keys.bitmap_txn(backup)]
         for item in json.loads(raw[1]):
             drive = item["drive"]
@@ -358,10 +359,6 @@ class RedisBitmaps:
 
 def new_epoch() -> str:
     return secrets.token_hex(EPOCH_LENGTH // 2)
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 def _bytes(value: bytes | str) -> bytes:

@@ -16,13 +16,15 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from txnbackup import transaction, trust
+from txnbackup.cancel import Cancels
 from txnbackup.constants import STOP_CHECK_INTERVAL
 from txnbackup.ending import SendRollback
 from txnbackup.errors import Cancelled
 from txnbackup.failpoints import failpoint
-from txnbackup.lease import Heartbeat
+from txnbackup.lease import Heartbeat, LeaseRole
 from txnbackup.manifest import DriveEntry
-from txnbackup.record import BackupRecord, BackupRecords, DriveMark, DriveState, LeaseRole
+from txnbackup.record import BackupRecord, DriveMark, DriveState
+from txnbackup.record_store import RecordStore
 from txnbackup.runtime import Runtime
 from txnbackup.stats import DriveStats
 from txnbackup.transaction import BackupPlan
@@ -56,8 +58,8 @@ class StepContext:
 class StopCheck:
     """Asks Redis at most every STOP_CHECK_INTERVAL whether the backup must stop."""
 
-    def __init__(self, records: BackupRecords, backup: str) -> None:
-        self.records = records
+    def __init__(self, cancels: Cancels, backup: str) -> None:
+        self.cancels = cancels
         self.backup = backup
         self._last = 0.0
 
@@ -66,14 +68,14 @@ class StopCheck:
         if now - self._last < STOP_CHECK_INTERVAL:
             return None
         self._last = now
-        return self.records.stop_reason(self.backup)
+        return self.cancels.stop_reason(self.backup)
 
 
 class Progress:
     """Publishes a drive's counters (the engine throttles the calls) to its record and to
     its watchers; a report after the backup ended changes nothing."""
 
-    def __init__(self, records: BackupRecords, plan: BackupPlan, drive: str, ctx: StepContext):
+    def __init__(self, records: RecordStore, plan: BackupPlan, drive: str, ctx: StepContext):
         d = plan.drive(drive)
         self.records = records
         self.plan = plan
@@ -115,7 +117,7 @@ def copy_step(rt: Runtime, backup: str, drive: str, ctx: StepContext) -> DriveSt
     _check_may_start(rt, record, drive)
     progress = Progress(rt.records, record.plan, drive, ctx)
     holder = f"{ctx.worker}/{ctx.task_id}"
-    with Heartbeat(rt.records, backup, LeaseRole.COPY, holder, rt.settings.lease_ttl):
+    with Heartbeat(rt.leases, backup, LeaseRole.COPY, holder, rt.settings.lease_ttl):
         progress.report(DriveState.RUNNING, DriveMark.START)
         entry = _copy(rt, record, drive, progress, ctx.send_rollback)
         progress.last = entry.stats
@@ -126,10 +128,10 @@ def copy_step(rt: Runtime, backup: str, drive: str, ctx: StepContext) -> DriveSt
 
 
 def _check_may_start(rt: Runtime, record: BackupRecord, drive: str) -> None:
-    reason = rt.records.stop_reason(record.uuid)
+    reason = rt.cancels.stop_reason(record.uuid)
     if reason is not None:
         raise Cancelled(reason)
-    if record.running == drive and rt.records.lease_holder(record.uuid, LeaseRole.COPY):
+    if record.running == drive and rt.leases.holder(record.uuid, LeaseRole.COPY):
         # A redelivered copy while the first delivery still runs: it must not go on the chain.
         raise Duplicate(f"backup {record.uuid} drive {drive}: duplicate delivery ignored")
     if record.drive(drive).state is DriveState.DONE:
@@ -148,7 +150,7 @@ def _copy(
     try:
         trust.check_step(rt.settings, record, drive)  # before anything is read or written
         repo = rt.repository(record.repository)
-        check = StopCheck(records, backup)
+        check = StopCheck(rt.cancels, backup)
         return transaction.copy(
             repo, rt.bitmaps, record.plan, drive, check, progress, record.speed_limit
         )

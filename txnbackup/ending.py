@@ -20,8 +20,8 @@ from collections.abc import Callable, Iterator
 from txnbackup import transaction, trust
 from txnbackup.errors import NotFound, Refused
 from txnbackup.failpoints import failpoint
-from txnbackup.lease import Heartbeat
-from txnbackup.record import BackupRecord, Field, LeaseRole, Phase
+from txnbackup.lease import Heartbeat, LeaseRole
+from txnbackup.record import BackupRecord, Field, Phase
 from txnbackup.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -90,7 +90,7 @@ def abandon(rt: Runtime, backup: str, reason: str) -> str:
 
     A cancel recorded before stays the cause: a terminated drive's worker dies because of it.
     """
-    if rt.records.cancel_reason(backup) is None:
+    if rt.cancels.reason(backup) is None:
         rt.records.record_error(backup, reason)
     return rollback(rt, backup)
 
@@ -98,7 +98,7 @@ def abandon(rt: Runtime, backup: str, reason: str) -> str:
 @contextlib.contextmanager
 def _finishing(rt: Runtime, backup: str) -> Iterator[None]:
     holder = f"{socket.gethostname()}:{os.getpid()}"
-    with Heartbeat(rt.records, backup, LeaseRole.FINISH, holder, rt.settings.lease_ttl):
+    with Heartbeat(rt.leases, backup, LeaseRole.FINISH, holder, rt.settings.lease_ttl):
         yield
 
 
@@ -112,7 +112,7 @@ def _roll_back(rt: Runtime, record: BackupRecord, *, resumed: bool = False) -> s
     else:
         repo = rt.repository(record.repository)
         transaction.rollback(repo, rt.bitmaps, record.plan)
-    cancel = records.cancel_reason(record.uuid)
+    cancel = rt.cancels.reason(record.uuid)
     if not cancel and not record.error:
         records.record_error(record.uuid, _unexplained(record))
     record = records.load(record.uuid)
@@ -132,7 +132,7 @@ def _unexplained(record: BackupRecord) -> str:
 def _wait_for_running_drive(rt: Runtime, record: BackupRecord) -> BackupRecord:
     """Nothing may be written to a backup after its rollback: give the running drive, which
     sees the cancel within a fraction of a second, time to stop (a killed one never does)."""
-    if not record.running or not rt.records.lease_holder(record.uuid, LeaseRole.COPY):
+    if not record.running or not rt.leases.holder(record.uuid, LeaseRole.COPY):
         return record
     deadline = time.monotonic() + rt.settings.rollback_wait
     while record.running and time.monotonic() < deadline:

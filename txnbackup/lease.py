@@ -13,18 +13,60 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
+from enum import StrEnum
 from types import TracebackType
 
-from txnbackup.record import BackupRecords, LeaseRole
+from redis import Redis
+
+from txnbackup.keys import Keys
+from txnbackup.record import Field
+from txnbackup.redisconn import COMPARE_AND_DELETE, text
 
 log = logging.getLogger(__name__)
 
 
+class LeaseRole(StrEnum):
+    COPY = "copy"  # a drive task copying
+    FINISH = "finish"  # a commit or a rollback
+
+
+class Leases:
+    """The leases of backups (``lease:<uuid>:<role>``) and the reapers' claims on them."""
+
+    def __init__(self, redis: Redis, keys: Keys) -> None:
+        self.redis = redis
+        self.keys = keys
+        self._drop = redis.register_script(COMPARE_AND_DELETE)
+
+    def touch(self, backup: str, role: LeaseRole, holder: str, ttl: float) -> None:
+        """Renew a lease: ``holder`` works on the backup in ``role`` for ``ttl`` more seconds."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.set(self.keys.lease(backup, role), holder, px=int(ttl * 1000))
+        pipe.hset(self.keys.backup(backup), Field.LAST_ACTIVITY, str(time.time()))
+        pipe.execute()
+
+    def drop(self, backup: str, role: LeaseRole, holder: str) -> None:
+        self._drop(keys=[self.keys.lease(backup, role)], args=[holder])
+
+    def holder(self, backup: str, role: LeaseRole) -> str | None:
+        raw = self.redis.get(self.keys.lease(backup, role))
+        return text(raw) if raw else None
+
+    def leased(self, backup: str) -> bool:
+        """Whether any live worker holds a lease on the backup."""
+        return bool(self.redis.exists(*(self.keys.lease(backup, role) for role in LeaseRole)))
+
+    def start_reaping(self, backup: str, ttl: float) -> bool:
+        """Whether this reaper may act on the backup now (one reaper at a time)."""
+        return bool(self.redis.set(self.keys.reaping(backup), "1", nx=True, px=int(ttl * 1000)))
+
+
 class Heartbeat:
     def __init__(
-        self, records: BackupRecords, backup: str, role: LeaseRole, holder: str, ttl: float
+        self, leases: Leases, backup: str, role: LeaseRole, holder: str, ttl: float
     ) -> None:
-        self.records = records
+        self.leases = leases
         self.backup = backup
         self.role = role
         self.holder = holder
@@ -35,12 +77,12 @@ class Heartbeat:
     def _beat(self) -> None:
         while not self._stop.wait(self.ttl / 3):
             try:
-                self.records.touch(self.backup, self.role, self.holder, self.ttl)
+                self.leases.touch(self.backup, self.role, self.holder, self.ttl)
             except Exception:
                 log.warning("backup %s: lease renewal failed; retrying", self.backup)
 
     def __enter__(self) -> Heartbeat:
-        self.records.touch(self.backup, self.role, self.holder, self.ttl)
+        self.leases.touch(self.backup, self.role, self.holder, self.ttl)
         self._thread.start()
         return self
 
@@ -53,4 +95,4 @@ class Heartbeat:
         self._stop.set()
         self._thread.join()
         if exc_type is None or issubclass(exc_type, Exception):
-            self.records.drop_lease(self.backup, self.role, self.holder)
+            self.leases.drop(self.backup, self.role, self.holder)

@@ -32,13 +32,13 @@ from txnbackup.keys import Keys
 from txnbackup.manifest import MANIFEST_NAME
 from txnbackup.names import check_vmid, new_backup_id
 from txnbackup.protection import is_protected
-from txnbackup.record import BackupRecords
 from txnbackup.redisconn import connect
 from txnbackup.removal import finish_removals, remove_snapshot
 from txnbackup.repository import Repository
 from txnbackup.retention import PROTECTED, KeepPolicy, apply_policy
 from txnbackup.settings import Settings
 from txnbackup.snapshot import SnapshotId
+from txnbackup.vmlock import VmLocks
 
 log = logging.getLogger(__name__)
 
@@ -69,18 +69,18 @@ class PruneReport:
 
 
 class Pruner:
-    def __init__(self, repo: Repository, redis: Redis, keys: Keys, records: BackupRecords) -> None:
+    def __init__(self, repo: Repository, redis: Redis, keys: Keys, locks: VmLocks) -> None:
         self.repo = repo
         self.redis = redis
         self.keys = keys
-        self.records = records
+        self.locks = locks
         self._holder = ""  # our id in the VM lock we hold
 
     @classmethod
     def from_settings(cls, repo: Repository, settings: Settings) -> Pruner:
         redis = connect(settings.redis_url)
         keys = Keys(settings.key_prefix)
-        return cls(repo, redis, keys, BackupRecords(redis, keys, settings.state_ttl))
+        return cls(repo, redis, keys, VmLocks(redis, keys))
 
     def prune(
         self, policy: KeepPolicy, vmid: str | None = None, *, dry_run: bool = False
@@ -142,7 +142,7 @@ class Pruner:
         return Outcome(snapshot, (), bitmaps)
 
     def _still_locked(self, vmid: str) -> None:
-        holder = self.records.holder(vmid)
+        holder = self.locks.holder(vmid)
         if holder != self._holder:
             raise PruneBlocked(holder or "(lock expired)", vmid)
 
@@ -153,14 +153,14 @@ class Pruner:
     def _locked(self, vmid: str, dry_run: bool) -> Iterator[None]:
         """Hold the VM's backup lock (a dry run only checks that no backup holds it)."""
         if dry_run:
-            holder = self.records.holder(vmid)
+            holder = self.locks.holder(vmid)
             if holder:
                 raise PruneBlocked(holder, vmid)
             yield
             return
         me = self._holder = new_backup_id()
         try:
-            self.records.lock(vmid, me)
+            self.locks.lock(vmid, me)
         except BackupRunning as exc:
             raise PruneBlocked(exc.args[0], vmid) from None
         try:
@@ -168,4 +168,4 @@ class Pruner:
             failpoint("prune.locked", vmid)
             yield
         finally:
-            self.records.unlock(vmid, me)
+            self.locks.unlock(vmid, me)

@@ -133,7 +133,7 @@ def eviction_warning(redis: Redis) -> str | None:
             f"cannot check Redis's maxmemory-policy ({exc}): make sure it is noeviction, or "
             "dirty bitmaps may be evicted and backups read whole drives"
         )
-    policy = _text(value) if value else ""
+    policy = text(value) if value else ""
     if policy == "noeviction":
         return None
     return (
@@ -158,8 +158,16 @@ def eviction_warning_at(url: str) -> str | None:
         client.close()
 
 
-def _text(value: bytes | str) -> str:
+def text(value: bytes | str) -> str:
+    """A Redis reply as text (clients made without ``decode_responses`` return bytes)."""
     return value.decode() if isinstance(value, bytes) else value
+
+
+# Delete a key only while it holds ARGV[1]: releasing a lock or a lease its owner still holds.
+COMPARE_AND_DELETE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
 
 
 @contextmanager

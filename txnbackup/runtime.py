@@ -1,4 +1,4 @@
-"""What a process needs to run backup steps: settings, Redis, records, bitmaps, repositories.
+"""What a process needs to run backup steps: settings, Redis, the backup state, bitmaps.
 
 Made at the edge (a worker process, the producer, the CLI) from its own Settings.
 """
@@ -11,29 +11,45 @@ from pathlib import Path
 from redis import Redis
 
 from txnbackup.bitmap import RedisBitmaps
+from txnbackup.cancel import Cancels
+from txnbackup.catalog import Catalog
 from txnbackup.keys import Keys
-from txnbackup.record import BackupRecords
+from txnbackup.lease import Leases
+from txnbackup.record_store import RecordStore
 from txnbackup.redisconn import connect
 from txnbackup.repository import Repository
 from txnbackup.settings import Settings
+from txnbackup.vmlock import VmLocks
 
 
 @dataclass
 class Runtime:
     settings: Settings
     redis: Redis
-    records: BackupRecords
+    records: RecordStore
+    locks: VmLocks
+    leases: Leases
+    cancels: Cancels
+    catalog: Catalog
     bitmaps: RedisBitmaps
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Runtime:
-        redis = connect(settings.redis_url)
-        keys = Keys(settings.key_prefix)
+        return cls.over(settings, connect(settings.redis_url))
+
+    @classmethod
+    def over(cls, settings: Settings, redis: Redis) -> Runtime:
+        """The runtime of ``settings`` over an existing Redis client."""
+        keys, ttl = Keys(settings.key_prefix), settings.state_ttl
         return cls(
             settings,
             redis,
-            BackupRecords(redis, keys, settings.state_ttl, settings.secret),
-            RedisBitmaps(redis, keys, settings.state_ttl),
+            RecordStore(redis, keys, ttl, settings.secret),
+            VmLocks(redis, keys),
+            Leases(redis, keys),
+            Cancels(redis, keys, ttl),
+            Catalog(redis, keys),
+            RedisBitmaps(redis, keys, ttl),
         )
 
     def repository(self, path: str) -> Repository:

@@ -22,7 +22,7 @@ _threads: list[RevokeWatcher | ReaperThread] = []
 
 
 def _on_revoked(task_id: str) -> object:
-    return handle_revoked(runtime().records, task_id, send_rollback)
+    return handle_revoked(runtime(), task_id, send_rollback)
 
 
 @worker_ready.connect
@@ -63,7 +63,7 @@ def stop_background_threads(**_: Any) -> None:
 def on_task_revoked(request: Any = None, terminated: bool = False, **_: Any) -> None:
     task_id = getattr(request, "id", None)
     if task_id:
-        handle_revoked(runtime().records, task_id, send_rollback, terminated=bool(terminated))
+        handle_revoked(runtime(), task_id, send_rollback, terminated=bool(terminated))
 
 
 @worker_ready.connect

@@ -68,7 +68,9 @@ from tasks.events import (
 )
 from tasks.names import COMMIT, COPY_DRIVE, ROLLBACK
 from tasks.runtime import runtime
-from txnbackup.record import BackupRecords, Field
+from txnbackup.catalog import Catalog
+from txnbackup.record import Field
+from txnbackup.record_store import RecordStore
 from txnbackup.stats import DriveStats
 from txnbackup.status import from_record
 
@@ -152,7 +154,7 @@ def _count_bytes(vmid: str, s: DriveStats) -> None:
     ZERO_BYTES.labels(vmid).inc(s.zero_bytes)
 
 
-def observe_ended(records: BackupRecords, backup: str) -> bool:
+def observe_ended(records: RecordStore, backup: str) -> bool:
     """Count the backup's outcome and log its summary, once in the whole fleet.
 
     True when this call counted it; False when it has not ended or was counted before.
@@ -174,15 +176,15 @@ def observe_ended(records: BackupRecords, backup: str) -> bool:
 class ActiveBackups(Collector):
     """``txnbackup_active_backups``, read from Redis at each scrape."""
 
-    def __init__(self, records: BackupRecords) -> None:
-        self.records = records
+    def __init__(self, catalog: Catalog) -> None:
+        self.catalog = catalog
 
     def collect(self) -> Iterator[Metric]:
         gauge = GaugeMetricFamily(
             "txnbackup_active_backups", "Backups not yet ended, in the whole fleet."
         )
         try:
-            gauge.add_metric([], len(self.records.active()))
+            gauge.add_metric([], len(self.catalog.active()))
         except Exception as exc:
             log.warning("metrics: active backups unknown: %s", exc)
             return
@@ -213,11 +215,11 @@ def clean_directory(directory: Path) -> None:
         stale.unlink(missing_ok=True)
 
 
-def serve(config: MetricsConfig, records: BackupRecords) -> None:
+def serve(config: MetricsConfig, catalog: Catalog) -> None:
     """Start the /metrics server thread of this (main) worker process."""
     registry = CollectorRegistry()
     multiprocess.MultiProcessCollector(registry, path=str(config.directory))  # type: ignore[no-untyped-call]
-    registry.register(ActiveBackups(records))
+    registry.register(ActiveBackups(catalog))
     start_http_server(config.port, config.address, registry)
 
 
@@ -241,7 +243,7 @@ def start_metrics_server(**_: Any) -> None:
         return
     clean_directory(config.directory)
     try:
-        serve(config, runtime().records)
+        serve(config, runtime().catalog)
     except OSError as exc:
         log.error("txnbackup metrics not served on %s:%s: %s", config.address, config.port, exc)
         return

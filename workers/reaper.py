@@ -94,7 +94,7 @@ class Reaper:
 
     def run_once(self) -> dict[str, Verdict]:
         """One pass over active backups, unrecorded freezes and staging areas."""
-        acted = {b: v for b in self.rt.records.active() if (v := self._reap(b)) is not None}
+        acted = {b: v for b in self.rt.catalog.active() if (v := self._reap(b)) is not None}
         self._orphan_freezes()
         self._orphan_staging()
         return acted
@@ -102,17 +102,17 @@ class Reaper:
     def _reap(self, backup: str) -> Verdict | None:
         records, s = self.rt.records, self.rt.settings
         record = records.load_or_none(backup)
-        judgement = judge(record, records.leased(backup), time.time(), s.queue_timeout)
+        judgement = judge(record, self.rt.leases.leased(backup), time.time(), s.queue_timeout)
         if judgement.verdict is Verdict.ALIVE:
             return None
         if judgement.verdict is Verdict.FORGET:
             if record is None:
-                records.forget_active(backup)
+                self.rt.catalog.forget_active(backup)
             return None
         foreign = self._foreign(record)
         if foreign and judgement.verdict is not Verdict.ABANDON:
             return None  # a commit or rollback to resume: the VM's node's reapers do it
-        if not records.start_reaping(backup, s.lease_ttl):
+        if not self.rt.leases.start_reaping(backup, s.lease_ttl):
             return None
         log.warning("reaper: backup %s: %s -> %s", backup, judgement.reason, judgement.verdict)
         if foreign:
@@ -128,7 +128,7 @@ class Reaper:
         return vm is not None and self.nodes is not None and vm.node not in self.nodes
 
     def _abandon_elsewhere(self, backup: str, reason: str) -> None:
-        if self.rt.records.cancel_reason(backup) is None:
+        if self.rt.cancels.reason(backup) is None:
             self.rt.records.record_error(backup, reason)
         self.send_rollback(backup)  # routed to the VM's node queue
 
@@ -174,7 +174,7 @@ class Reaper:
 
     def _repositories(self) -> list[Repository]:
         own = self.rt.settings.repository
-        paths = [str(own)] if own is not None else self.rt.records.repositories()
+        paths = [str(own)] if own is not None else self.rt.catalog.repositories()
         found = []
         for path in paths:
             try:

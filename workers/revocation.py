@@ -13,14 +13,16 @@ import logging
 import threading
 from collections.abc import Callable, Iterable
 
-from txnbackup.record import BackupRecord, BackupRecords, DriveMark, DriveState, Phase
+from txnbackup.record import BackupRecord, DriveMark, DriveState, Phase
+from txnbackup.record_store import RecordStore
+from txnbackup.runtime import Runtime
 
 log = logging.getLogger(__name__)
 POLL_INTERVAL = 0.2  # seconds between looks at the worker's revoked-id set
 
 
 def handle_revoked(
-    records: BackupRecords,
+    rt: Runtime,
     task_id: str,
     send_rollback: Callable[[str], None],
     *,
@@ -29,20 +31,20 @@ def handle_revoked(
     """Cancel the backup ``task_id`` belongs to; return its uuid when it was active.
 
     The revoke watcher and, for a terminate, the ``task_revoked`` signal both report the same
-    revoke; the terminate names it whichever comes first (BackupRecords.refine_cancel).
+    revoke; the terminate names it whichever comes first (txnbackup.cancel.Cancels.refine).
     """
-    backup = records.backup_of_task(task_id)
+    backup = rt.catalog.backup_of_task(task_id)
     if backup is None:
         return None
-    record = records.load_or_none(backup)
+    record = rt.records.load_or_none(backup)
     if record is None or record.phase.final:
         return None
     revoked = f"task {task_id} revoked"
     if terminated:
-        first = records.refine_cancel(backup, revoked, f"task {task_id} terminated")
-        _forget_running(records, record, task_id)
+        first = rt.cancels.refine(backup, revoked, f"task {task_id} terminated")
+        _forget_running(rt.records, record, task_id)
     else:
-        first = records.request_cancel(backup, revoked)
+        first = rt.cancels.request(backup, revoked)
     if record.phase is Phase.RUNNING and (first or terminated):
         how = "terminated" if terminated else "revoked"
         log.info("backup %s: task %s %s, cancelling the whole backup", backup, task_id, how)
@@ -50,7 +52,7 @@ def handle_revoked(
     return backup
 
 
-def _forget_running(records: BackupRecords, record: BackupRecord, task_id: str) -> None:
+def _forget_running(records: RecordStore, record: BackupRecord, task_id: str) -> None:
     """A terminated drive task never reports that it stopped; report it on its behalf."""
     drive = record.running
     if drive and record.running_task == task_id:

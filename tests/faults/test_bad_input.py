@@ -371,6 +371,6 @@ def test_bad_input_is_refused_clearly_and_changes_nothing(
     # And nothing changed: no file, no bitmap, no lock, no record
     assert snapshot_state(world, redis_client) == before
     rt = world.producer().rt
-    assert rt.records.holder(VMID) is None
+    assert rt.locks.holder(VMID) is None
     assert rt.bitmaps.dirty_chunks(VMID, "scsi0") == set()
     assert len(Repository.open(world.repo).snapshots()) == 1

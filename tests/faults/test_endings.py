@@ -71,7 +71,7 @@ def settled(fleet: Fleet, backup: str, since: float, bound: float) -> BackupStat
     assert not status.active, f"still {status.phase} 30 s later"
     assert took < bound, f"ended {took:.2f} s after its cause (bound {bound} s)"
     assert {d.state for d in status.drives} <= FINAL_DRIVE_STATES, status.drives
-    assert fleet.producer.rt.records.holder(status.vmid) is None
+    assert fleet.producer.rt.locks.holder(status.vmid) is None
     time.sleep(0.3)  # nothing may change once ended: a late drive report included
     again = fleet.producer.status(backup)
     assert [d.state for d in again.drives] == [d.state for d in status.drives]

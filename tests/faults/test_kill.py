@@ -95,7 +95,7 @@ def test_sigkill_at_every_stage_settles_cleanly(
     assert status.status == scenario.outcome, f"{status.status}: {status.errmsg}"
     raw = producer.rt.records.raw(backup)
     assert int(raw.get("rollback_runs", 0)) + int(raw.get("commit_runs", 0)) == 1
-    assert producer.rt.records.holder(vm.vmid) is None
+    assert producer.rt.locks.holder(vm.vmid) is None
     assert_invariants(producer.rt.bitmaps, vm, repo, tmp_path)
 
     # and the next backup (on a worker without the failpoint) succeeds and restores exactly

@@ -61,7 +61,7 @@ def test_ten_producers_at_once_exactly_one_runs(
     assert all(str(e) == f"backup already running: {started[0]}" for e in refused)
     assert producer.wait(started[0], 60).status == "done"
     assert len(pipeline_repo.snapshots(vm.vmid)) == 1
-    assert producer.rt.records.holder(vm.vmid) is None
+    assert producer.rt.locks.holder(vm.vmid) is None
 
 
 def test_writes_during_a_backup_land_in_the_next_one(

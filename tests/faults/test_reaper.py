@@ -16,9 +16,9 @@ from txnbackup import transaction
 from txnbackup.bitmap import TxnState
 from txnbackup.drive import Drive
 from txnbackup.keys import Keys
-from txnbackup.lease import Heartbeat
+from txnbackup.lease import Heartbeat, LeaseRole
 from txnbackup.names import new_backup_id
-from txnbackup.record import BackupRecord, DriveMark, DriveState, LeaseRole, Phase
+from txnbackup.record import BackupRecord, DriveMark, DriveState, Phase
 from txnbackup.repository import Repository
 from txnbackup.runtime import Runtime
 from txnbackup.settings import Settings
@@ -76,7 +76,7 @@ def started_backup(rt: Runtime, repo: Repository, tmp_path: Path) -> transaction
     path = tmp_path / "scsi0.raw"
     path.write_bytes(sample_content(512 * 1024, seed=1))
     plan = transaction.prepare(repo, rt.bitmaps, "100", [Drive("scsi0", str(path))])
-    rt.records.lock("100", plan.backup)
+    rt.locks.lock("100", plan.backup)
     rt.records.create(plan, str(repo.path), ["t1", "t2"])
     return plan
 
@@ -96,7 +96,7 @@ def test_a_backup_whose_worker_died_mid_drive_is_rolled_back(
     status = from_record(rt.records.load(plan.backup))
     assert (status.status, status.errmsg) == ("error", "worker lost while copying drive scsi0")
     assert [d.state for d in status.drives] == ["failed"]
-    assert rt.records.holder("100") is None
+    assert rt.locks.holder("100") is None
     assert rt.bitmaps.state(plan.backup) is TxnState.ROLLED_BACK
     assert not (repo.path / "staging" / plan.backup).exists()
     assert Reaper(rt, no_rollback).run_once() == {}
@@ -105,7 +105,7 @@ def test_a_backup_whose_worker_died_mid_drive_is_rolled_back(
 def test_a_live_backup_is_left_alone(rt: Runtime, repo: Repository, tmp_path: Path) -> None:
     plan = started_backup(rt, repo, tmp_path)
     mark_running(rt, plan.backup, "scsi0")
-    rt.records.touch(plan.backup, LeaseRole.COPY, "w", 30)
+    rt.leases.touch(plan.backup, LeaseRole.COPY, "w", 30)
     assert Reaper(rt, no_rollback).run_once() == {}
     assert rt.records.phase(plan.backup) is Phase.RUNNING
 
@@ -144,7 +144,7 @@ def test_a_drive_stopped_from_outside_keeps_its_lease_until_it_expires(
     mark_running(rt, plan.backup, "scsi0")
     with (
         pytest.raises(SystemExit),
-        Heartbeat(rt.records, plan.backup, LeaseRole.COPY, "w/t1", ttl=30),
+        Heartbeat(rt.leases, plan.backup, LeaseRole.COPY, "w/t1", ttl=30),
     ):
         raise SystemExit(1)
 
@@ -162,7 +162,7 @@ def test_a_lost_drive_of_a_cancelled_backup_ends_cancelled_not_in_error(
     # Given a backup cancelled by a terminate, whose drive's worker then died without a word
     plan = started_backup(rt, repo, tmp_path)
     mark_running(rt, plan.backup, "scsi0")
-    rt.records.request_cancel(plan.backup, "task t1 terminated")
+    rt.cancels.request(plan.backup, "task t1 terminated")
 
     # When the reaper finds the drive running without a lease
     assert Reaper(rt, no_rollback).run_once() == {plan.backup: Verdict.ABANDON}

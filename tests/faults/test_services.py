@@ -33,10 +33,7 @@ from tests.faults.test_kill import assert_invariants, assert_restores
 from tests.fleet import SampleVM, new_vmid, wait_for
 from tests.fleet_plugin import Fleet
 from tests.pipeline.test_cli_backup import cli
-from txnbackup.bitmap import RedisBitmaps
 from txnbackup.errors import ServiceUnavailable
-from txnbackup.keys import Keys
-from txnbackup.record import BackupRecords
 from txnbackup.redisconn import outage_retry
 from txnbackup.repository import Repository
 from txnbackup.runtime import Runtime
@@ -162,7 +159,7 @@ def assert_settles_completely(run: SlowBackup, tmp: Path) -> str:
         assert status.status in ("error", "cancelled"), status.status
         assert raw.get("rollback_runs") == "1" and "commit_runs" not in raw
         assert snapshots == [run.base]
-    assert producer.rt.records.holder(run.vm.vmid) is None
+    assert producer.rt.locks.holder(run.vm.vmid) is None
     assert_invariants(producer.rt.bitmaps, run.vm, run.repo, tmp)
     after = producer.wait(producer.submit(run.vm.vmid, run.vm.drives, repository=run.repo.path))
     assert after.status == "done", after.errmsg
@@ -257,13 +254,7 @@ def test_redis_lost_during_submit_leaves_nothing(
     # Given a producer that reached Redis, rides out 1 s of outage, and a VM with a bitmap
     settings = _settings(private_redis)
     redis = Redis.from_url(private_redis.url, retry=outage_retry(1.0))
-    keys = Keys(settings.key_prefix)
-    rt = Runtime(
-        settings,
-        redis,
-        BackupRecords(redis, keys, settings.state_ttl),
-        RedisBitmaps(redis, keys, settings.state_ttl),
-    )
+    rt = Runtime.over(settings, redis)
     producer = Producer(rt, Producer.from_settings(settings).app)
     repo = Repository.init(tmp_path / "repo", CHUNK)
     vm = SampleVM(new_vmid(), tmp_path, Tracker.from_settings(settings))

@@ -95,7 +95,7 @@ def assert_rolled_back_once(
     assert raw.get("rollback_runs") == "1" and "commit_runs" not in raw
     assert [str(s) for s in repo.snapshots(vm.vmid)] == [base]
     assert list((repo.path / "staging").iterdir()) == []
-    assert producer.rt.records.holder(vm.vmid) is None
+    assert producer.rt.locks.holder(vm.vmid) is None
 
 
 @pytest.fixture

@@ -24,7 +24,8 @@ from tasks.events import (
 from tests.operators.fleet import FLOWER_CONFIG
 from txnbackup.action import BitmapAction
 from txnbackup.keys import Keys
-from txnbackup.record import BackupRecord, BackupRecords, DriveState, Phase
+from txnbackup.record import BackupRecord, DriveState, Phase
+from txnbackup.record_store import RecordStore
 from txnbackup.stats import DriveStats
 from txnbackup.status import from_record
 from txnbackup.transaction import BackupPlan, DrivePlan
@@ -237,7 +238,7 @@ def test_a_backup_s_outcome_is_counted_once_in_the_fleet(
     redis_client: Redis, keys: Keys, caplog: pytest.LogCaptureFixture
 ) -> None:
     # Given a backup that was cancelled
-    records = BackupRecords(redis_client, keys, 600)
+    records = RecordStore(redis_client, keys, 600)
     backup = "6f1c2a53-5b36-4c59-9a57-8f0b3f2a1c11"
     records.create(sample_plan(backup), "/srv/repo", ["t1", "t2", "t3"])
     assert metrics.observe_ended(records, backup) is False  # still running: not yet

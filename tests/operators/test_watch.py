@@ -178,7 +178,7 @@ def test_ctrl_c_then_cancel_cancels_the_whole_backup(
     backup = next(b for b in ops_producer.recent(50) if b.vmid == ops_vm.vmid)
     assert backup.status == "cancelled" and "Ctrl-C" in backup.errmsg
     assert [d.state for d in backup.drives] == ["cancelled", "skipped"]
-    assert ops_producer.rt.records.holder(ops_vm.vmid) is None
+    assert ops_producer.rt.locks.holder(ops_vm.vmid) is None
 
 
 def test_ctrl_c_then_stop_watching_leaves_the_backup_running(

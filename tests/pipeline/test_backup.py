@@ -74,7 +74,7 @@ def test_full_then_incremental_backup_reads_only_dirty_chunks(
     assert [d.dirty for d in second.drives] == [0, 64 * 1024, 0]
     assert_identities(second)
     assert restores_identical(pipeline_repo, second.snapshot, vm, tmp_path)
-    assert producer.rt.records.holder(vm.vmid) is None
+    assert producer.rt.locks.holder(vm.vmid) is None
 
 
 def test_drives_run_on_their_nodes_queue(
@@ -153,10 +153,10 @@ def test_bad_input_changes_nothing(
         producer.submit(vm.vmid, vm.drives * 2, repository=pipeline_repo.path)
 
     # Then nothing was started: no lock, no bitmap, no backup record, no staging area
-    assert producer.rt.records.holder(vm.vmid) is None
+    assert producer.rt.locks.holder(vm.vmid) is None
     assert producer.rt.bitmaps.meta(vm.vmid, "scsi0") is None
     assert not any((pipeline_repo.path / "staging").iterdir())
-    recent = [producer.rt.records.raw(u) for u in producer.rt.records.recent(1000)]
+    recent = [producer.rt.records.raw(u) for u in producer.rt.catalog.recent(1000)]
     assert all(r["vmid"] != vm.vmid for r in recent)
 
 

@@ -72,7 +72,7 @@ def assert_rolled_back(
     # nothing published, no staging area left, the VM lock is free
     assert [str(s) for s in repo.snapshots(vm.vmid)] == [run.base]
     assert not any((repo.path / "staging").iterdir())
-    assert producer.rt.records.holder(vm.vmid) is None
+    assert producer.rt.locks.holder(vm.vmid) is None
     # every bitmap kept every change, relative to the old base
     for d in vm.drives:
         assert producer.rt.bitmaps.dirty_chunks(vm.vmid, d.name) >= run.dirty[d.name]
@@ -161,6 +161,6 @@ def test_a_failing_drive_rolls_back_every_drive(
     raw = producer.rt.records.raw(backup)
     assert raw.get("rollback_runs") == "1" and "commit_runs" not in raw
     assert [str(s) for s in pipeline_repo.snapshots(vm.vmid)] == [first.snapshot]
-    assert producer.rt.records.holder(vm.vmid) is None
+    assert producer.rt.locks.holder(vm.vmid) is None
     for d in vm.drives:
         assert 1 in producer.rt.bitmaps.dirty_chunks(vm.vmid, d.name)

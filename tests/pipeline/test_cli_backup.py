@@ -154,7 +154,7 @@ def test_bad_input_gets_a_message_and_an_exit_code(
     assert result.returncode == code, result.stderr
     assert message in result.stderr
     assert "Traceback" not in result.stderr
-    assert producer.rt.records.holder(vm.vmid) is None
+    assert producer.rt.locks.holder(vm.vmid) is None
     assert producer.rt.bitmaps.meta(vm.vmid, "scsi0") is None
 
 

@@ -78,7 +78,7 @@ def test_a_backup_submitted_while_prune_holds_the_vm_waits_for_it(
         stderr=subprocess.PIPE,
         text=True,
     )
-    wait_for(lambda: producer.rt.records.holder(vm.vmid) is not None, what="prune's lock")
+    wait_for(lambda: producer.rt.locks.holder(vm.vmid) is not None, what="prune's lock")
 
     # When a backup is submitted meanwhile, it is refused
     with pytest.raises(BackupRunning):

@@ -29,7 +29,7 @@ def one_outcome(producer: Producer, vm: SampleVM, repo: Repository, backup: str)
     snapshots = [str(s) for s in repo.snapshots(vm.vmid)]
     metas = [producer.rt.bitmaps.meta(vm.vmid, d.name) for d in vm.drives]
     assert not any((repo.path / "staging").iterdir())
-    assert producer.rt.records.holder(vm.vmid) is None
+    assert producer.rt.locks.holder(vm.vmid) is None
     if status.status == "done":
         assert snapshots == [status.snapshot]
         assert record.counters == {"commit_runs": 1}

@@ -18,10 +18,10 @@ from txnbackup.errors import IntegrityError
 from txnbackup.keys import Keys
 from txnbackup.manifest import MANIFEST_NAME
 from txnbackup.prune import Pruner
-from txnbackup.record import BackupRecords
 from txnbackup.removal import REMOVING_NAME
 from txnbackup.repository import Repository
 from txnbackup.retention import KeepPolicy
+from txnbackup.vmlock import VmLocks
 
 VM = "100"
 HOUR = 3600
@@ -43,9 +43,7 @@ def test_gc_reclaims_the_chunks_only_pruned_snapshots_referred_to(
     history = make_history(repo, bitmaps, VM, tmp_path / "drives", 4)
     age_chunks(repo)
     before = chunk_files(repo)
-    Pruner(repo, redis_client, keys, BackupRecords(redis_client, keys, 3600)).prune(
-        KeepPolicy(last=1)
-    )
+    Pruner(repo, redis_client, keys, VmLocks(redis_client, keys)).prune(KeepPolicy(last=1))
 
     report = gc.collect(repo)
 

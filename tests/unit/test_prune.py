@@ -24,18 +24,18 @@ from txnbackup.manifest import MANIFEST_NAME
 from txnbackup.names import new_backup_id
 from txnbackup.protection import protect, unprotect
 from txnbackup.prune import Pruner
-from txnbackup.record import BackupRecords
 from txnbackup.removal import REMOVING_NAME, finish_removals
 from txnbackup.repository import Repository
 from txnbackup.retention import KeepPolicy
 from txnbackup.snapshot import SnapshotId
+from txnbackup.vmlock import VmLocks
 
 VM = "100"
 
 
 @pytest.fixture
 def pruner(repo: Repository, redis_client: Redis, keys: Keys) -> Pruner:
-    return Pruner(repo, redis_client, keys, BackupRecords(redis_client, keys, 3600))
+    return Pruner(repo, redis_client, keys, VmLocks(redis_client, keys))
 
 
 def test_prune_removes_what_no_rule_keeps_and_the_rest_restores(
@@ -111,7 +111,7 @@ def test_a_vm_whose_backup_runs_is_not_pruned(
 ) -> None:
     history = make_history(repo, bitmaps, VM, tmp_path / "drives", 3)
     running = new_backup_id()
-    BackupRecords(redis_client, keys, 3600).lock(VM, running)
+    VmLocks(redis_client, keys).lock(VM, running)
 
     report = pruner.prune(KeepPolicy(last=1))
     with pytest.raises(PruneBlocked, match=f"backup running: {running}"):
@@ -126,7 +126,7 @@ def test_prune_releases_the_vm_lock(
 ) -> None:
     make_history(repo, bitmaps, VM, tmp_path / "drives", 2)
     pruner.prune(KeepPolicy(last=1))
-    assert pruner.records.holder(VM) is None
+    assert pruner.locks.holder(VM) is None
 
 
 def test_forget_of_a_missing_snapshot_removes_nothing(

@@ -51,7 +51,7 @@ def begin_backup(rt: Runtime, backup: str, copy_ids: CopyIds | None = None) -> B
     if vm is None:
         raise TxnBackupError(f"backup {backup} is not a QEMU backup")
     trust.check_qemu(rt.settings, record)  # before QEMU is touched
-    reason = rt.records.stop_reason(backup)
+    reason = rt.cancels.stop_reason(backup)
     if reason is not None:
         raise Cancelled(reason)
     repo = rt.repository(record.repository)
@@ -60,7 +60,7 @@ def begin_backup(rt: Runtime, backup: str, copy_ids: CopyIds | None = None) -> B
         found = _with_drives(plan, vm, drives, "waiting for QEMU's begin")
         ids = None if copy_ids is None else [*copy_ids(len(drives)), *record.task_ids]
         if not rt.records.replan(found, ids):
-            raise Cancelled(rt.records.stop_reason(backup) or "backup ended before begin")
+            raise Cancelled(rt.cancels.stop_reason(backup) or "backup ended before begin")
         fleece = session(vm, qmp, backup, drives)
         qemu_side = fleece.begin()
         try:
@@ -70,7 +70,7 @@ def begin_backup(rt: Runtime, backup: str, copy_ids: CopyIds | None = None) -> B
             raise
         if not rt.records.replan(begun):
             fleece.rollback()
-            raise Cancelled(rt.records.stop_reason(backup) or "backup ended during begin")
+            raise Cancelled(rt.cancels.stop_reason(backup) or "backup ended during begin")
     for d in begun.drives:
         log.info("vm %s backup %s drive %s: %s", plan.vmid, backup, d.name, _vzdump_words(d))
     return begun

@@ -1,0 +1,33 @@
+"""Which backups exist: the active ones, the recent ones, the repositories backed up to, and
+which backup a Celery task id belongs to. Written with the record (``RecordStore.create``)."""
+
+from __future__ import annotations
+
+from redis import Redis
+
+from txnbackup.keys import Keys
+from txnbackup.redisconn import text
+
+
+class Catalog:
+    def __init__(self, redis: Redis, keys: Keys) -> None:
+        self.redis = redis
+        self.keys = keys
+
+    def active(self) -> list[str]:
+        return sorted(text(u) for u in self.redis.smembers(self.keys.active()))
+
+    def forget_active(self, backup: str) -> None:
+        """Stop watching a backup whose record is gone (expired or never written)."""
+        self.redis.srem(self.keys.active(), backup)
+
+    def repositories(self) -> list[str]:
+        return sorted(text(p) for p in self.redis.smembers(self.keys.repositories()))
+
+    def recent(self, limit: int) -> list[str]:
+        members: list[bytes] = self.redis.zrevrange(self.keys.backups(), 0, limit - 1)  # type: ignore[assignment]
+        return [text(u) for u in members]
+
+    def backup_of_task(self, task_id: str) -> str | None:
+        raw = self.redis.get(self.keys.task(task_id))
+        return text(raw) if raw else None
