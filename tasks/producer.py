@@ -81,17 +81,12 @@ class Producer:
         check_vmid(vmid)
         repo = self._repository(repository)
         blobs = _read_blobs(config or {})
-        if speed_limit is not None and speed_limit <= 0:
-            raise InvalidInput(f"speed limit {speed_limit} must be positive")
-        backup = new_backup_id()
-        self.rt.locks.lock(vmid, backup)
-        try:
-            plan = prepare_qemu(repo, vmid, vm, drives, full=full, backup=backup)
-        except BaseException:
-            self.rt.locks.unlock(vmid, backup)
-            raise
+        _check_speed_limit(speed_limit)
+        plan = self._plan_locked(
+            vmid, lambda backup: prepare_qemu(repo, vmid, vm, drives, full=full, backup=backup)
+        )
         self._dispatch(repo, plan, blobs, speed_limit)
-        return backup
+        return plan.backup
 
     def _submit(
         self,
@@ -109,19 +104,27 @@ class Producer:
         repo = self._repository(repository)
         blobs = _read_blobs(config or {})
         sizes = {d.name: drive_size(d.name, d.path) for d in drives}
-        if speed_limit is not None and speed_limit <= 0:
-            raise InvalidInput(f"speed limit {speed_limit} must be positive")
+        _check_speed_limit(speed_limit)
+        plan = self._plan_locked(
+            vmid,
+            lambda backup: transaction.prepare(
+                repo, self.rt.bitmaps, vmid, drives, full=full, sizes=sizes, backup=backup
+            ),
+        )
+        self._dispatch(repo, plan, blobs, speed_limit)
+        return plan.backup
+
+    def _plan_locked(
+        self, vmid: str, make_plan: Callable[[str], transaction.BackupPlan]
+    ) -> transaction.BackupPlan:
+        """Plan a new backup under the VM's lock; a plan that fails releases the lock."""
         backup = new_backup_id()
         self.rt.locks.lock(vmid, backup)
         try:
-            plan = transaction.prepare(
-                repo, self.rt.bitmaps, vmid, drives, full=full, sizes=sizes, backup=backup
-            )
+            return make_plan(backup)
         except BaseException:
             self.rt.locks.unlock(vmid, backup)
             raise
-        self._dispatch(repo, plan, blobs, speed_limit)
-        return backup
 
     def _dispatch(
         self,
@@ -230,3 +233,8 @@ def _read_blobs(config: Mapping[str, Path]) -> dict[str, bytes]:
         except OSError as exc:
             raise InvalidInput(f"config file {path}: {exc.strerror or exc}") from None
     return blobs
+
+
+def _check_speed_limit(speed_limit: int | None) -> None:
+    if speed_limit is not None and speed_limit <= 0:
+        raise InvalidInput(f"speed limit {speed_limit} must be positive")

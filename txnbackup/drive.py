@@ -7,9 +7,9 @@ import os
 import stat
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 from typing import Protocol
 
+from txnbackup.closing import Closing
 from txnbackup.errors import DriveNotFound, DriveReadError, DriveUnreadable, InvalidInput
 from txnbackup.names import check_drive_name
 
@@ -52,7 +52,7 @@ class DriveReader(Protocol):
     def close(self) -> None: ...
 
 
-class FileDrive:
+class FileDrive(Closing):
     """A raw image file or a block device, read with pread (no shared file position)."""
 
     def __init__(self, name: str, path: Path) -> None:
@@ -117,17 +117,6 @@ class FileDrive:
 
     def close(self) -> None:
         os.close(self._fd)
-
-    def __enter__(self) -> FileDrive:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 def drive_size(name: str, path: str) -> int:

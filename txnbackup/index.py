@@ -19,6 +19,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import BinaryIO
 
+from txnbackup.closing import Closing
 from txnbackup.constants import DIGEST_SIZE, MAX_CHUNK_SIZE, MIN_CHUNK_SIZE
 from txnbackup.errors import IntegrityError
 from txnbackup.fsutil import create_new, open_file, temp_name, write_error
@@ -95,7 +96,7 @@ class IndexWriter:
             self.abort()
 
 
-class IndexReader:
+class IndexReader(Closing):
     """An index file, its header checked against itself and the file's length."""
 
     def __init__(self, path: Path) -> None:
@@ -157,17 +158,6 @@ class IndexReader:
 
     def close(self) -> None:
         self._fh.close()
-
-    def __enter__(self) -> IndexReader:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 def file_sha256(path: Path) -> str:

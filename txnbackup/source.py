@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
-from txnbackup.bitmap import RedisBitmaps, TxnState
+from txnbackup.bitmap import BitmapBackend, TxnState
 from txnbackup.drive import DriveReader, FileDrive
 from txnbackup.geometry import chunk_count
 from txnbackup.repository import Repository
@@ -54,9 +54,9 @@ class BitmapKeeper(Protocol):
 
 
 class FileSource:
-    """Raw images and block devices; the frozen bits are in Redis (RedisBitmaps.freeze)."""
+    """Raw images and block devices; the frozen bits are in a BitmapBackend (its freeze)."""
 
-    def __init__(self, bitmaps: RedisBitmaps) -> None:
+    def __init__(self, bitmaps: BitmapBackend) -> None:
         self.bitmaps = bitmaps
 
     @contextlib.contextmanager
@@ -70,9 +70,9 @@ class FileSource:
 
 
 class RedisKeeper:
-    """RedisBitmaps as a keeper: the bitmap transaction keyed by the backup uuid."""
+    """A BitmapBackend (Redis bits, or their in-memory twin) as a keeper, keyed by backup uuid."""
 
-    def __init__(self, bitmaps: RedisBitmaps) -> None:
+    def __init__(self, bitmaps: BitmapBackend) -> None:
         self.bitmaps = bitmaps
 
     def state(self, backup: str) -> TxnState | None:
@@ -85,7 +85,7 @@ class RedisKeeper:
         return self.bitmaps.rollback(plan.backup)
 
 
-def source_for(plan: BackupPlan, bitmaps: RedisBitmaps) -> DriveSource:
+def source_for(plan: BackupPlan, bitmaps: BitmapBackend) -> DriveSource:
     if plan.qemu is not None:
         from txnbackup.qemu.keeper import QemuSource  # noqa: PLC0415 - imports libnbd
 
@@ -93,7 +93,7 @@ def source_for(plan: BackupPlan, bitmaps: RedisBitmaps) -> DriveSource:
     return FileSource(bitmaps)
 
 
-def keeper_for(plan: BackupPlan, bitmaps: RedisBitmaps) -> BitmapKeeper:
+def keeper_for(plan: BackupPlan, bitmaps: BitmapBackend) -> BitmapKeeper:
     if plan.qemu is not None:
         from txnbackup.qemu.keeper import QemuKeeper  # noqa: PLC0415 - imports libnbd
 

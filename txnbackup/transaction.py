@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from txnbackup.action import BitmapAction, decide
-from txnbackup.bitmap import FreezeItem, Frozen, RedisBitmaps, TxnState
+from txnbackup.bitmap import BitmapBackend, FreezeItem, Frozen, TxnState
 from txnbackup.drive import Drive, drive_size
 from txnbackup.engine import CancelCheck, CopyJob, Incremental, ProgressSink, copy_drive
 from txnbackup.errors import DriveSizeChanged, InvalidInput, NotFound, TransactionStateError
@@ -104,7 +104,7 @@ class Decided:
 
 def plan_backup(
     repo: Repository,
-    bitmaps: RedisBitmaps,
+    bitmaps: BitmapBackend,
     vmid: str,
     drives: Sequence[Drive],
     *,
@@ -130,7 +130,7 @@ def plan_backup(
 
 def prepare(
     repo: Repository,
-    bitmaps: RedisBitmaps,
+    bitmaps: BitmapBackend,
     vmid: str,
     drives: Sequence[Drive],
     *,
@@ -190,7 +190,7 @@ def _not_whole(frozen: Frozen) -> str:
 
 def copy(
     repo: Repository,
-    bitmaps: RedisBitmaps,
+    bitmaps: BitmapBackend,
     plan: BackupPlan,
     drive: str,
     cancel: CancelCheck,
@@ -215,7 +215,7 @@ def copy(
 
 def commit(
     repo: Repository,
-    bitmaps: RedisBitmaps,
+    bitmaps: BitmapBackend,
     plan: BackupPlan,
     blobs: Mapping[str, bytes] | None = None,
 ) -> SnapshotId:
@@ -232,7 +232,7 @@ def commit(
     return snapshot
 
 
-def rollback(repo: Repository, bitmaps: RedisBitmaps, plan: BackupPlan) -> bool:
+def rollback(repo: Repository, bitmaps: BitmapBackend, plan: BackupPlan) -> bool:
     """Discard the staging area and return the frozen bits. Safe to repeat."""
     keeper = keeper_for(plan, bitmaps)
     if keeper.state(plan.backup) is TxnState.COMMITTED:
