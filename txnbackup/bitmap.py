@@ -105,7 +105,7 @@ return counts
 _COMMIT = """
 local state = redis.call('HGET', KEYS[1], 'state')
 if not state then return redis.error_reply('TXN missing') end
-if state == 'committed' then return 0 end
+if state == 'committed' then redis.call('ZREM', KEYS[#KEYS], ARGV[#ARGV]) return 0 end
 if state ~= 'frozen' then return redis.error_reply('TXN ' .. state) end
 local items = cjson.decode(redis.call('HGET', KEYS[1], 'drives'))
 for i, item in ipairs(items) do
@@ -115,6 +115,7 @@ for i, item in ipairs(items) do
 end
 redis.call('HSET', KEYS[1], 'state', 'committed', 'snapshot', ARGV[1])
 redis.call('EXPIRE', KEYS[1], ARGV[3])
+redis.call('ZREM', KEYS[#KEYS], ARGV[#ARGV])  -- no longer pending (the reaper's list)
 return 1
 """
 
@@ -123,7 +124,7 @@ return 1
 _ROLLBACK = """
 local state = redis.call('HGET', KEYS[1], 'state')
 if not state then return redis.error_reply('TXN missing') end
-if state == 'rolledback' then return 0 end
+if state == 'rolledback' then redis.call('ZREM', KEYS[#KEYS], ARGV[#ARGV]) return 0 end
 if state ~= 'frozen' then return redis.error_reply('TXN ' .. state) end
 local items = cjson.decode(redis.call('HGET', KEYS[1], 'drives'))
 for i, item in ipairs(items) do
@@ -147,6 +148,7 @@ for i, item in ipairs(items) do
 end
 redis.call('HSET', KEYS[1], 'state', 'rolledback')
 redis.call('EXPIRE', KEYS[1], ARGV[1])
+redis.call('ZREM', KEYS[#KEYS], ARGV[#ARGV])  -- no longer pending (the reaper's list)
 return 1
 """
 
@@ -301,17 +303,15 @@ class RedisBitmaps:
 
     def commit(self, backup: str, snapshot: str, repository: str) -> bool:
         """Drop the frozen bits and move every drive's base and epoch to the new snapshot."""
-        keys = self._txn_keys(backup)
-        done = self._run(self._commit, backup, "commit", keys, [snapshot, repository, self.ttl])
-        self.redis.zrem(self.keys.bitmap_txns(), backup)
-        return done
+        keys = [*self._txn_keys(backup), self.keys.bitmap_txns()]
+        return self._run(
+            self._commit, backup, "commit", keys, [snapshot, repository, self.ttl, backup]
+        )
 
     def rollback(self, backup: str) -> bool:
         """OR the frozen bits back into the active bitmaps; bases stay as they were."""
-        keys = self._txn_keys(backup)
-        done = self._run(self._rollback, backup, "roll back", keys, [self.ttl])
-        self.redis.zrem(self.keys.bitmap_txns(), backup)
-        return done
+        keys = [*self._txn_keys(backup), self.keys.bitmap_txns()]
+        return self._run(self._rollback, backup, "roll back", keys, [self.ttl, backup])
 
     def pending_since(self, before: float) -> list[str]:
         """Backups registered for a freeze before ``before``, not committed or rolled back."""

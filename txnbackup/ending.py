@@ -44,8 +44,9 @@ def commit(rt: Runtime, backup: str, send_rollback: SendRollback, *, resume: boo
             send_rollback(backup)  # a cancel was recorded first: it wins
         log.info("backup %s: commit skipped, backup is %s", backup, claim.previous)
         return f"skipped: {claim.previous}"
+    assert claim.record is not None
     with _finishing(rt, backup):
-        return _commit(rt, rt.records.load(backup))
+        return _commit(rt, claim.record)
 
 
 def _commit(rt: Runtime, record: BackupRecord) -> str:
@@ -54,7 +55,7 @@ def _commit(rt: Runtime, record: BackupRecord) -> str:
         return _refuse_commit(rt, record, refused)
     repo = rt.repository(record.repository)
     try:
-        snapshot = transaction.commit(repo, rt.bitmaps, plan, records.blobs(record.uuid))
+        snapshot = transaction.commit(repo, rt.bitmaps, plan, record.blobs)
     except Exception as exc:
         if repo.find_backup(plan.vmid, record.uuid) is not None:
             raise PublishedButNotCommitted(str(exc)) from exc
@@ -62,9 +63,7 @@ def _commit(rt: Runtime, record: BackupRecord) -> str:
         if records.claim(record.uuid, Phase.ROLLING_BACK, frm=[Phase.COMMITTING]).won:
             _roll_back(rt, record)  # the lease of this commit covers it
         raise
-    records.set_snapshot(record.uuid, str(snapshot))
-    records.count(record.uuid, Field.COMMIT_RUNS)
-    records.finish(record, Phase.DONE)
+    records.finish(record, Phase.DONE, snapshot=str(snapshot), count=Field.COMMIT_RUNS)
     log.info("vm %s backup %s: done, snapshot %s", plan.vmid, record.uuid, snapshot)
     return str(snapshot)
 
@@ -73,8 +72,9 @@ def rollback(rt: Runtime, backup: str) -> str:
     claim = rt.records.claim(backup, Phase.ROLLING_BACK, frm=[Phase.RUNNING])
     if not claim.won:
         return f"skipped: {claim.previous}"
+    assert claim.record is not None
     with _finishing(rt, backup):
-        return _roll_back(rt, rt.records.load(backup))
+        return _roll_back(rt, claim.record)
 
 
 def resume_rollback(rt: Runtime, backup: str) -> str:

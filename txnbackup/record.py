@@ -13,6 +13,7 @@ live beside it in ``vmlock``, ``lease``, ``cancel`` and ``catalog``.
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -113,6 +114,7 @@ class BackupRecord:
     counters: Mapping[str, int]
     seal: str = ""
     sealed: tuple[str, ...] = ()  # the SEALED fields as stored, for txnbackup.trust
+    blobs_json: str = ""  # the config blobs as stored (JSON of base64), decoded by ``blobs``
 
     @classmethod
     def parse(cls, raw: Mapping[str, str]) -> BackupRecord:
@@ -142,7 +144,15 @@ class BackupRecord:
             },
             seal=raw.get(Field.SEAL, ""),
             sealed=tuple(raw.get(f, "") for f in SEALED),
+            blobs_json=raw.get(Field.BLOBS, ""),
         )
+
+    @property
+    def blobs(self) -> dict[str, bytes]:
+        """The VM's config files the snapshot keeps (name -> content)."""
+        if not self.blobs_json:
+            return {}
+        return {n: base64.b64decode(d) for n, d in json.loads(self.blobs_json).items()}
 
     def drive(self, name: str) -> DriveRecord:
         return self.drives[name]

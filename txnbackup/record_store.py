@@ -43,7 +43,7 @@ if KEYS[2] and redis.call('EXISTS', KEYS[2]) == 1 then return {0, cur} end
 for i = 2, #ARGV do
   if cur == ARGV[i] then
     redis.call('HSET', KEYS[1], 'phase', ARGV[1])
-    return {1, cur}
+    return {1, cur, redis.call('HGETALL', KEYS[1])}
   end
 end
 return {0, cur}
@@ -57,7 +57,9 @@ if not cur then return 0 end
 if cur == 'done' or cur == 'error' or cur == 'cancelled' then return 0 end
 redis.call('HSET', KEYS[1], 'phase', ARGV[1], 'end_time', ARGV[2])
 if ARGV[5] ~= '' then redis.call('HSET', KEYS[1], 'cancel_reason', ARGV[5]) end
-for i = 7, #ARGV do
+if ARGV[7] ~= '' then redis.call('HSET', KEYS[1], 'snapshot', ARGV[7]) end
+if ARGV[8] ~= '' then redis.call('HINCRBY', KEYS[1], ARGV[8], 1) end
+for i = 9, #ARGV do
   local raw = redis.call('HGET', KEYS[1], ARGV[i])
   if raw then
     raw = string.gsub(raw, '^{"state": "pending"', '{"state": "skipped"')
@@ -100,6 +102,7 @@ return 1
 class Claim:
     won: bool
     previous: Phase | None
+    record: BackupRecord | None = None  # as the claim left it, when won (no second read)
 
 
 class RecordStore:
@@ -205,12 +208,6 @@ class RecordStore:
             raise NotFound(f"backup {backup}")
         return raw
 
-    def blobs(self, backup: str) -> dict[str, bytes]:
-        raw = self.redis.hget(self.keys.backup(backup), Field.BLOBS)
-        if not raw:
-            return {}
-        return {name: base64.b64decode(data) for name, data in json.loads(raw).items()}
-
     def phase(self, backup: str) -> Phase | None:
         raw = self.redis.hget(self.keys.backup(backup), Field.PHASE)
         return Phase(text(raw)) if raw else None
@@ -235,14 +232,27 @@ class RecordStore:
         keys = [self.keys.backup(backup)]
         if unless_cancelled:
             keys.append(self.keys.cancel(backup))
-        won, previous = self._claim(keys=keys, args=[to, *frm])
+        won, previous, *fields = self._claim(keys=keys, args=[to, *frm])
         prev = text(previous)
-        return Claim(bool(won), Phase(prev) if prev else None)
+        record = None
+        if won:
+            flat = [text(x) for x in fields[0]]
+            record = BackupRecord.parse(dict(zip(flat[::2], flat[1::2], strict=True)))
+        return Claim(bool(won), Phase(prev) if prev else None, record)
 
-    def finish(self, record: BackupRecord, final: Phase, cancel_reason: str = "") -> bool:
+    def finish(
+        self,
+        record: BackupRecord,
+        final: Phase,
+        cancel_reason: str = "",
+        *,
+        snapshot: str = "",
+        count: Field | None = None,
+    ) -> bool:
         """End the backup and every drive of it, release the lock, start the TTL; once only.
 
         A drive still marked running ends ``failed`` on an error, ``cancelled`` otherwise.
+        In the same step: record the ``snapshot`` published and add one to ``count``.
         """
         backup = record.uuid
         keys = [
@@ -257,15 +267,13 @@ class RecordStore:
         end = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         stopped = DriveState.FAILED if final is Phase.ERROR else DriveState.CANCELLED
         drives = [DRIVE_FIELD + d.name for d in record.plan.drives]
-        args: list[str | int] = [final, end, backup, self.ttl, cancel_reason, stopped, *drives]
+        args: list[str | int] = [final, end, backup, self.ttl, cancel_reason, stopped]
+        args += [snapshot, count or "", *drives]
         return bool(self._finish(keys=keys, args=args))
 
     def record_error(self, backup: str, message: str) -> bool:
         """Keep the first real error only; True when this one was the first."""
         return bool(self.redis.hsetnx(self.keys.backup(backup), Field.ERROR, message))
-
-    def set_snapshot(self, backup: str, snapshot: str) -> None:
-        self.redis.hset(self.keys.backup(backup), Field.SNAPSHOT, snapshot)
 
     def count(self, backup: str, name: Field) -> int:
         return int(self.redis.hincrby(self.keys.backup(backup), name, 1))
