@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from tasks.celeryapp import app
+from celery import shared_task
 
 NOOP = "bench.noop"
 
 
-@app.task(name=NOOP)
+@shared_task(name=NOOP)
 def noop() -> None:
     """Does nothing, so a canvas of these costs only what Celery and the broker cost."""

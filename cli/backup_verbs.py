@@ -17,10 +17,10 @@ import dataclasses
 import os
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import click
 
+from cli import fleet
 from cli.options import json_option, repo_option
 from cli.output import print_json, print_renderable, print_table
 from cli.sizes import size_option_value
@@ -31,15 +31,7 @@ from txnbackup.errors import ConflictError, InvalidInput
 from txnbackup.qemu.vm import QemuVM
 from txnbackup.settings import Settings
 from txnbackup.status import BackupStatus
-
-if TYPE_CHECKING:
-    from tasks.producer import Producer
-
-
-def _producer(settings: Settings) -> Producer:
-    from tasks.producer import Producer  # noqa: PLC0415 - Celery loads only where needed
-
-    return Producer.from_settings(settings)
+from workers.reaper import Reaper
 
 
 def _show(status: BackupStatus, as_json: bool) -> None:
@@ -125,7 +117,7 @@ def backup(
         raise InvalidInput("--nbd-socket needs --qmp")
     vm = QemuVM.parse(qmp, nbd_socket) if qmp else None
     parsed = [_absolute(Drive.parse(spec)) for spec in drives]
-    producer = _producer(settings)
+    producer = fleet.producer(settings)
     uuid = producer.submit(
         vmid,
         parsed,
@@ -157,7 +149,7 @@ def _absolute(drive: Drive) -> Drive:
 @click.pass_obj
 def status(settings: Settings, uuid: str, as_json: bool) -> None:
     """Show a backup's status: totals and each drive's progress (also after it ended)."""
-    _show(_producer(settings).status(uuid), as_json)
+    _show(fleet.producer(settings).status(uuid), as_json)
 
 
 @click.command()
@@ -167,7 +159,7 @@ def status(settings: Settings, uuid: str, as_json: bool) -> None:
 @click.pass_obj
 def cancel(settings: Settings, uuid: str, reason: str, as_json: bool) -> None:
     """Cancel the whole backup UUID: no later drive starts, everything is rolled back."""
-    producer = _producer(settings)
+    producer = fleet.producer(settings)
     before = producer.status(uuid)
     if not before.active:
         raise ConflictError(f"backup {uuid} already ended: {before.status}")
@@ -181,7 +173,7 @@ def cancel(settings: Settings, uuid: str, reason: str, as_json: bool) -> None:
 @click.pass_obj
 def backups(settings: Settings, limit: int, as_json: bool) -> None:
     """List recent backups with their status."""
-    found = _producer(settings).recent(limit)
+    found = fleet.producer(settings).recent(limit)
     if as_json:
         print_json([s.to_dict() for s in found])
     else:
@@ -231,12 +223,7 @@ def worker(
             if metrics_dir is None:
                 metrics_dir = Path(cleanup.enter_context(_temporary_metrics_dir()))
             _metrics_environment(metrics_port, metrics_address, metrics_dir)
-        from workers.start import run_worker, worker_argv  # noqa: PLC0415 - see _producer
-
-        argv = worker_argv(
-            node, name=name, concurrency=concurrency, loglevel=loglevel, extra=celery_args
-        )
-        run_worker(argv)
+        fleet.run_worker(node, name, concurrency, loglevel, celery_args)
 
 
 def _temporary_metrics_dir() -> tempfile.TemporaryDirectory[str]:
@@ -259,9 +246,7 @@ def reap(settings: Settings, as_json: bool) -> None:
     Rolls back backups whose worker is gone, finishes commits and rollbacks that lost their
     worker, returns bits frozen by producers that died, removes orphaned staging areas.
     """
-    from workers.reaper import Reaper  # noqa: PLC0415 - see _producer
-
-    producer = _producer(settings)
+    producer = fleet.producer(settings)
     acted = Reaper(producer.rt, producer.send_rollback).run_once()
     if as_json:
         print_json({backup: str(verdict) for backup, verdict in acted.items()})

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from cli.demo.run import DemoOptions, run_demo
 from cli.sizes import size_option_value
 from txnbackup.errors import InvalidInput
 from txnbackup.repository import check_chunk_size
@@ -58,8 +59,6 @@ def demo(
             f"--drive-size {drive_size} must be a multiple of the chunk size {chunk_size} "
             f"and at least {MIN_CHUNKS} chunks"
         )
-    from cli.demo.run import DemoOptions, run_demo  # noqa: PLC0415 - Celery only when run
-
     run_demo(DemoOptions(workdir, keep, drive_size, chunk_size), settings)
 
 

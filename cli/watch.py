@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Protocol
 import click
 from rich.console import Console
 
+from cli import fleet
 from cli.errors import EXIT_INTERRUPTED
 from cli.options import json_option
 from cli.output import print_json, print_renderable
@@ -163,7 +164,5 @@ def watch(settings: Settings, uuid: str, as_json: bool) -> None:
     Ctrl-C asks whether to cancel the backup or just stop watching.
     Exit code: 0 done, 1 error, 9 cancelled, 130 stopped watching.
     """
-    from tasks.producer import Producer  # noqa: PLC0415 - Celery loads only where needed
-
-    producer = Producer.from_settings(settings)
+    producer = fleet.producer(settings)
     raise SystemExit(follow_and_show(producer, uuid, as_json))

@@ -7,10 +7,9 @@ Celery gives the last copy the id of this task.
 
 from __future__ import annotations
 
-from celery import Task, chain, uuid
+from celery import Task, chain, shared_task, uuid
 
 from tasks.canvas import copies
-from tasks.celeryapp import app
 from tasks.finish import send_rollback
 from tasks.names import BEGIN
 from tasks.runtime import runtime
@@ -18,7 +17,7 @@ from txnbackup.errors import Cancelled
 from txnbackup.qemu.begin import begin_backup
 
 
-@app.task(name=BEGIN, bind=True)
+@shared_task(name=BEGIN, bind=True)
 def begin(self: Task, /, backup: str, **_display: str) -> str:  # type: ignore[type-arg]
     rt = runtime()
     discover = not rt.records.load(backup).plan.drives
@@ -38,5 +37,5 @@ def begin(self: Task, /, backup: str, **_display: str) -> str:  # type: ignore[t
         raise
     if discover:
         ids = rt.records.load(backup).task_ids[: len(plan.drives)]
-        raise self.replace(chain(*copies(plan, ids, app), app=app))
+        raise self.replace(chain(*copies(plan, ids, self.app), app=self.app))
     return f"begun {len(plan.drives)} drive(s)"

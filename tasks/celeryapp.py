@@ -1,4 +1,9 @@
-"""The Celery app: JSON only, late acks with a prefetch of one, TTLs longer than any backup."""
+"""The Celery app: JSON only, late acks with a prefetch of one, TTLs longer than any backup.
+
+Nothing here makes an app at import: each process makes its one app at its edge, from its own
+Settings (the producer in ``tasks.producer``, a worker in ``workers.app``). The tasks are
+shared tasks (``tasks.begin``, ``tasks.copy``, ``tasks.finish``): they bind to that app.
+"""
 
 from __future__ import annotations
 
@@ -47,9 +52,8 @@ def make_app(settings: Settings) -> Celery:
         result_backend_transport_options=_transport_options(settings),
         broker_connection_retry_on_startup=True,
         # A worker rides out any broker outage (docs/brokers.md); its consumer survives
-        # losing the connection while a late-acked task runs (workers/consumer.py).
+        # losing the connection while a late-acked task runs (workers.app sets it).
         broker_connection_max_retries=None,
-        worker_consumer="workers.consumer:Consumer",
         # A running drive goes on when the broker connection drops (its redelivered message
         # is ignored); cancelling it, Celery 6's default, would cancel the whole backup.
         worker_cancel_long_running_tasks_on_connection_loss=False,
@@ -65,8 +69,6 @@ def make_app(settings: Settings) -> Celery:
         # The rollback errback goes on every header task too (the future Celery default).
         task_allow_error_cb_on_chord_header=True,
         worker_hijack_root_logger=True,
-        # Loaded by worker processes only: signal handlers and the revoke watcher.
-        imports=("workers.hooks", "workers.metrics"),
     )
     return app
 
@@ -82,6 +84,3 @@ def _transport_options(settings: Settings) -> dict[str, object]:
 def _queue(name: str) -> Queue:
     """A queue with its own direct exchange, as Celery creates missing queues."""
     return Queue(name, Exchange(name, type="direct"), routing_key=name)
-
-
-app = make_app(Settings.from_env())

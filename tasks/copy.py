@@ -6,10 +6,9 @@ watchers (Flower progress events, log lines, metrics) come from tasks.events.
 
 from __future__ import annotations
 
-from celery import Task
+from celery import Task, shared_task
 from celery.exceptions import Ignore
 
-from tasks.celeryapp import app
 from tasks.events import DriveInfo, DriveReporter, current_task_events
 from tasks.finish import send_rollback
 from tasks.names import COPY_DRIVE
@@ -19,7 +18,7 @@ from txnbackup.errors import Cancelled
 from txnbackup.transaction import BackupPlan
 
 
-@app.task(name=COPY_DRIVE, bind=True)
+@shared_task(name=COPY_DRIVE, bind=True)
 def copy_drive(self: Task, /, backup: str, drive: str, **_display: str) -> dict[str, int]:  # type: ignore[type-arg]
     """``_display`` (vm, part) only makes the task readable in Flower."""
     ctx = StepContext(self.request.id or "", self.request.hostname or "", _watch, send_rollback)

@@ -4,9 +4,8 @@ txnbackup.ending, which claims the phase first so any number of deliveries ends 
 
 from __future__ import annotations
 
-from celery import Task
+from celery import Task, shared_task
 
-from tasks.celeryapp import app
 from tasks.names import COMMIT, ROLLBACK
 from tasks.queues import finishing_queue
 from tasks.runtime import runtime
@@ -15,7 +14,7 @@ from txnbackup import ending
 COMMIT_RETRIES = 5  # a published snapshot whose bitmap commit failed is retried, not undone
 
 
-@app.task(name=COMMIT, bind=True, max_retries=COMMIT_RETRIES)
+@shared_task(name=COMMIT, bind=True, max_retries=COMMIT_RETRIES)
 def commit(self: Task, /, backup: str) -> str:  # type: ignore[type-arg]
     resume = bool(self.request.retries)
     try:
@@ -27,7 +26,7 @@ def commit(self: Task, /, backup: str) -> str:  # type: ignore[type-arg]
 # One argument only: Celery then sends the errback as a task to the control queue. An errback
 # taking more (request, exc, traceback) is called inline wherever the failure is noticed,
 # which for a terminated task is the worker's main process, blocked for the rollback's wait.
-@app.task(name=ROLLBACK)
+@shared_task(name=ROLLBACK)
 def rollback(backup: str) -> str:
     return ending.rollback(runtime(), backup)
 

@@ -1,11 +1,13 @@
-"""Signal handlers every txnbackup worker loads (via the app's ``imports`` setting)."""
+"""The signal handlers of a txnbackup worker; ``install`` connects them (workers.app)."""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from celery.signals import task_revoked, worker_ready, worker_shutdown
+from celery.utils.dispatch import Signal
 from celery.worker import state as worker_state
 
 from tasks.finish import send_rollback
@@ -25,7 +27,6 @@ def _on_revoked(task_id: str) -> object:
     return handle_revoked(runtime(), task_id, send_rollback)
 
 
-@worker_ready.connect
 def start_background_threads(sender: Any = None, **_: Any) -> None:
     rt = runtime()
     if warning := eviction_warning_at(rt.settings.redis_url):
@@ -53,20 +54,32 @@ def _served_nodes(consumer: Any) -> frozenset[str] | None:
     )
 
 
-@worker_shutdown.connect
 def stop_background_threads(**_: Any) -> None:
     for thread in _threads:
         thread.stopping.set()
 
 
-@task_revoked.connect
 def on_task_revoked(request: Any = None, terminated: bool = False, **_: Any) -> None:
     task_id = getattr(request, "id", None)
     if task_id:
         handle_revoked(runtime(), task_id, send_rollback, terminated=bool(terminated))
 
 
-@worker_ready.connect
 def warn_about_trust(**_: Any) -> None:
     for warning in trust.warnings(runtime().settings):
         log.warning("txnbackup worker: %s", warning)
+
+
+# (signal, handler): what install connects.
+_HANDLERS: tuple[tuple[Signal, Callable[..., None]], ...] = (
+    (worker_ready, start_background_threads),
+    (worker_shutdown, stop_background_threads),
+    (task_revoked, on_task_revoked),
+    (worker_ready, warn_about_trust),
+)
+
+
+def install() -> None:
+    """Connect the handlers (again: no effect)."""
+    for signal, handler in _HANDLERS:
+        signal.connect(handler, dispatch_uid=f"txnbackup.hooks.{handler.__name__}", weak=False)

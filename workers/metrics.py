@@ -35,7 +35,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,6 +47,7 @@ from celery.signals import (
     worker_process_shutdown,
     worker_ready,
 )
+from celery.utils.dispatch import Signal
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -232,7 +233,6 @@ def _multiprocess_ready(config: MetricsConfig) -> str | None:
     return None
 
 
-@worker_init.connect
 def start_metrics_server(**_: Any) -> None:
     config = MetricsConfig.from_env()
     if config is None:
@@ -250,7 +250,6 @@ def start_metrics_server(**_: Any) -> None:
     _serving.append(config)
 
 
-@worker_ready.connect
 def announce_metrics_server(**_: Any) -> None:
     """Said once logging is set up (worker_init comes before it)."""
     for config in _serving:
@@ -262,19 +261,16 @@ def announce_metrics_server(**_: Any) -> None:
         )
 
 
-@worker_process_shutdown.connect
 def forget_pool_process(pid: int | None = None, **_: Any) -> None:
     if pid is not None and MetricsConfig.from_env() is not None:
         multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]
 
 
-@task_prerun.connect
 def drive_started(task: Any = None, **_: Any) -> None:
     if getattr(task, "name", None) == COPY_DRIVE:
         RUNNING_DRIVES.labels(task.request.hostname or "").inc()
 
 
-@task_postrun.connect
 def task_ended(task: Any = None, args: Any = None, **_: Any) -> None:
     name = getattr(task, "name", None)
     if name == COPY_DRIVE:
@@ -283,7 +279,6 @@ def task_ended(task: Any = None, args: Any = None, **_: Any) -> None:
         observe_ended(runtime().records, str(args[0]))
 
 
-@drive_read.connect
 def drive_bytes_read(
     sender: Any = None, info: DriveInfo | None = None, delta: DriveStats | None = None, **_: Any
 ) -> None:
@@ -291,7 +286,24 @@ def drive_bytes_read(
         _count_bytes(info.vmid, delta)
 
 
-@drive_stopped.connect
 def drive_stopped_for_good(sender: Any = None, report: DriveReport | None = None, **_: Any) -> None:
     if report is not None:
         count_drive(report)
+
+
+# (signal, handler): what install connects.
+_HANDLERS: tuple[tuple[Signal, Callable[..., None]], ...] = (
+    (worker_init, start_metrics_server),
+    (worker_ready, announce_metrics_server),
+    (worker_process_shutdown, forget_pool_process),
+    (task_prerun, drive_started),
+    (task_postrun, task_ended),
+    (drive_read, drive_bytes_read),
+    (drive_stopped, drive_stopped_for_good),
+)
+
+
+def install() -> None:
+    """Connect the handlers (again: no effect); a worker without a metrics port serves none."""
+    for signal, handler in _HANDLERS:
+        signal.connect(handler, dispatch_uid=f"txnbackup.metrics.{handler.__name__}", weak=False)

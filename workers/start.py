@@ -5,9 +5,10 @@ from __future__ import annotations
 import socket
 from collections.abc import Sequence
 
-from tasks.celeryapp import app
 from tasks.queues import CONTROL_QUEUE, node_queue
 from txnbackup.drive import DEFAULT_NODE
+from txnbackup.settings import Settings
+from workers.app import worker_app
 
 
 def worker_argv(
@@ -32,6 +33,7 @@ def worker_argv(
     return [*argv, *extra]
 
 
-def run_worker(argv: Sequence[str]) -> None:
-    """Run the worker in this process until it is stopped (Celery handles the signals)."""
-    app.worker_main(list(argv))
+def run_worker(argv: Sequence[str], settings: Settings | None = None) -> None:
+    """Run a worker in this process until it is stopped (Celery handles the signals), with
+    the app made here from ``settings`` (the environment's when None)."""
+    worker_app(settings or Settings.from_env()).worker_main(list(argv))

@@ -21,6 +21,7 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
 
+from cli import fleet
 from cli.demo.narration import Narrator, StepResult
 from cli.demo.scenario import NODES, VMID, Scenario
 from cli.demo.services import (
@@ -129,9 +130,7 @@ def fleet_trust(workdir: Path) -> dict[str, str]:
 
 
 def make_producer(env: dict[str, str]) -> Producer:
-    from tasks.producer import Producer  # noqa: PLC0415 - Celery loads only when the demo runs
-
-    producer = Producer.from_settings(Settings.from_env(env))
+    producer = fleet.producer(Settings.from_env(env))
     conf = producer.app.conf
     prefix = (conf.broker_transport_options or {}).get("global_keyprefix")
     if conf.broker_url != env["TXNBACKUP_BROKER_URL"] or prefix != env["TXNBACKUP_KEY_PREFIX"]:

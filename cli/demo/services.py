@@ -24,12 +24,15 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from celery import Celery
 from redis import Redis
 
 from txnbackup.errors import ServiceUnavailable, TxnBackupError
 from txnbackup.redisconn import connect
+
+if TYPE_CHECKING:
+    from celery import Celery
 
 REDIS_READY_TIMEOUT = 10.0  # seconds for a private redis-server to answer PING
 WORKER_READY_TIMEOUT = 60.0  # seconds for a worker to answer a Celery ping
