@@ -21,7 +21,13 @@ from pathlib import Path
 import pytest
 
 from tasks.producer import Producer
-from tests.fleet import SampleVM, env_for_workers, sample_content, wait_for
+from tests.fleet import (
+    SampleVM,
+    control_queue_empty,
+    env_for_workers,
+    sample_content,
+    wait_for,
+)
 from tests.fleet_plugin import FLEET_ENV
 from tests.pipeline.test_backup import restores_identical
 from tests.unit.builders import CS, make_image, mixed_content, run_backup
@@ -62,7 +68,8 @@ def backup(producer: Producer, vm: SampleVM, repo: Repository) -> BackupStatus:
 def settled(producer: Producer, backup: str) -> BackupStatus:
     status = producer.wait(backup, timeout=60)
     assert not status.active, f"backup still {status.phase}"
-    time.sleep(1.0)  # let duplicate rollback deliveries arrive, so "exactly once" is observable
+    # Every rollback sent has been delivered before "exactly once" is judged.
+    wait_for(lambda: control_queue_empty(producer.app), 10, "the control queue to drain")
     return producer.status(backup)
 
 
