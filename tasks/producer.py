@@ -148,7 +148,9 @@ class Producer:
         path = path or self.rt.settings.repository
         if path is None:
             raise InvalidInput("no repository: pass --repo or set TXNBACKUP_REPOSITORY")
-        return Repository.open(path)
+        repo = Repository.open(path, self.rt.settings.key_access())
+        repo.unlock()  # a wrong or missing key is refused before the VM is locked
+        return repo
 
     def status(self, backup: str) -> BackupStatus:
         return from_record(self.rt.records.load(check_backup_id(backup)))

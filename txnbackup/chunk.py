@@ -62,14 +62,17 @@ def encode(data: bytes | memoryview) -> bytes:
 def encode_parts(data: bytes | memoryview) -> tuple[bytes, bytes | memoryview]:
     """``encode`` as (header, payload), which a writer can write without joining them:
     the raw payload is ``data`` itself, not a copy."""
-    compressed = _compressor().compress(data)
-    payload: bytes | memoryview
-    if len(compressed) < len(data) - len(data) // 64:
-        method, payload = Compression.ZSTD, compressed
-    else:
-        method, payload = Compression.RAW, data
+    method, payload = compress(data)
     header = HEADER.pack(MAGIC, CODEC_VERSION, method, 0, len(data), zlib.crc32(payload))
     return header, payload
+
+
+def compress(data: bytes | memoryview) -> tuple[Compression, bytes | memoryview]:
+    """The payload and its compression: zstd when it saves more than 1/64, else ``data``."""
+    compressed = _compressor().compress(data)
+    if len(compressed) < len(data) - len(data) // 64:
+        return Compression.ZSTD, compressed
+    return Compression.RAW, data
 
 
 def plausible(head: bytes, file_size: int) -> bool:
@@ -102,13 +105,14 @@ def decode(blob: bytes, digest: str) -> bytes:
     payload = memoryview(blob)[HEADER.size :]
     if zlib.crc32(payload) != crc:
         raise CorruptChunk(digest, "CRC mismatch")
-    data = _plaintext(payload, method, length, digest)
+    data = decompress(payload, method, length, digest)
     if len(data) != length or digest_of(data) != digest:
         raise CorruptChunk(digest, "content does not match its digest")
     return data
 
 
-def _plaintext(payload: memoryview, method: int, length: int, digest: str) -> bytes:
+def decompress(payload: memoryview, method: int, length: int, digest: str) -> bytes:
+    """The plaintext of a payload (at most ``length`` bytes); CorruptChunk when it is not."""
     if method == Compression.RAW:
         return bytes(payload)
     if method == Compression.ZSTD:
