@@ -133,7 +133,7 @@ def _check_drive(
         if not repo.encrypted and file_sha256(index) != entry.index_sha256:
             return f"index {entry.index} does not match its checksum"
         with IndexReader(index, repo.codec, identity) as reader:
-            if reader.sha256() != entry.index_sha256:
+            if repo.encrypted and reader.sha256() != entry.index_sha256:
                 return f"index {entry.index} does not match its checksum"
             geometry = (reader.size, reader.chunk_size, reader.count)
             expected = (entry.size, entry.chunk_size, entry.chunks)
