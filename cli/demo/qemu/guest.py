@@ -48,7 +48,14 @@ class GuestVM:
         self.qmp_path = str(workdir / "qmp.sock")
         self.harness_path = str(workdir / "harness.sock")
         self.serial = workdir / "serial.log"
+        self.drives = dict(DISKS)
+        self.nbd_socket = ""  # none: each backup starts QEMU's NBD server in its run directory
         self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def describe(self) -> str:
+        kernel = self.kit.version.split()[0]
+        return f"a guest under {self.accel.why}: Debian's {kernel} kernel, a busybox initramfs"
 
     def _args(self, initramfs: Path) -> list[str]:
         args = ["setpriv", "--pdeathsig", "TERM", "qemu-system-x86_64"]
