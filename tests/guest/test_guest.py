@@ -151,6 +151,7 @@ def start_slow_incremental(fleet: Fleet, guest: GuestVM, repo: Repository) -> st
     return backup
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("way", list(WAYS))
 def test_a_stopped_backup_rolls_back_and_the_next_incremental_is_one_instant(
     gfleet: Fleet, guest: GuestVM, repo: Repository, tmp_path: Path, way: str
