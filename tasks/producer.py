@@ -25,7 +25,6 @@ from txnbackup.names import (
     check_vmid,
     new_backup_id,
 )
-from txnbackup.qemu.begin import prepare_qemu
 from txnbackup.qemu.vm import QemuVM
 from txnbackup.redisconn import redacted, unavailable_as_error
 from txnbackup.repository import Repository
@@ -87,6 +86,9 @@ class Producer:
         backup = new_backup_id()
         self.rt.records.lock(vmid, backup)
         try:
+            # Imported here: the QMP client is start-up time every `backup --wait` would pay.
+            from txnbackup.qemu.begin import prepare_qemu  # noqa: PLC0415
+
             plan = prepare_qemu(repo, vmid, vm, drives, full=full, backup=backup)
         except BaseException:
             self.rt.records.unlock(vmid, backup)
