@@ -351,6 +351,8 @@ class _Pipeline:
         if self.span_end == self.span_start:
             return
         length = self.span_end - self.span_start
+        # Queued spans are read ahead while the pool's threads hash and compress earlier ones.
+        self.reader.prefetch(self.span_start, length)
         args = (self.reader, self.store, self.span_start, length, self.cs, self.levels)
         self.pending.append(self.pool.submit(store_span, *args))
         self.span_start = self.span_end
