@@ -198,7 +198,8 @@ return {0, cur}
 # Ending a backup ends its drives with it: pending ones were skipped, a running one stopped
 # (failed or cancelled, ARGV[6]); nothing about a drive changes after this (_DRIVE).
 # The end is published on the backup's channel (ARGV[7]) in the same step, so a waiter that
-# subscribed before it read the phase cannot miss it.
+# subscribed before it read the phase cannot miss it; with pcall, so that a Redis user not
+# allowed to publish (ACL channels) still ends the backup (waiters then notice by polling).
 _FINISH = """
 local cur = redis.call('HGET', KEYS[1], 'phase')
 if not cur then return 0 end
@@ -219,7 +220,7 @@ redis.call('SREM', KEYS[3], ARGV[3])
 redis.call('DEL', KEYS[4], KEYS[5])
 redis.call('EXPIRE', KEYS[1], ARGV[4])
 for i = 6, #KEYS do redis.call('EXPIRE', KEYS[i], ARGV[4]) end
-redis.call('PUBLISH', ARGV[7], ARGV[1])
+redis.pcall('PUBLISH', ARGV[7], ARGV[1])
 return 1
 """
 
