@@ -45,7 +45,7 @@ class Target:
     met: bool | None
 
     def line(self) -> str:
-        verdict = {True: "met", False: "MISSED", None: "not measured"}[self.met]
+        verdict = {True: "MET", False: "MISSED", None: "not measured"}[self.met]
         shown = "-" if self.value is None else f"{self.value:.2f}"
         return f"  {self.what:<58} {self.goal:<8} {shown:>8}  {verdict}"
 
@@ -302,7 +302,8 @@ def _overhead(r: Results) -> list[str]:
             f"tiny 2-drive VM on 2 nodes: API {api['median'] * 1000:.0f} ms, "
             f"`txnbackup backup --wait` {cli['median'] * 1000:.0f} ms: the command adds "
             f"{c['overhead'] * 1000:.0f} ms, of which start-up (Python, CLI and Celery imports) "
-            f"{start['median'] * 1000:.0f} ms, the rest submit, polling every 0.2 s and output"
+            f"{start['median'] * 1000:.0f} ms, the rest submit, the wait (woken by the end's "
+            "message) and output"
         )
     return lines
 
