@@ -39,7 +39,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from txnbackup import chunk
-from txnbackup.constants import MAX_CHUNK_SIZE
+from txnbackup.constants import MAX_CHUNK_SIZE, ZSTD_LEVEL
 from txnbackup.errors import CorruptChunk
 
 CIPHER = "aes-256-gcm"
@@ -70,7 +70,7 @@ class Unsealable(Exception):
         return str(self.args[0])
 
 
-Parts = tuple[bytes | memoryview, ...]
+Parts = tuple[bytes, bytes | memoryview]  # a chunk file in two pieces, written without a join
 
 
 class Codec(Protocol):
@@ -81,7 +81,9 @@ class Codec(Protocol):
 
     def chunk_id(self, data: bytes | memoryview) -> bytes: ...
 
-    def encode_chunk(self, chunk_id: bytes, data: bytes | memoryview) -> Parts: ...
+    def encode_chunk(
+        self, chunk_id: bytes, data: bytes | memoryview, level: int = ZSTD_LEVEL
+    ) -> Parts: ...
 
     def decode_chunk(self, blob: bytes, chunk_id: str) -> bytes: ...
 
@@ -102,8 +104,10 @@ class PlainCodec:
     def chunk_id(self, data: bytes | memoryview) -> bytes:
         return hashlib.sha256(data).digest()
 
-    def encode_chunk(self, chunk_id: bytes, data: bytes | memoryview) -> Parts:
-        return chunk.encode_parts(data)
+    def encode_chunk(
+        self, chunk_id: bytes, data: bytes | memoryview, level: int = ZSTD_LEVEL
+    ) -> Parts:
+        return chunk.encode_parts(data, level)
 
     def decode_chunk(self, blob: bytes, chunk_id: str) -> bytes:
         return chunk.decode(blob, chunk_id)
@@ -158,8 +162,10 @@ class SealedCodec:
     def chunk_id(self, data: bytes | memoryview) -> bytes:
         return hmac.digest(self._id_key, data, "sha256")
 
-    def encode_chunk(self, chunk_id: bytes, data: bytes | memoryview) -> Parts:
-        method, payload = chunk.compress(data)
+    def encode_chunk(
+        self, chunk_id: bytes, data: bytes | memoryview, level: int = ZSTD_LEVEL
+    ) -> Parts:
+        method, payload = chunk.compress(data, level)
         header = chunk.HEADER.pack(chunk.MAGIC, SEALED_CHUNK_VERSION, method, 0, len(data), 0)
         nonce = os.urandom(NONCE_SIZE)
         return header + nonce, self._aead.encrypt(nonce, payload, header + chunk_id)
@@ -263,8 +269,10 @@ class LazyCodec:
     def chunk_id(self, data: bytes | memoryview) -> bytes:
         return self.unlocked().chunk_id(data)
 
-    def encode_chunk(self, chunk_id: bytes, data: bytes | memoryview) -> Parts:
-        return self.unlocked().encode_chunk(chunk_id, data)
+    def encode_chunk(
+        self, chunk_id: bytes, data: bytes | memoryview, level: int = ZSTD_LEVEL
+    ) -> Parts:
+        return self.unlocked().encode_chunk(chunk_id, data, level)
 
     def decode_chunk(self, blob: bytes, chunk_id: str) -> bytes:
         return self.unlocked().decode_chunk(blob, chunk_id)
