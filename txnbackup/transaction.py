@@ -18,6 +18,7 @@ from typing import Any
 
 from txnbackup.action import BitmapAction, decide
 from txnbackup.bitmap import BitmapBackend, FreezeItem, Frozen, TxnState
+from txnbackup.crypto import index_identity
 from txnbackup.drive import Drive, drive_size
 from txnbackup.engine import CancelCheck, CopyJob, Incremental, ProgressSink, copy_drive
 from txnbackup.errors import DriveSizeChanged, InvalidInput, NotFound, TransactionStateError
@@ -201,6 +202,7 @@ def copy(
     d = plan.drive(drive)
     staging = Staging(repo, plan.backup)
     job = CopyJob(plan.vmid, plan.backup, d.name, d.action, speed_limit)
+    repo.unlock()  # a wrong or missing key fails the drive before it reads or writes
     with source_for(plan, bitmaps).open(repo, plan, d) as opened:
         reader = opened.reader
         if reader.size != d.size:
@@ -208,8 +210,12 @@ def copy(
         incremental = None
         if d.action is BitmapAction.USED:
             bits = opened.dirty_bits(repo.chunk_size)
-            base_dir = repo.snapshot_dir(SnapshotId.parse(d.base))
-            incremental = Incremental(d.dirty, bits, base_dir / staging.index_path(d.name).name)
+            base = SnapshotId.parse(d.base)
+            base_index = repo.snapshot_dir(base) / staging.index_path(d.name).name
+            identity = None
+            if repo.encrypted:
+                identity = index_identity(repo.manifest(base).backup, d.name)
+            incremental = Incremental(d.dirty, bits, base_index, identity)
         return copy_drive(job, reader, staging, incremental, cancel, progress)
 
 
@@ -223,6 +229,7 @@ def commit(
     keeper = keeper_for(plan, bitmaps)
     if keeper.state(plan.backup) is TxnState.ROLLED_BACK:
         raise TransactionStateError(plan.backup, "rolled back", "commit")
+    repo.unlock()
     names = [d.name for d in plan.drives]
     epochs = {d.name: d.epoch for d in plan.drives}
     snapshot = publish(
