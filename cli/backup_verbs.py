@@ -25,7 +25,7 @@ from cli.options import json_option, repo_option
 from cli.output import print_json, print_renderable, print_table
 from cli.sizes import size_option_value
 from cli.status_view import backups_rows, status_table
-from cli.watch import follow_and_show, watch
+from cli.watch import follow_and_show, warn_unserved, watch
 from txnbackup.drive import Drive
 from txnbackup.errors import ConflictError, InvalidInput
 from txnbackup.qemu.vm import QemuVM
@@ -96,6 +96,13 @@ def _parse_config(values: tuple[str, ...]) -> dict[str, Path]:
     help="Config file to keep with the snapshot.",
 )
 @click.option(
+    "--timeout",
+    type=click.IntRange(min=1),
+    metavar="SECONDS",
+    help="How long a drive may wait for a worker of its node before the backup fails. "
+    "[default: TXNBACKUP_QUEUE_TIMEOUT of the workers, 3600]",
+)
+@click.option(
     "--wait",
     is_flag=True,
     help="Show progress until the end, then the final status (see `txnbackup watch`).",
@@ -112,6 +119,7 @@ def backup(
     full: bool,
     speed_limit: int | None,
     configs: tuple[str, ...],
+    timeout: int | None,
     wait: bool,
     as_json: bool,
 ) -> None:
@@ -134,14 +142,30 @@ def backup(
         speed_limit=speed_limit,
         config=_parse_config(configs),
         qmp=vm,
+        queue_timeout=timeout,
     )
     if not wait:
         print_json({"uuid": uuid}) if as_json else click.echo(uuid)
+        warn_unserved(producer, uuid, _waiting(parsed, vm))
         return
     # First, so that a user can cancel or look it up while it runs (stdout stays one JSON
     # document with --json).
     click.echo(f"backup {uuid}", err=as_json)
-    raise SystemExit(follow_and_show(producer, uuid, as_json))
+    told = warn_unserved(producer, uuid, _waiting(parsed, vm))
+    raise SystemExit(follow_and_show(producer, uuid, as_json, told))
+
+
+def _waiting(drives: list[Drive], vm: QemuVM | None) -> dict[str, str]:
+    """What of the backup waits for each node's workers, as the warning names it."""
+    if vm is not None:
+        return {vm.node: "the VM's backup waits"}
+    names: dict[str, list[str]] = {}
+    for d in drives:
+        names.setdefault(d.node, []).append(d.name)
+    return {
+        node: f"drive {found[0]} waits" if len(found) == 1 else f"drives {', '.join(found)} wait"
+        for node, found in names.items()
+    }
 
 
 def _absolute(drive: Drive) -> Drive:
@@ -262,7 +286,8 @@ def reap(settings: Settings, as_json: bool) -> None:
     from workers.reaper import Reaper  # noqa: PLC0415 - see _producer
 
     producer = _producer(settings)
-    acted = Reaper(producer.rt, producer.send_rollback).run_once()
+    stop = producer.terminate
+    acted = Reaper(producer.rt, producer.send_rollback, stop_task=stop).run_once()
     if as_json:
         print_json({backup: str(verdict) for backup, verdict in acted.items()})
     else:

@@ -80,6 +80,10 @@ class Field(StrEnum):
     RUNNING = "running"  # the drive being copied now
     RUNNING_TASK = "running_task"
     COMMIT_RUNS = "commit_runs"
+    COMMIT_ATTEMPTS = "commit_attempts"  # claimed commit attempts, capped (ending.commit)
+    COMMIT_ERROR = "commit_error"  # why the last commit attempt failed
+    PROGRESS_AT = "progress_at"  # when the running drive last reported progress
+    QUEUE_TIMEOUT = "queue_timeout"  # seconds the next drive may wait for a worker (0: default)
     ROLLBACK_RUNS = "rollback_runs"
     ROLLBACK_RESUMED = "rollback_resumed"
     OBSERVED = "metrics_observed"  # how many worker processes counted the ending
@@ -87,7 +91,15 @@ class Field(StrEnum):
 
 
 # What the producer decided, sealed at create: workers act on nothing else of the record.
-SEALED = (Field.UUID, Field.VMID, Field.PLAN, Field.REPOSITORY, Field.SPEED_LIMIT, Field.BLOBS)
+SEALED = (
+    Field.UUID,
+    Field.VMID,
+    Field.PLAN,
+    Field.REPOSITORY,
+    Field.SPEED_LIMIT,
+    Field.BLOBS,
+    Field.QUEUE_TIMEOUT,
+)
 
 
 DRIVE_FIELD = "drive:"  # + drive name: that drive's state and counters (JSON)
@@ -128,6 +140,9 @@ class BackupRecord:
     counters: Mapping[str, int]
     seal: str = ""
     sealed: tuple[str, ...] = ()  # the SEALED fields as stored, for txnbackup.trust
+    progress_at: float = 0.0
+    queue_timeout: int | None = None
+    commit_error: str = ""
 
     @classmethod
     def parse(cls, raw: Mapping[str, str]) -> BackupRecord:
@@ -152,11 +167,19 @@ class BackupRecord:
             drives={d.name: _drive_record(raw, d.name, d.size, d.dirty) for d in plan.drives},
             counters={
                 f: int(raw[f])
-                for f in (Field.COMMIT_RUNS, Field.ROLLBACK_RUNS, Field.ROLLBACK_RESUMED)
+                for f in (
+                    Field.COMMIT_RUNS,
+                    Field.COMMIT_ATTEMPTS,
+                    Field.ROLLBACK_RUNS,
+                    Field.ROLLBACK_RESUMED,
+                )
                 if f in raw
             },
             seal=raw.get(Field.SEAL, ""),
             sealed=tuple(raw.get(f, "") for f in SEALED),
+            progress_at=float(raw.get(Field.PROGRESS_AT) or 0),
+            queue_timeout=int(raw.get(Field.QUEUE_TIMEOUT) or 0) or None,
+            commit_error=raw.get(Field.COMMIT_ERROR, ""),
         )
 
     def drive(self, name: str) -> DriveRecord:
@@ -221,11 +244,12 @@ return 1
 """
 
 # A drive's report, only while its backup has not ended. ARGV: field, value, how
-# ('start' marks it the running drive, 'end' unmarks it if it still is), drive, task id.
+# ('start' marks it the running drive, 'end' unmarks it if it still is), drive, task id,
+# the time (the running drive's progress stamp, for the reaper's stall judgement).
 _DRIVE = """
 local cur = redis.call('HGET', KEYS[1], 'phase')
 if not cur or cur == 'done' or cur == 'error' or cur == 'cancelled' then return 0 end
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2], 'progress_at', ARGV[6])
 if ARGV[3] == 'start' then
   redis.call('HSET', KEYS[1], 'running', ARGV[4], 'running_task', ARGV[5])
 elseif ARGV[3] == 'end' and redis.call('HGET', KEYS[1], 'running') == ARGV[4] then
@@ -313,7 +337,10 @@ class BackupRecords:
         task_ids: Iterable[str],
         speed_limit: int | None = None,
         blobs: Mapping[str, bytes] | None = None,
+        queue_timeout: int | None = None,
     ) -> None:
+        """Record a new backup; ``queue_timeout`` (seconds, None: the reaper's default) is how
+        long its next drive may wait for a worker of its node."""
         ids = list(task_ids)
         now = time.time()
         fields: dict[str, str] = {
@@ -330,6 +357,7 @@ class BackupRecords:
             Field.BLOBS: json.dumps(
                 {k: base64.b64encode(v).decode() for k, v in (blobs or {}).items()}
             ),
+            Field.QUEUE_TIMEOUT: str(queue_timeout or 0),
         }
         for d in plan.drives:
             stats = DriveStats(size=d.size, dirty=d.dirty)
@@ -486,6 +514,10 @@ class BackupRecords:
         """Keep the first real error only; True when this one was the first."""
         return bool(self.redis.hsetnx(self.keys.backup(backup), Field.ERROR, message))
 
+    def note_commit_failure(self, backup: str, message: str) -> None:
+        """Why the last commit attempt failed (shown while the commit is retried)."""
+        self.redis.hset(self.keys.backup(backup), Field.COMMIT_ERROR, message)
+
     def set_snapshot(self, backup: str, snapshot: str) -> None:
         self.redis.hset(self.keys.backup(backup), Field.SNAPSHOT, snapshot)
 
@@ -505,7 +537,7 @@ class BackupRecords:
     ) -> bool:
         """A drive's state and counters; ignored (False) once the backup has ended."""
         value = _drive_json(state, stats, worker)
-        args = [DRIVE_FIELD + drive, value, mark, drive, task_id]
+        args = [DRIVE_FIELD + drive, value, mark, drive, task_id, str(time.time())]
         return bool(self._drive(keys=[self.keys.backup(backup)], args=args))
 
     def touch(self, backup: str, role: LeaseRole, holder: str, ttl: float) -> None:

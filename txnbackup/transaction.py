@@ -240,3 +240,12 @@ def rollback(repo: Repository, bitmaps: RedisBitmaps, plan: BackupPlan) -> bool:
     Staging(repo, plan.backup).discard()
     failpoint("rollback.after_discard")
     return keeper.rollback(plan)
+
+
+def return_bits(bitmaps: RedisBitmaps, plan: BackupPlan) -> bool:
+    """Return the frozen bits without touching the repository (it cannot be opened, or the
+    snapshot is already published and only its bitmaps failed). Safe to repeat."""
+    keeper = keeper_for(plan, bitmaps)
+    if keeper.state(plan.backup) is TxnState.COMMITTED:
+        raise TransactionStateError(plan.backup, "committed", "roll back")
+    return keeper.rollback(plan)

@@ -8,6 +8,7 @@ from typing import Any
 from celery.signals import task_revoked, worker_ready, worker_shutdown
 from celery.worker import state as worker_state
 
+from tasks.celeryapp import app
 from tasks.finish import send_rollback
 from tasks.queues import NODE_QUEUE_PREFIX
 from tasks.runtime import runtime
@@ -31,7 +32,13 @@ def start_background_threads(sender: Any = None, **_: Any) -> None:
     if warning := eviction_warning_at(rt.settings.redis_url):
         log.warning("txnbackup: %s", warning)
     reaper = ReaperThread(
-        Reaper(rt, send_rollback, on_action=count_reaper_action, nodes=_served_nodes(sender)),
+        Reaper(
+            rt,
+            send_rollback,
+            on_action=count_reaper_action,
+            nodes=_served_nodes(sender),
+            stop_task=_terminate,
+        ),
         rt.settings.reaper_interval,
     )
     reaper.start()
@@ -40,6 +47,11 @@ def start_background_threads(sender: Any = None, **_: Any) -> None:
     _threads.extend([reaper, watcher])
     log.info("txnbackup reaper started (every %s s)", rt.settings.reaper_interval)
     log.info("txnbackup revoke watcher started")
+
+
+def _terminate(task_id: str) -> None:
+    """Stop a stalled drive's task, on whichever worker runs it, freeing its pool slot."""
+    app.control.revoke(task_id, terminate=True)
 
 
 def _served_nodes(consumer: Any) -> frozenset[str] | None:

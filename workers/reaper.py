@@ -7,7 +7,9 @@ Every worker runs one in its main process (a thread, every TXNBACKUP_REAPER_INTE
 | phase        | what it finds                          | what it does                        |
 |--------------|----------------------------------------|-------------------------------------|
 | running      | a drive marked running, no lease       | roll back: worker lost              |
+| running      | a leased drive without progress > stall | roll back: stalled; stop its task  |
 | running      | no drive running, idle > queue timeout | roll back: no worker took the drive |
+|              | (the backup's ``--timeout``, else TXNBACKUP_QUEUE_TIMEOUT) |                  |
 | committing   | no lease                               | finish the commit (or roll back)    |
 | rolling_back | no lease                               | finish the rollback                 |
 
@@ -18,6 +20,7 @@ reaper racing a slow but live worker changes nothing the worker did not already 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import shutil
 import threading
@@ -44,6 +47,7 @@ class Verdict(StrEnum):
     ALIVE = "alive"
     FORGET = "forget"
     ABANDON = "abandon"
+    STALLED = "stalled"
     RESUME_COMMIT = "resume-commit"
     RESUME_ROLLBACK = "resume-rollback"
 
@@ -54,12 +58,23 @@ class Judgement:
     reason: str = ""
 
 
-def judge(record: BackupRecord | None, leased: bool, now: float, queue_timeout: float) -> Judgement:
-    """What the reaper must do with one backup; a pure function of what Redis holds."""
+def judge(
+    record: BackupRecord | None,
+    leased: bool,
+    now: float,
+    queue_timeout: float,
+    stall_timeout: float = math.inf,
+) -> Judgement:
+    """What the reaper must do with one backup; a pure function of what Redis holds.
+
+    A lease proves the worker lives, not that its drive moves: a read stuck in the kernel or
+    on a dead NFS server renews it forever. A running drive must also report progress at
+    least every ``stall_timeout`` s.
+    """
     if record is None or record.phase.final:
         return Judgement(Verdict.FORGET)
     if leased:
-        return Judgement(Verdict.ALIVE)
+        return _stall(record, now, stall_timeout)
     if record.phase is Phase.COMMITTING:
         return Judgement(Verdict.RESUME_COMMIT, "commit lost its worker")
     if record.phase is Phase.ROLLING_BACK:
@@ -67,9 +82,20 @@ def judge(record: BackupRecord | None, leased: bool, now: float, queue_timeout: 
     if record.running:
         return Judgement(Verdict.ABANDON, f"worker lost while copying drive {record.running}")
     idle = now - (record.last_activity or now)
-    if idle > queue_timeout:
+    if idle > (record.queue_timeout or queue_timeout):
         return Judgement(Verdict.ABANDON, f"no worker took the next drive for {idle:.0f} s")
     return Judgement(Verdict.ALIVE)
+
+
+def _stall(record: BackupRecord, now: float, stall_timeout: float) -> Judgement:
+    if record.phase is not Phase.RUNNING or not record.running or not record.progress_at:
+        return Judgement(Verdict.ALIVE)
+    still = now - record.progress_at
+    if still <= stall_timeout:
+        return Judgement(Verdict.ALIVE)
+    return Judgement(
+        Verdict.STALLED, f"drive {record.running} stalled: no progress for {still:.0f} s"
+    )
 
 
 class ActionSink(Protocol):
@@ -85,10 +111,13 @@ class Reaper:
         send_rollback: SendRollback,
         on_action: ActionSink | None = None,
         nodes: frozenset[str] | None = None,
+        stop_task: Callable[[str], None] | None = None,
     ) -> None:
-        """``nodes``: the nodes whose queues this worker serves (None: acts for every node)."""
+        """``nodes``: the nodes whose queues this worker serves (None: acts for every node);
+        ``stop_task``: terminates a Celery task, wherever it runs (a stalled drive's)."""
         self.rt = rt
         self.send_rollback = send_rollback
+        self.stop_task = stop_task or (lambda task_id: None)
         self.on_action: ActionSink = on_action or (lambda kind, backup=None: None)
         self.nodes = nodes
 
@@ -102,7 +131,9 @@ class Reaper:
     def _reap(self, backup: str) -> Verdict | None:
         records, s = self.rt.records, self.rt.settings
         record = records.load_or_none(backup)
-        judgement = judge(record, records.leased(backup), time.time(), s.queue_timeout)
+        judgement = judge(
+            record, records.leased(backup), time.time(), s.queue_timeout, s.stall_timeout
+        )
         if judgement.verdict is Verdict.ALIVE:
             return None
         if judgement.verdict is Verdict.FORGET:
@@ -110,17 +141,28 @@ class Reaper:
                 records.forget_active(backup)
             return None
         foreign = self._foreign(record)
-        if foreign and judgement.verdict is not Verdict.ABANDON:
+        if foreign and judgement.verdict not in (Verdict.ABANDON, Verdict.STALLED):
             return None  # a commit or rollback to resume: the VM's node's reapers do it
         if not records.start_reaping(backup, s.lease_ttl):
             return None
         log.warning("reaper: backup %s: %s -> %s", backup, judgement.reason, judgement.verdict)
-        if foreign:
-            self._abandon_elsewhere(backup, judgement.reason)
-        else:
-            self._actions()[judgement.verdict](backup, judgement.reason)
+        self._act(backup, record, judgement, foreign)
         self.on_action(str(judgement.verdict), backup)
         return judgement.verdict
+
+    def _act(
+        self, backup: str, record: BackupRecord | None, judgement: Judgement, foreign: bool
+    ) -> None:
+        try:
+            if foreign:
+                self._abandon_elsewhere(backup, judgement.reason)
+            else:
+                self._actions()[judgement.verdict](backup, judgement.reason)
+        except (ending.RepositoryUnavailable, ending.PublishedButNotCommitted) as exc:
+            # One more counted commit attempt (ending.commit logged it); the next pass resumes.
+            log.debug("reaper: backup %s: %s", backup, exc)
+        if judgement.verdict is Verdict.STALLED and record is not None and record.running_task:
+            self.stop_task(record.running_task)  # after the error is recorded: it is the cause
 
     def _foreign(self, record: BackupRecord | None) -> bool:
         """A QEMU VM's backup on a node this worker does not serve: it cannot reach QEMU."""
@@ -136,6 +178,7 @@ class Reaper:
         rt = self.rt
         return {
             Verdict.ABANDON: lambda b, why: ending.abandon(rt, b, why),
+            Verdict.STALLED: lambda b, why: ending.abandon(rt, b, why),
             Verdict.RESUME_COMMIT: lambda b, why: ending.commit(
                 rt, b, self.send_rollback, resume=True
             ),
