@@ -29,7 +29,7 @@ from cli.watch import follow_and_show, warn_unserved, watch
 from txnbackup.drive import Drive
 from txnbackup.errors import ConflictError, InvalidInput
 from txnbackup.qemu.vm import QemuVM
-from txnbackup.settings import Settings
+from txnbackup.settings import Settings, drive_roots
 from txnbackup.status import BackupStatus
 
 if TYPE_CHECKING:
@@ -219,6 +219,14 @@ def backups(settings: Settings, limit: int, as_json: bool) -> None:
 @click.option("--concurrency", type=int, help="Pool processes. [default: CPU count]")
 @click.option("--loglevel", default="info", show_default=True)
 @click.option(
+    "--allow-drives",
+    "allow_drives",
+    multiple=True,
+    metavar="PATTERN",
+    help="A directory or device pattern (/dev/vg0/*) the drives this worker reads must lie "
+    "in; repeat for more. Replaces TXNBACKUP_DRIVE_ROOTS. [default: TXNBACKUP_DRIVE_ROOTS]",
+)
+@click.option(
     "--metrics-port",
     type=click.IntRange(1, 65535),
     help="Serve Prometheus metrics on this port (http://ADDRESS:PORT/metrics).",
@@ -241,6 +249,7 @@ def worker(
     name: str | None,
     concurrency: int | None,
     loglevel: str,
+    allow_drives: tuple[str, ...],
     metrics_port: int | None,
     metrics_address: str,
     metrics_dir: Path | None,
@@ -250,6 +259,8 @@ def worker(
 
     Further arguments go to `celery worker` unchanged.
     """
+    if allow_drives:
+        _allow_drives(allow_drives)
     with contextlib.ExitStack() as cleanup:
         if metrics_port is not None:
             if metrics_dir is None:
@@ -261,6 +272,16 @@ def worker(
             node, name=name, concurrency=concurrency, loglevel=loglevel, extra=celery_args
         )
         run_worker(argv)
+
+
+def _allow_drives(patterns: tuple[str, ...]) -> None:
+    """What the worker's processes read as their drive roots (txnbackup.trust)."""
+    for pattern in patterns:
+        if ":" in pattern or not pattern:
+            raise InvalidInput(f"--allow-drives {pattern!r}: a pattern cannot contain ':'")
+    value = ":".join(patterns)
+    drive_roots(value)  # the same checks as the variable's
+    os.environ["TXNBACKUP_DRIVE_ROOTS"] = value
 
 
 def _temporary_metrics_dir() -> tempfile.TemporaryDirectory[str]:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -33,6 +35,7 @@ from txnbackup.transaction import BackupPlan, DrivePlan
 from workers.reaper import Reaper
 
 MakeFleet = Callable[[dict[str, str]], Fleet]
+TXNBACKUP = str(Path(sys.executable).parent / "txnbackup")
 SIZE = 4 * SMALL_CHUNK
 
 
@@ -106,6 +109,46 @@ def test_a_drive_outside_the_workers_roots_is_refused(
     assert str(allowed) in status.errmsg
     assert chunk_files(repo) == stored
     assert repo.snapshots(other) == []
+
+
+def test_a_worker_started_with_allow_drives_reads_only_there(
+    make_fleet: MakeFleet, tmp_path: Path
+) -> None:
+    # Given a worker of node2 started with `txnbackup worker --allow-drives DIR --allow-drives
+    # /dev/vg-none/*` (the command-line form of TXNBACKUP_DRIVE_ROOTS)
+    allowed = tmp_path / "allowed"
+    allowed.mkdir()
+    fleet = make_fleet({})
+    fleet.start("node2", args=["--allow-drives", str(allowed), "--allow-drives", "/dev/vg-none/*"])
+    repo = Repository.init(tmp_path / "repo", SMALL_CHUNK)
+    inside = allowed / "vm-disk.raw"
+    inside.write_bytes(sample_content(SIZE, seed=6))
+    # When a drive inside is backed up, it works
+    vmid = new_vmid()
+    drive = Drive("scsi0", str(inside), "node2")
+    first = ended(fleet, fleet.producer.submit(vmid, [drive], repository=repo.path))
+    assert first.status == "done", first.errmsg
+    # And a drive outside is refused, naming what the worker allows
+    outside = Drive("scsi0", str(secret_file(tmp_path)), "node2")
+    other = new_vmid()
+    status = ended(fleet, fleet.producer.submit(other, [outside], repository=repo.path))
+    assert status.status == "error"
+    assert "outside this worker's allowed drives" in status.errmsg
+    assert f"{allowed}:/dev/vg-none/*" in status.errmsg
+    assert repo.snapshots(other) == []
+
+
+def test_allow_drives_must_be_absolute(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [TXNBACKUP, "worker", "--allow-drives", "images"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 2
+    assert "drive root 'images' must be an absolute directory or pattern" in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 def test_a_record_naming_another_repository_is_refused(
