@@ -370,7 +370,6 @@ class BackupRecords:
         for task_id in ids:
             pipe.set(self.keys.task(task_id), plan.backup, ex=self.ttl)
         pipe.sadd(self.keys.active(), plan.backup)
-        pipe.sadd(self.keys.repositories(), repository)
         pipe.zadd(self.keys.backups(), {plan.backup: now})
         pipe.zremrangebyscore(self.keys.backups(), "-inf", now - self.ttl)
         pipe.execute()
@@ -568,9 +567,6 @@ class BackupRecords:
     def forget_active(self, backup: str) -> None:
         """Stop watching a backup whose record is gone (expired or never written)."""
         self.redis.srem(self.keys.active(), backup)
-
-    def repositories(self) -> list[str]:
-        return sorted(_text(p) for p in self.redis.smembers(self.keys.repositories()))
 
     def exists(self, backup: str) -> bool:
         return bool(self.redis.exists(self.keys.backup(backup)))

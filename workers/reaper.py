@@ -118,6 +118,9 @@ class Reaper:
         self.rt = rt
         self.send_rollback = send_rollback
         self.stop_task = stop_task or (lambda task_id: None)
+        self.expected_id = rt.settings.repository_id
+        self._told: set[str] = set()
+        self._own_repository()  # pins the expected id as the repository is now
         self.on_action: ActionSink = on_action or (lambda kind, backup=None: None)
         self.nodes = nodes
 
@@ -200,13 +203,15 @@ class Reaper:
     def _orphan_staging(self) -> None:
         """Delete staging areas of backups that ended or never started (I1).
 
-        The ``repositories`` set is in Redis, which anyone with access to it can write: only
-        uuid-named directories in the ``staging`` directory of a path that opens as a
-        repository (this worker's own, when it has one) are candidates, and no link is followed.
+        Only in this worker's own repository (``TXNBACKUP_REPOSITORY``; nothing in Redis
+        names where to delete), only when the path opens as a repository with the expected
+        id (_own_repository), only uuid-named directories in its ``staging`` directory, and
+        no link is followed.
         """
         records = self.rt.records
         cutoff = time.time() - self.rt.settings.orphan_grace
-        for repo in self._repositories():
+        repo = self._own_repository()
+        if repo is not None:
             for staging in _staging_dirs(repo):
                 phase = records.phase(staging.name)
                 ended = phase is None or phase.final
@@ -215,16 +220,27 @@ class Reaper:
                     shutil.rmtree(staging, ignore_errors=True)  # refuses a link itself
                     self.on_action("orphan-staging")
 
-    def _repositories(self) -> list[Repository]:
+    def _own_repository(self) -> Repository | None:
+        """The worker's repository, if the path opens as one with the expected id: the
+        ``TXNBACKUP_REPOSITORY_ID``, else the id it had when this reaper first opened it."""
         own = self.rt.settings.repository
-        paths = [str(own)] if own is not None else self.rt.records.repositories()
-        found = []
-        for path in paths:
-            try:
-                found.append(Repository.open(Path(path)))
-            except TxnBackupError as exc:
-                log.debug("reaper: not sweeping %s: %s", path, exc)
-        return found
+        if own is None:
+            return None
+        try:
+            repo = Repository.open(own)
+        except TxnBackupError as exc:
+            log.debug("reaper: not sweeping %s: %s", own, exc)
+            return None
+        if self.expected_id is None:
+            self.expected_id = repo.id
+        if repo.id != self.expected_id:
+            if repo.id not in self._told:
+                log.warning(
+                    "reaper: not sweeping %s: its id is %s, not %s", own, repo.id, self.expected_id
+                )
+                self._told.add(repo.id)
+            return None
+        return repo
 
 
 def _staging_dirs(repo: Repository) -> list[Path]:

@@ -120,6 +120,7 @@ def test_a_drive_nobody_takes_fails_after_the_backups_own_timeout(
     args = ["backup", vm.vmid, f"--drive=scsi0={drive.path}@ghost", f"--repo={repo.path}"]
     result = subprocess.run(
         [TXNBACKUP, *args, "--timeout=3", "--wait", "--json"],
+        check=False,
         capture_output=True,
         text=True,
         env=env_for_workers(fleet.env),
@@ -145,7 +146,11 @@ def test_a_timeout_must_be_positive(make_fleet: MakeFleet, tmp_path: Path) -> No
     drive.write_bytes(bytes(CHUNK))
     args = ["backup", "100", f"--drive=scsi0={drive}", f"--repo={tmp_path}", "--timeout=0"]
     result = subprocess.run(
-        [TXNBACKUP, *args], capture_output=True, text=True, env=env_for_workers(fleet.env)
+        [TXNBACKUP, *args],
+        check=False,
+        capture_output=True,
+        text=True,
+        env=env_for_workers(fleet.env),
     )
     assert result.returncode == 2
     assert "--timeout" in result.stderr and "0 is not in the range" in result.stderr
