@@ -4,14 +4,16 @@ Every worker runs one in its main process (a thread, every TXNBACKUP_REAPER_INTE
 `txnbackup reap` runs one pass by hand. For each active backup without a live lease
 (txnbackup.lease) it decides, from the record alone, what the dead worker left:
 
-| phase        | what it finds                          | what it does                        |
-|--------------|----------------------------------------|-------------------------------------|
-| running      | a drive marked running, no lease       | roll back: worker lost              |
-| running      | a leased drive without progress > stall | roll back: stalled; stop its task  |
-| running      | no drive running, idle > queue timeout | roll back: no worker took the drive |
-|              | (the backup's ``--timeout``, else TXNBACKUP_QUEUE_TIMEOUT) |                  |
-| committing   | no lease                               | finish the commit (or roll back)    |
-| rolling_back | no lease                               | finish the rollback                 |
+| phase        | what it finds                                 | what it does                  |
+|--------------|-----------------------------------------------|-------------------------------|
+| running      | a drive marked running, no lease              | roll back: worker lost        |
+| running      | a leased drive, no progress > stall timeout   | roll back: stalled; terminate |
+| running      | no drive running, idle > the queue timeout    | roll back: no worker took it  |
+| committing   | no lease                                      | finish the commit (capped)    |
+| rolling_back | no lease                                      | finish the rollback           |
+
+The queue timeout is the backup's own (``backup --timeout``), else TXNBACKUP_QUEUE_TIMEOUT; the
+stall timeout is TXNBACKUP_STALL_TIMEOUT; a commit gets TXNBACKUP_COMMIT_ATTEMPTS attempts.
 
 Only one reaper acts on a backup at a time, and every action is a claim on the record, so a
 reaper racing a slow but live worker changes nothing the worker did not already decide.

@@ -155,3 +155,31 @@ def test_a_timeout_must_be_positive(make_fleet: MakeFleet, tmp_path: Path) -> No
     assert result.returncode == 2
     assert "--timeout" in result.stderr and "0 is not in the range" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_drive_path_relative_to_the_shell_is_read_from_there(
+    make_fleet: MakeFleet, tmp_path: Path
+) -> None:
+    # Given a worker whose directory is not the user's, and a drive named relative to the shell
+    fleet = make_fleet({})
+    fleet.start()
+    repo = Repository.init(tmp_path / "repo", CHUNK)
+    shell = tmp_path / "images"
+    shell.mkdir()
+    (shell / "disk.raw").write_bytes(bytes(range(256)) * 1024)
+    # When the user backs it up from that directory
+    result = subprocess.run(
+        [TXNBACKUP, "backup", new_vmid(), "--drive=scsi0=disk.raw", f"--repo={repo.path}"],
+        check=False,
+        capture_output=True,
+        text=True,
+        env=env_for_workers(fleet.env),
+        cwd=shell,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    # Then the worker reads the file the user meant, and the backup is done
+    status = fleet.producer.wait(result.stdout.strip(), timeout=60)
+    assert status.status == "done", status.errmsg
+    plan = fleet.producer.rt.records.load(status.uuid).plan
+    assert plan.drive("scsi0").path == str(shell / "disk.raw")

@@ -24,7 +24,9 @@ from tasks.queues import node_queue
 from tests.conftest import SMALL_CHUNK, TEST_REDIS_URL
 from tests.fleet import SampleVM, control_queue_empty, new_vmid, sample_content, wait_for
 from tests.fleet_plugin import Fleet
+from txnbackup import ending, transaction
 from txnbackup.action import BitmapAction
+from txnbackup.bitmap import TxnState
 from txnbackup.drive import Drive
 from txnbackup.errors import RepositoryIdMismatch
 from txnbackup.keys import Keys
@@ -32,7 +34,7 @@ from txnbackup.names import new_backup_id
 from txnbackup.repository import Repository
 from txnbackup.runtime import Runtime
 from txnbackup.settings import Settings
-from txnbackup.status import BackupStatus
+from txnbackup.status import BackupStatus, from_record
 from txnbackup.tracker import Tracker
 from txnbackup.transaction import BackupPlan, DrivePlan
 from workers.reaper import Reaper
@@ -83,6 +85,29 @@ def test_a_forged_plan_is_refused_and_no_drive_is_read(
     assert "failed authentication" in status.errmsg
     assert chunk_files(repo) == []
     assert repo.snapshots(status.vmid) == []
+
+
+def test_an_unsealed_record_is_not_committed_by_a_worker_with_the_secret(
+    keys: Keys, tmp_path: Path
+) -> None:
+    # Given a backup recorded and copied by someone without the fleet secret (no seal)
+    repo = Repository.init(tmp_path / "repo", SMALL_CHUNK)
+    drive = tmp_path / "vm-disk.raw"
+    drive.write_bytes(sample_content(SIZE, seed=7))
+    forger = reaper_runtime(keys)
+    plan = transaction.prepare(repo, forger.bitmaps, "100", [Drive("scsi0", str(drive))])
+    forger.records.lock("100", plan.backup)
+    forger.records.create(plan, str(repo.path), ["t1", "t2"])
+    transaction.copy(repo, forger.bitmaps, plan, "scsi0", lambda: None, lambda s: None)
+    # When a worker holding the secret is asked to commit it
+    worker = reaper_runtime(keys, secret=b"x" * 32)
+    ending.commit(worker, plan.backup, lambda backup: None)
+    # Then nothing is published: the backup ends error, saying the record is not sealed
+    status = from_record(worker.records.load(plan.backup))
+    assert status.status == "error"
+    assert "failed authentication (it is not sealed)" in status.errmsg
+    assert repo.snapshots("100") == []
+    assert worker.bitmaps.state(plan.backup) is TxnState.ROLLED_BACK
 
 
 def test_a_drive_outside_the_workers_roots_is_refused(
