@@ -143,6 +143,7 @@ class BackupRecord:
     progress_at: float = 0.0
     queue_timeout: int | None = None
     commit_error: str = ""
+    commit_attempts: int = 0
 
     @classmethod
     def parse(cls, raw: Mapping[str, str]) -> BackupRecord:
@@ -167,12 +168,7 @@ class BackupRecord:
             drives={d.name: _drive_record(raw, d.name, d.size, d.dirty) for d in plan.drives},
             counters={
                 f: int(raw[f])
-                for f in (
-                    Field.COMMIT_RUNS,
-                    Field.COMMIT_ATTEMPTS,
-                    Field.ROLLBACK_RUNS,
-                    Field.ROLLBACK_RESUMED,
-                )
+                for f in (Field.COMMIT_RUNS, Field.ROLLBACK_RUNS, Field.ROLLBACK_RESUMED)
                 if f in raw
             },
             seal=raw.get(Field.SEAL, ""),
@@ -180,6 +176,7 @@ class BackupRecord:
             progress_at=float(raw.get(Field.PROGRESS_AT) or 0),
             queue_timeout=int(raw.get(Field.QUEUE_TIMEOUT) or 0) or None,
             commit_error=raw.get(Field.COMMIT_ERROR, ""),
+            commit_attempts=int(raw.get(Field.COMMIT_ATTEMPTS) or 0),
         )
 
     def drive(self, name: str) -> DriveRecord:

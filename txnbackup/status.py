@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from txnbackup.record import BackupRecord, Field, Phase
+from txnbackup.record import BackupRecord, Phase
 from txnbackup.transaction import DrivePlan
 
 PUBLIC_STATUS = {
@@ -87,7 +87,7 @@ def from_record(record: BackupRecord) -> BackupStatus:
         reused=sum(d.reused for d in drives),
         drives=drives,
         commit_task=record.commit_task,
-        commit_attempts=record.counters.get(Field.COMMIT_ATTEMPTS, 0),
+        commit_attempts=record.commit_attempts,
         commit_error=record.commit_error,
     )
 
