@@ -2,7 +2,8 @@
 txnbackup.qemu.begin. When the drives were to be discovered, it replaces itself with the
 chain of their copies (Celery keeps the chord around it: commit and rollback still follow);
 the ids of those copies are recorded before they exist, so a revoke of any maps to the backup.
-Celery gives the last copy the id of this task.
+Celery gives the last copy the id of this task. Whether to discover is in the message
+(``discover``), so a redelivered begin replaces itself again, with the copy ids recorded.
 """
 
 from __future__ import annotations
@@ -19,16 +20,17 @@ from txnbackup.qemu.begin import begin_backup
 
 
 @app.task(name=BEGIN, bind=True)
-def begin(self: Task, /, backup: str, **_display: str) -> str:  # type: ignore[type-arg]
+def begin(self: Task, /, backup: str, discover: bool = False, **_display: str) -> str:  # type: ignore[type-arg]
     rt = runtime()
-    discover = not rt.records.load(backup).plan.drives
+    discover = discover or not rt.records.load(backup).plan.drives
     this = self.request.id or ""
+    holder = f"{self.request.hostname}/{this}"
 
     def copy_ids(n: int) -> list[str]:
         return [*(uuid() for _ in range(n - 1)), this][-n:] if n else []
 
     try:
-        plan = begin_backup(rt, backup, copy_ids if discover else None)
+        plan = begin_backup(rt, backup, copy_ids if discover else None, holder)
     except Cancelled:
         send_rollback(backup)
         raise

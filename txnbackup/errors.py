@@ -190,6 +190,10 @@ class QemuDriveError(QemuError):
     """drive {}: {}"""
 
 
+class QemuDirUnusable(QemuError):
+    """QEMU {} directory {}: {}"""
+
+
 class Refused(TxnBackupError):
     """refused: {}"""
 

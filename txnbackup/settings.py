@@ -15,6 +15,21 @@ from txnbackup.constants import (
 from txnbackup.errors import InvalidInput
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+DEFAULT_QEMU_RUN_DIR = Path("/tmp")
+
+
+@dataclass(frozen=True)
+class QemuDirs:
+    """Where a QEMU backup's files live on the VM's node: ``run`` holds each backup's private
+    run directory (its NBD socket: the path must stay under 108 bytes), ``scratch`` each
+    backup's private directory of fleecing overlays (they grow by what the guest overwrites
+    during the backup, up to the drive size; None: the run directory)."""
+
+    run: Path = DEFAULT_QEMU_RUN_DIR
+    scratch: Path | None = None
+
+
+DEFAULT_QEMU_DIRS = QemuDirs()
 
 
 @dataclass(frozen=True)
@@ -37,6 +52,7 @@ class Settings:
     drive_roots: tuple[str, ...] = ()
     # The fleet secret sealing records (txnbackup.seal); None: records are not authenticated.
     secret: bytes | None = field(default=None, repr=False)
+    qemu: QemuDirs = DEFAULT_QEMU_DIRS
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -60,6 +76,10 @@ class Settings:
             orphan_grace=_positive_int(env, "TXNBACKUP_ORPHAN_GRACE", 300),
             drive_roots=tuple(r for r in env.get("TXNBACKUP_DRIVE_ROOTS", "").split(":") if r),
             secret=_secret(env),
+            qemu=QemuDirs(
+                _absolute(env, "TXNBACKUP_QEMU_RUN_DIR") or DEFAULT_QEMU_RUN_DIR,
+                _absolute(env, "TXNBACKUP_QEMU_SCRATCH_DIR"),
+            ),
         )
 
 
@@ -74,6 +94,15 @@ def _positive_int(env: Mapping[str, str], name: str, default: int) -> int:
     if value <= 0:
         raise InvalidInput(f"{name}={raw!r} must be positive")
     return value
+
+
+def _absolute(env: Mapping[str, str], name: str) -> Path | None:
+    raw = env.get(name)
+    if not raw:
+        return None
+    if not raw.startswith("/"):
+        raise InvalidInput(f"{name}={raw!r} must be an absolute path")
+    return Path(raw)
 
 
 def _secret(env: Mapping[str, str]) -> bytes | None:
