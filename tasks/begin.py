@@ -8,7 +8,10 @@ Celery gives the last copy the id of this task. Whether to discover is in the me
 
 from __future__ import annotations
 
-from celery import Task, chain, uuid
+from typing import Any
+
+from celery import Task, chain, states, uuid
+from celery.signals import task_postrun
 
 from tasks.canvas import copies
 from tasks.celeryapp import app
@@ -16,7 +19,8 @@ from tasks.finish import send_rollback
 from tasks.names import BEGIN
 from tasks.runtime import runtime
 from txnbackup.errors import Cancelled
-from txnbackup.qemu.begin import begin_backup
+from txnbackup.failpoints import failpoint
+from txnbackup.qemu.begin import begin_backup, end_begin
 
 
 @app.task(name=BEGIN, bind=True)
@@ -38,7 +42,19 @@ def begin(self: Task, /, backup: str, discover: bool = False, **_display: str) -
         rt.records.record_error(backup, f"begin: {exc}")
         send_rollback(backup)
         raise
+    failpoint("begin.done")
     if discover:
         ids = rt.records.load(backup).task_ids[: len(plan.drives)]
         raise self.replace(chain(*copies(plan, ids, app), app=app))
     return f"begun {len(plan.drives)} drive(s)"
+
+
+@task_postrun.connect
+def hand_over(
+    task: Any = None, task_id: str = "", args: Any = (), state: str = "", **_: Any
+) -> None:
+    """Celery has sent the first copy (after a success, or with a replacement): begin's lease
+    and mark go; a worker lost before this point is the reaper's, as begin's."""
+    if getattr(task, "name", "") == BEGIN and state in (states.SUCCESS, states.IGNORED) and args:
+        hostname = getattr(task.request, "hostname", "") or ""
+        end_begin(runtime(), args[0], f"{hostname}/{task_id}")

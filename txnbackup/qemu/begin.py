@@ -10,12 +10,13 @@ Our bitmap is named after the backup that started it (``txnbackup-<uuid>``): its
 usable only when that backup's snapshot is the VM's newest complete one here, with the drive
 at the same size; otherwise the drive is read in full (``invalid``, with the reason).
 
-Begin holds the copy lease and marks the record (``beginning``) while it works, so a worker
-that dies half way (SIGKILL after QEMU's transaction) is found by the reaper once the lease
-expires, like a lost drive copy. A second delivery of the same begin (its message redelivered
-after that death) recognises the backup: once the plan was decided QEMU's session stands and
-nothing is redone; before that, whatever the first delivery left is rolled back (which
-restores the bitmaps exactly) and begin starts again.
+Begin holds the copy lease and marks the record (``beginning``) while it works, and keeps
+both until its caller has put the next step in the broker (``end_begin``), so a worker that
+dies anywhere between QEMU's transaction and the first copy's message is found by the
+reaper once the lease expires, like a lost drive copy. A second delivery of the same begin
+(its message redelivered after that death) recognises the backup: once the plan was decided
+QEMU's session stands and nothing is redone; before that, whatever the first delivery left
+is rolled back (which restores the bitmaps exactly) and begin starts again.
 """
 
 from __future__ import annotations
@@ -67,7 +68,7 @@ def begin_backup(
     reason = rt.records.stop_reason(backup)
     if reason is not None:
         raise Cancelled(reason)
-    with Heartbeat(rt.records, backup, LeaseRole.COPY, holder, rt.settings.lease_ttl):
+    with Heartbeat(rt.records, backup, LeaseRole.COPY, holder, rt.settings.lease_ttl) as beat:
         if not rt.records.mark_begin(backup, holder):
             raise Cancelled(rt.records.stop_reason(backup) or "backup ended before begin")
         try:
@@ -75,10 +76,16 @@ def begin_backup(
         except Exception:
             rt.records.end_begin(backup)
             raise
-        rt.records.end_begin(backup)
+        beat.keep()  # until end_begin: the first copy's message is not sent yet
     for d in begun.drives:
         log.info("vm %s backup %s drive %s: %s", begun.vmid, backup, d.name, _vzdump_words(d))
     return begun
+
+
+def end_begin(rt: Runtime, backup: str, holder: str) -> None:
+    """The next step of a begun backup is in the broker: a lost worker is no longer begin's."""
+    rt.records.end_begin(backup)
+    rt.records.drop_lease(backup, LeaseRole.COPY, holder)
 
 
 def begun(plan: BackupPlan) -> bool:
