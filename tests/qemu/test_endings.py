@@ -84,7 +84,7 @@ def kill_the_worker(s: Stopping) -> None:
     s.rig.fleet.start(NODE)
 
 
-STOPS: dict[str, tuple[Callable[[Stopping], None], str, str, list[str]]] = {
+STOPS: dict[str, tuple[Callable[[Stopping], object], str, str, list[str]]] = {
     # way: (how, final status, the error or cancel reason (ids[n] as {n}), drive states)
     "revoke-pending": (
         lambda s: s.rig.fleet.producer.app.control.revoke(s.ids[1]),
