@@ -39,6 +39,7 @@ from bench.measure import (
     tree_size,
 )
 from bench.overhead import measure_overhead
+from bench.qemu import measure_qemu
 from bench.tools import (
     BenchError,
     Borg,
@@ -76,6 +77,7 @@ class Options:
     workdir: Path | None
     keep: bool
     redis_url: str
+    qemu_only: bool = False  # the QEMU row alone (python -m bench --qemu-only)
 
 
 @dataclass
@@ -181,6 +183,12 @@ def _run_in(workdir: Path, options: Options, results: Results, say: Say) -> None
         **{p: f"{_version(p)}; {(Restic if p == 'restic' else Borg).note}" for p in peers},
     }
     with bench_fleet(workdir, options.redis_url) as fleet:
+        if options.qemu_only:
+            say("QEMU: a running VM's qcow2 drive read over NBD, next to the same image")
+            results.extra["qemu"] = measure_qemu(
+                fleet, workdir, options.size, options.seed, cache, say
+            )
+            return
         rss = PeakRss(lambda: process_tree(fleet.worker.proc.pid))
         say(f"starting one worker per node of the 2-drive VM ({', '.join(NODES)})")
         # Only while the 2-drive VM's cases run: idle workers' polling would count in the
@@ -197,6 +205,8 @@ def _run_in(workdir: Path, options: Options, results: Results, say: Say) -> None
             say(f"CLI overhead: {options.latency_samples} tiny 2-drive backups, API and command")
             cli_overhead = measure_cli_overhead(fleet, workdir, options.latency_samples)
             results.extra["cli_overhead"] = cli_overhead.to_dict()
+        say("QEMU: a running VM's qcow2 drive read over NBD, next to the same image as a file")
+        results.extra["qemu"] = measure_qemu(fleet, workdir, options.size, options.seed, cache, say)
         _orchestration(fleet, workdir, options, results, say, cache, rss)
         results.conditions["redis"] = "private redis-server" if fleet.private_redis else "shared"
     results.conditions["load_after"] = load_average()

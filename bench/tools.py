@@ -20,6 +20,7 @@ from bench.fleet import Fleet
 from cli.demo.services import worker_program
 from txnbackup.drive import Drive
 from txnbackup.repository import Repository
+from txnbackup.restore import DRIVE_FILE_SUFFIX
 
 BACKUP_TIMEOUT = 3600.0  # seconds a single backup may take before the benchmark gives up
 POLL = 0.005  # seconds between looks at a backup's status (the submit->done resolution)
@@ -72,7 +73,7 @@ class TxnbackupCli:
     drives: list[Drive]
     vmid: str
     name: str = "txnbackup"
-    note: str = "the txnbackup command: backup --wait (--json for the snapshot id), restore"
+    note: str = "the txnbackup command: backup --wait (--json for the snapshot id), restore --all"
     snapshot: str = ""
 
     def init(self, repo: Path) -> None:
@@ -88,7 +89,10 @@ class TxnbackupCli:
         self.snapshot = str(status["snapshot"])
 
     def restore(self, repo: Path, into: Path) -> list[Path]:
-        return restore_each(self.fleet.env, repo, self.snapshot, self.drives, into)
+        """Every drive with one ``txnbackup restore SNAPSHOT --all DIR``, as a user would."""
+        argv = [str(worker_program()), "restore", "--repo", str(repo), self.snapshot]
+        run([*argv, "--all", str(into)], self.fleet.env)
+        return [into / f"{d.name}{DRIVE_FILE_SUFFIX}" for d in self.drives]
 
 
 def run_backup(fleet: Fleet, vmid: str, drives: list[Drive], repo: Path) -> str:
@@ -103,8 +107,7 @@ def run_backup(fleet: Fleet, vmid: str, drives: list[Drive], repo: Path) -> str:
 def restore_each(
     env: dict[str, str], repo: Path, snapshot: str, drives: list[Drive], into: Path
 ) -> list[Path]:
-    """One ``txnbackup restore`` per drive, one after another, as a user types them (the
-    command restores one drive at a time)."""
+    """One ``txnbackup restore`` per drive, one after another."""
     targets = []
     for d in drives:
         target = into / Path(d.path).name

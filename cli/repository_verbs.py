@@ -15,7 +15,7 @@ from txnbackup.errors import IntegrityError, VerifyFailed
 from txnbackup.latest import resolve
 from txnbackup.names import check_drive_name
 from txnbackup.repository import Repository
-from txnbackup.restore import restore_drive
+from txnbackup.restore import RestoreResult, restore_all, restore_drive
 from txnbackup.settings import Settings
 from txnbackup.verify import Problem, VerifyReport, verify_snapshot
 
@@ -100,6 +100,12 @@ def _summaries(repo: Repository, vmid: str | None) -> list[dict[str, Any]]:
 @click.option(
     "--config", "config", metavar="NAME", help="Restore the config blob NAME instead of a drive."
 )
+@click.option(
+    "--all",
+    "all_drives",
+    is_flag=True,
+    help="Restore every drive of SNAPSHOT into the directory given instead of DRIVE.",
+)
 @click.pass_obj
 def restore(
     settings: Settings,
@@ -109,28 +115,43 @@ def restore(
     target: Path | None,
     overwrite: bool,
     config: str | None,
+    all_drives: bool,
 ) -> None:
     """Write DRIVE of SNAPSHOT (vm/<vmid>/<time> or vm/<vmid>/latest) to TARGET.
 
     TARGET is a file (created sparse, appearing only complete) or a block device (written in
     place, opened exclusively, only with --overwrite; it must be at least as large as the
-    drive). `restore SNAPSHOT --config NAME TARGET` writes the config blob NAME to the file
-    TARGET instead.
+    drive). `restore SNAPSHOT --all DIR` writes every drive to DIR/<drive>.raw (DIR must
+    exist; existing files are replaced only with --overwrite, and nothing is written when
+    one is refused). `restore SNAPSHOT --config NAME TARGET` writes the config blob NAME to
+    the file TARGET instead.
     """
     repository = open_repository(settings, repo)
     snap = resolve(repository, snapshot)
-    if config is not None:
-        if target is not None:
-            raise click.UsageError("with --config give SNAPSHOT and TARGET only")
-        size = restore_blob(repository, snap, config, Path(drive), overwrite=overwrite)
+    if config is not None or all_drives:
+        if target is not None or (config is not None and all_drives):
+            raise click.UsageError("with --config or --all give SNAPSHOT and one path only")
+        if all_drives:
+            for done in restore_all(repository, snap, Path(drive), overwrite=overwrite):
+                _say_restored(done.name, str(snap), done.target, done.result)
+            return
+        size = restore_blob(repository, snap, str(config), Path(drive), overwrite=overwrite)
         click.echo(f"restored config {config} of {snap} to {drive}: {format_size(size)}")
         return
     if target is None:
         raise click.UsageError("missing argument 'TARGET'")
     check_drive_name(drive)
-    result = restore_drive(repository, snap, drive, target, overwrite=overwrite)
+    _say_restored(
+        drive,
+        str(snap),
+        target,
+        restore_drive(repository, snap, drive, target, overwrite=overwrite),
+    )
+
+
+def _say_restored(drive: str, snapshot: str, target: Path, result: RestoreResult) -> None:
     click.echo(
-        f"restored drive {drive} of {snap} to {target}: {format_size(result.size)}, "
+        f"restored drive {drive} of {snapshot} to {target}: {format_size(result.size)}, "
         f"{result.chunks} chunks ({result.zero_chunks} all-zero)"
     )
 

@@ -4,7 +4,8 @@ Reading, hashing, compressing and storing overlap. The calling thread walks the 
 order and keeps the index in that order; a thread pool (pread, hashlib, zstd, zlib and fsync
 all release the GIL) reads each span of consecutive chunks with one large read and hashes,
 compresses and stores its chunks. At most ``INFLIGHT_BYTES`` of spans are in flight, so memory
-stays flat whatever the drive size. Chunks lying in a hole of a sparse image are zero chunks
+stays flat whatever the drive size. The zstd level follows what binds the copy, the CPU or
+the disk (txnbackup.compression). Chunks lying in a hole of a sparse image are zero chunks
 without being read. The clean chunks of an incremental backup are not read: the pool looks
 for their base chunk files in batches, and reads again only a chunk whose file is gone.
 
@@ -29,9 +30,9 @@ from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 
-from txnbackup import chunk
 from txnbackup.action import BitmapAction
 from txnbackup.chunkstore import ChunkBackend
+from txnbackup.compression import LevelChooser
 from txnbackup.constants import ZERO_DIGEST
 from txnbackup.drive import DriveReader
 from txnbackup.errors import Cancelled, IntegrityError
@@ -87,8 +88,9 @@ def _zeros(length: int) -> bytes:
     return bytes(length)
 
 
-def process_chunk(store: ChunkBackend, data: bytes) -> ChunkResult:
-    """Zero check, hash, dedup check, compress and store one chunk."""
+def process_chunk(store: ChunkBackend, data: bytes, levels: LevelChooser) -> ChunkResult:
+    """Zero check, hash, dedup check, compress (at the level ``levels`` chooses) and store
+    one chunk, telling ``levels`` what compressing and storing it took."""
     # A comparison with zeros is a memcmp that stops at the first non-zero byte; counting
     # zero bytes would scan every chunk at the speed of hashing it.
     if data == _zeros(len(data)):
@@ -96,26 +98,39 @@ def process_chunk(store: ChunkBackend, data: bytes) -> ChunkResult:
     digest = hashlib.sha256(data).digest()
     if store.reuse(digest.hex()):
         return ChunkResult(digest, len(data), Outcome.REUSED)
-    header, payload = chunk.encode_parts(data)
-    if not store.put(digest.hex(), header, payload):
+    (header, payload), encoding = levels.encode(data)
+    started = time.perf_counter()
+    stored = store.put(digest.hex(), header, payload)
+    if payload is not data:  # compressed: its level mattered
+        levels.record(encoding, time.perf_counter() - started)
+    if not stored:
         return ChunkResult(digest, len(data), Outcome.REUSED)
     return ChunkResult(digest, len(data), Outcome.STORED, len(header) + len(payload))
 
 
 def store_span(
-    reader: DriveReader, store: ChunkBackend, offset: int, length: int, cs: int
+    reader: DriveReader,
+    store: ChunkBackend,
+    offset: int,
+    length: int,
+    cs: int,
+    levels: LevelChooser,
 ) -> list[ChunkResult]:
     """Read ``[offset, offset + length)`` (whole chunks) at once and process each chunk."""
     if reader.next_data(offset) >= offset + length:
         return [ChunkResult(ZERO_DIGEST, n, Outcome.ZERO) for n in _pieces(length, cs)]
     data = reader.read(offset, length)
     if length <= cs:
-        return [process_chunk(store, data)]
-    return [process_chunk(store, data[i : i + cs]) for i in range(0, length, cs)]
+        return [process_chunk(store, data, levels)]
+    return [process_chunk(store, data[i : i + cs], levels) for i in range(0, length, cs)]
 
 
 def check_clean(
-    reader: DriveReader, store: ChunkBackend, chunks: list[tuple[int, int, bytes]], cs: int
+    reader: DriveReader,
+    store: ChunkBackend,
+    chunks: list[tuple[int, int, bytes]],
+    cs: int,
+    levels: LevelChooser,
 ) -> list[ChunkResult]:
     """Take each clean chunk's digest from the base index while its chunk file is there and
     looks whole (``ChunkBackend.has``: one open and one header read); read and store again one
@@ -126,7 +141,7 @@ def check_clean(
         if digest == ZERO_DIGEST or store.has(digest.hex()):
             results.append(ChunkResult(digest, length, Outcome.CLEAN))
         else:
-            (read,) = store_span(reader, store, offset, length, cs)
+            (read,) = store_span(reader, store, offset, length, cs, levels)
             results.append(dataclasses.replace(read, reread=True))
     return results
 
@@ -296,6 +311,7 @@ class _Pipeline:
     ) -> None:
         self.reader, self.store, self.pool, self.cs = reader, store, pool, cs
         self.index, self.tally = index, tally
+        self.levels = LevelChooser()  # one per drive copy: its disk and CPU decide
         self.max_inflight = max(2, INFLIGHT_BYTES // max(cs, READ_SIZE))
         self.pending: deque[Future[list[ChunkResult]]] = deque()
         self.span_start = self.span_end = 0
@@ -327,14 +343,17 @@ class _Pipeline:
         if not self.batch:
             return
         batch, self.batch = self.batch, []
-        self.pending.append(self.pool.submit(check_clean, self.reader, self.store, batch, self.cs))
+        args = (self.reader, self.store, batch, self.cs, self.levels)
+        self.pending.append(self.pool.submit(check_clean, *args))
         self._retire(keep=self.max_inflight)
 
     def submit_span(self) -> None:
         if self.span_end == self.span_start:
             return
         length = self.span_end - self.span_start
-        args = (self.reader, self.store, self.span_start, length, self.cs)
+        # Queued spans are read ahead while the pool's threads hash and compress earlier ones.
+        self.reader.prefetch(self.span_start, length)
+        args = (self.reader, self.store, self.span_start, length, self.cs, self.levels)
         self.pending.append(self.pool.submit(store_span, *args))
         self.span_start = self.span_end
         self._retire(keep=self.max_inflight)

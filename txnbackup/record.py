@@ -200,13 +200,16 @@ return {0, cur}
 
 # Ending a backup ends its drives with it: pending ones were skipped, a running one stopped
 # (failed or cancelled, ARGV[6]); nothing about a drive changes after this (_DRIVE).
+# The end is published on the backup's channel (ARGV[7]) in the same step, so a waiter that
+# subscribed before it read the phase cannot miss it; with pcall, so that a Redis user not
+# allowed to publish (ACL channels) still ends the backup (waiters then notice by polling).
 _FINISH = """
 local cur = redis.call('HGET', KEYS[1], 'phase')
 if not cur then return 0 end
 if cur == 'done' or cur == 'error' or cur == 'cancelled' then return 0 end
 redis.call('HSET', KEYS[1], 'phase', ARGV[1], 'end_time', ARGV[2])
 if ARGV[5] ~= '' then redis.call('HSET', KEYS[1], 'cancel_reason', ARGV[5]) end
-for i = 7, #ARGV do
+for i = 8, #ARGV do
   local raw = redis.call('HGET', KEYS[1], ARGV[i])
   if raw then
     raw = string.gsub(raw, '^{"state": "pending"', '{"state": "skipped"')
@@ -220,6 +223,7 @@ redis.call('SREM', KEYS[3], ARGV[3])
 redis.call('DEL', KEYS[4], KEYS[5])
 redis.call('EXPIRE', KEYS[1], ARGV[4])
 for i = 6, #KEYS do redis.call('EXPIRE', KEYS[i], ARGV[4]) end
+redis.pcall('PUBLISH', ARGV[7], ARGV[1])
 return 1
 """
 
@@ -462,7 +466,9 @@ class BackupRecords:
         end = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         stopped = DriveState.FAILED if final is Phase.ERROR else DriveState.CANCELLED
         drives = [DRIVE_FIELD + d.name for d in record.plan.drives]
-        args: list[str | int] = [final, end, backup, self.ttl, cancel_reason, stopped, *drives]
+        channel = self.keys.ended(backup)
+        args: list[str | int] = [final, end, backup, self.ttl, cancel_reason, stopped, channel]
+        args += drives
         return bool(self._finish(keys=keys, args=args))
 
     def request_cancel(self, backup: str, reason: str) -> bool:
