@@ -140,7 +140,7 @@ class Producer:
             build(plan, ids, self.app).apply_async()
             _unsubscribe(self.app, ids.all)
         except BaseException as exc:
-            transaction.rollback(repo, self.rt.bitmaps, plan)
+            transaction.rollback(repo, self.rt.bitmaps, plan, self.rt.settings.qemu)
             self.rt.records.delete(plan.backup)
             self.rt.records.unlock(plan.vmid, plan.backup)
             if isinstance(exc, OperationalError):

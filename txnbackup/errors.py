@@ -212,6 +212,10 @@ class QemuDriveError(QemuError):
     """drive {}: {}"""
 
 
+class QemuDirUnusable(QemuError):
+    """QEMU {} directory {}: {}"""
+
+
 class Refused(TxnBackupError):
     """refused: {}"""
 

@@ -16,6 +16,21 @@ from txnbackup.errors import InvalidInput
 from txnbackup.keyfile import KeyAccess
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+DEFAULT_QEMU_RUN_DIR = Path("/tmp")
+
+
+@dataclass(frozen=True)
+class QemuDirs:
+    """Where a QEMU backup's files live on the VM's node: ``run`` holds each backup's private
+    run directory (its NBD socket: the path must stay under 108 bytes), ``scratch`` each
+    backup's private directory of fleecing overlays (they grow by what the guest overwrites
+    during the backup, up to the drive size; None: the run directory)."""
+
+    run: Path = DEFAULT_QEMU_RUN_DIR
+    scratch: Path | None = None
+
+
+DEFAULT_QEMU_DIRS = QemuDirs()
 
 
 @dataclass(frozen=True)
@@ -44,6 +59,8 @@ class Settings:
     new_passphrase: bytes | None = field(default=None, repr=False)
     key_file: Path | None = None  # a keyfile-mode key, when not in key_dir
     key_dir: Path | None = None  # keyfile-mode keys, one per repository id
+
+    qemu: QemuDirs = DEFAULT_QEMU_DIRS
 
     def key_access(self) -> KeyAccess:
         return KeyAccess(self.passphrase, self.key_file, self.key_dir)
@@ -74,6 +91,10 @@ class Settings:
             new_passphrase=passphrase_from(env, "TXNBACKUP_NEW_PASSPHRASE"),
             key_file=Path(env["TXNBACKUP_KEY_FILE"]) if env.get("TXNBACKUP_KEY_FILE") else None,
             key_dir=_key_dir(env),
+            qemu=QemuDirs(
+                _absolute(env, "TXNBACKUP_QEMU_RUN_DIR") or DEFAULT_QEMU_RUN_DIR,
+                _absolute(env, "TXNBACKUP_QEMU_SCRATCH_DIR"),
+            ),
         )
 
 
@@ -88,6 +109,15 @@ def _positive_int(env: Mapping[str, str], name: str, default: int) -> int:
     if value <= 0:
         raise InvalidInput(f"{name}={raw!r} must be positive")
     return value
+
+
+def _absolute(env: Mapping[str, str], name: str) -> Path | None:
+    raw = env.get(name)
+    if not raw:
+        return None
+    if not raw.startswith("/"):
+        raise InvalidInput(f"{name}={raw!r} must be an absolute path")
+    return Path(raw)
 
 
 def _secret(env: Mapping[str, str]) -> bytes | None:
