@@ -1,4 +1,4 @@
-"""``python -m bench``: the benchmark of issues 6 and 16 (``--help`` for the options)."""
+"""``python -m bench``: the benchmark of issues 6, 15 and 16 (``--help`` for the options)."""
 
 from __future__ import annotations
 
@@ -31,6 +31,7 @@ def parse(argv: list[str] | None) -> tuple[Options, Path]:
         help="data the images hold (bench/image.py; default both, one after the other)",
     )
     p.add_argument("--no-peers", action="store_true", help="txnbackup only")
+    p.add_argument("--qemu-only", action="store_true", help="the QEMU row alone")
     p.add_argument("--no-install", action="store_true", help="never apt-get install peers")
     p.add_argument("--warm", action="store_true", help="do not drop the page cache")
     p.add_argument("--latency-samples", type=int, default=20, help="tiny backups (default 20)")
@@ -59,6 +60,7 @@ def parse(argv: list[str] | None) -> tuple[Options, Path]:
         workdir=args.workdir,
         keep=args.keep,
         redis_url=os.environ.get("TXNBACKUP_REDIS_URL", "redis://127.0.0.1:6379/0"),
+        qemu_only=bool(args.qemu_only),
     )
     return options, args.out
 

@@ -1,5 +1,5 @@
-"""What a run prints and writes: a table per data mix, the targets of issues 6 and 16, JSON and
-a PNG chart."""
+"""What a run prints and writes: a table per data mix, the targets of issues 6, 15 (the cost of
+encryption) and 16, JSON and a PNG chart."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.measure import Samples
-from bench.run import CLI, TXN, MixResults, Results
+from bench.run import CLI, TXN, TXN_ENC, MixResults, Results
 
 PEERS = ("restic", "borg")
 MIB = 1024 * 1024
@@ -28,6 +28,7 @@ class Row:
 
 ROWS = (
     Row("API, 1 drive: full backup", "full", TXN),
+    Row("API, 1 drive: full, encrypted", "full", TXN_ENC),
     Row("API, 1 drive: incr. clustered 1%", "clustered", TXN),
     Row("API, 1 drive: incr. scattered 1%", "scattered", TXN),
     Row("API, 1 drive: restore", "restore", TXN),
@@ -45,13 +46,15 @@ class Target:
     met: bool | None
 
     def line(self) -> str:
-        verdict = {True: "met", False: "MISSED", None: "not measured"}[self.met]
+        verdict = {True: "MET", False: "MISSED", None: "not measured"}[self.met]
         shown = "-" if self.value is None else f"{self.value:.2f}"
         return f"  {self.what:<58} {self.goal:<8} {shown:>8}  {verdict}"
 
 
 def targets(r: Results) -> list[Target]:
     """Each target a ratio (or seconds) measured in this run, medians; per mix, then global."""
+    if r.options.qemu_only:
+        return qemu_targets(r.extra.get("qemu"))
     found = [t for name, m in r.mixes.items() for t in mix_targets(name, m)]
     overhead = r.extra.get("overhead", {})
     rss = [m.worker_rss_full.median for m in r.mixes.values() if m.worker_rss_full.values]
@@ -60,11 +63,28 @@ def targets(r: Results) -> list[Target]:
     tiny_cli = _get(r.extra, "cli_overhead", "overhead")
     return [
         *found,
+        *qemu_targets(r.extra.get("qemu")),
         _at_most("worker peak RSS, MiB (full backups and sparse drive)", max(rss) / MIB, 300),
         _at_most("tiny 3-drive backup / bare canvas latency", _get(overhead, "latency_ratio"), 3),
         _at_least("tiny backups per s / bare canvases per s", share, 0.5),
         _at_most("CLI overhead over API, tiny 2-drive VM, s", tiny_cli, 0.5),
     ]
+
+
+def qemu_targets(q: object) -> list[Target]:
+    if not isinstance(q, dict) or "skipped" in q:
+        return []
+    found = [_at_most("QEMU qcow2 over NBD, full / same image as file drive", _qemu_ratio(q), 1.3)]
+    for case in ("clustered", "scattered"):
+        read, chunks = _get(q, case, "read"), _get(q, case, "dirty_chunks_bytes")
+        found.append(
+            _at_most(f"QEMU incr. {case} 1%: bytes read / dirty chunks", _div(read, chunks), 1.05)
+        )
+    return found
+
+
+def _qemu_ratio(q: dict[str, Any]) -> float | None:
+    return _div(_get(q, "qemu_full"), _get(q, "file_full"))
 
 
 def mix_targets(name: str, m: MixResults) -> list[Target]:
@@ -83,6 +103,7 @@ def mix_targets(name: str, m: MixResults) -> list[Target]:
         _faster(m, "restore2", CLI, "restic", 2, p + "CLI restore, 2 drives"),
         _faster(m, "restore2", CLI, "borg", 2, p + "CLI restore, 2 drives"),
         _at_most(p + "API full / floor", _div(_median(m.times, "full", TXN), floor), 1.3),
+        _at_most(p + "API full, encrypted / unencrypted", encryption_cost(m), 1.15),
         _at_most(p + "CLI full, 2 drives / floor", cli_floor, 1.3),
         _faster(m, "clustered", TXN, "restic", 20, p + "incr. clustered"),
         _faster(m, "scattered", TXN, "restic", 3, p + "incr. scattered"),
@@ -93,6 +114,11 @@ def mix_targets(name: str, m: MixResults) -> list[Target]:
             1.5,
         ),
     ]
+
+
+def encryption_cost(m: MixResults) -> float | None:
+    """The encrypted full backup's time over the plain one's (medians, same image)."""
+    return _div(_median(m.times, "full", TXN_ENC), _median(m.times, "full", TXN))
 
 
 def cli_overhead(m: MixResults) -> float | None:
@@ -139,7 +165,8 @@ def render(r: Results) -> str:
     lines = [_conditions(r), ""]
     for name, m in r.mixes.items():
         lines += [*_mix(r, name, m), ""]
-    lines += [*_overhead(r), "", "targets (issues 6 and 16), medians of this run:"]
+    lines += [*_overhead(r), *_qemu(r.extra.get("qemu")), ""]
+    lines += ["targets (issues 6, 14, 15 and 16), medians of this run:"]
     lines += [t.line() for t in targets(r)]
     return "\n".join(lines)
 
@@ -282,7 +309,29 @@ def _overhead(r: Results) -> list[str]:
             f"tiny 2-drive VM on 2 nodes: API {api['median'] * 1000:.0f} ms, "
             f"`txnbackup backup --wait` {cli['median'] * 1000:.0f} ms: the command adds "
             f"{c['overhead'] * 1000:.0f} ms, of which start-up (Python, CLI and Celery imports) "
-            f"{start['median'] * 1000:.0f} ms, the rest submit, polling every 0.2 s and output"
+            f"{start['median'] * 1000:.0f} ms, the rest submit, the wait (woken by the end's "
+            "message) and output"
+        )
+    return lines
+
+
+def _qemu(q: object) -> list[str]:
+    if not isinstance(q, dict):
+        return []
+    if "skipped" in q:
+        return [f"QEMU row skipped: {q['skipped']}"]
+    ratio = _qemu_ratio(q)
+    lines = [
+        f"QEMU drive ({q['size'] / MIB:.0f} MiB qcow2, qemu-storage-daemon, NBD): full "
+        f"{q['qemu_full']:.2f} s; the same image as a file drive {q['file_full']:.2f} s; "
+        f"ratio {ratio if ratio is None else f'{ratio:.2f}'}"
+    ]
+    for case in ("clustered", "scattered"):
+        c = q[case]
+        lines.append(
+            f"QEMU incremental after a {case} 1% change ({c['action']}): read "
+            f"{c['read'] / MIB:.1f} MiB, dirty chunks {c['dirty_chunks_bytes'] / MIB:.1f} MiB, "
+            f"bitmap's dirty bytes {c['dirty'] / MIB:.1f} MiB"
         )
     return lines
 

@@ -39,6 +39,7 @@ from bench.measure import (
     tree_size,
 )
 from bench.overhead import measure_overhead
+from bench.qemu import measure_qemu
 from bench.tools import (
     BenchError,
     Borg,
@@ -46,6 +47,7 @@ from bench.tools import (
     Tool,
     Txnbackup,
     TxnbackupCli,
+    TxnbackupEncrypted,
     find_peers,
     run_backup,
     version,
@@ -58,6 +60,7 @@ from txnbackup.repository import Repository
 
 SPARSE_VMID = "200"
 TXN, CLI = "txnbackup", "txnbackup-cli"  # tool names: the API path and the command
+TXN_ENC = "txnbackup-enc"  # the API path into an encrypted repository
 R = TypeVar("R")
 
 
@@ -76,12 +79,14 @@ class Options:
     workdir: Path | None
     keep: bool
     redis_url: str
+    qemu_only: bool = False  # the QEMU row alone (python -m bench --qemu-only)
 
 
 @dataclass
 class MixResults:
-    """What one data mix measured; cases: full, clustered, scattered, restore (VM 100, API),
-    full2 and restore2 (VM 300: txnbackup is the API path, txnbackup-cli the command)."""
+    """What one data mix measured; cases: full, clustered, scattered, restore (VM 100, API;
+    full also into an encrypted repository, txnbackup-enc), full2 and restore2 (VM 300:
+    txnbackup is the API path, txnbackup-cli the command)."""
 
     mix: str
     image: dict[str, object] = field(default_factory=dict)
@@ -178,9 +183,16 @@ def _run_in(workdir: Path, options: Options, results: Results, say: Say) -> None
     results.tools = {
         TXN: "txnbackup (this tree); " + Txnbackup.note,
         CLI: "txnbackup (this tree); " + TxnbackupCli.note,
+        TXN_ENC: "txnbackup (this tree); " + TxnbackupEncrypted.note,
         **{p: f"{_version(p)}; {(Restic if p == 'restic' else Borg).note}" for p in peers},
     }
     with bench_fleet(workdir, options.redis_url) as fleet:
+        if options.qemu_only:
+            say("QEMU: a running VM's qcow2 drive read over NBD, next to the same image")
+            results.extra["qemu"] = measure_qemu(
+                fleet, workdir, options.size, options.seed, cache, say
+            )
+            return
         rss = PeakRss(lambda: process_tree(fleet.worker.proc.pid))
         say(f"starting one worker per node of the 2-drive VM ({', '.join(NODES)})")
         # Only while the 2-drive VM's cases run: idle workers' polling would count in the
@@ -197,6 +209,8 @@ def _run_in(workdir: Path, options: Options, results: Results, say: Say) -> None
             say(f"CLI overhead: {options.latency_samples} tiny 2-drive backups, API and command")
             cli_overhead = measure_cli_overhead(fleet, workdir, options.latency_samples)
             results.extra["cli_overhead"] = cli_overhead.to_dict()
+        say("QEMU: a running VM's qcow2 drive read over NBD, next to the same image as a file")
+        results.extra["qemu"] = measure_qemu(fleet, workdir, options.size, options.seed, cache, say)
         _orchestration(fleet, workdir, options, results, say, cache, rss)
         results.conditions["redis"] = "private redis-server" if fleet.private_redis else "shared"
     results.conditions["load_after"] = load_average()
@@ -265,7 +279,8 @@ class _Mix:
         one = [Drive("scsi0", str(self.image), NODE)]
         # The same tool objects from a full backup to the restore: each knows its latest.
         tools = self._tools(Txnbackup(self.fleet, one, self.vmid), [self.image])
-        self.full("full", tools)
+        encrypted = TxnbackupEncrypted(self.fleet, one, f"{self.vmid}-enc")
+        self.full("full", [*tools, encrypted])
         pairs = enumerate(zip(self.halves, NODES, strict=True))
         two = [Drive(f"scsi{i}", str(path), node) for i, (path, node) in pairs]
         api2 = Txnbackup(self.fleet, two, f"300-{mix}")

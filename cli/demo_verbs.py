@@ -14,6 +14,10 @@ from txnbackup.settings import Settings
 MIN_CHUNKS = 8  # the steps write at eight different places of a drive
 
 
+def optional_size(ctx: click.Context, param: click.Parameter, value: str | None) -> int | None:
+    return None if value is None else size_option_value(ctx, param, value)
+
+
 @click.command()
 @click.option(
     "--workdir",
@@ -24,23 +28,37 @@ MIN_CHUNKS = 8  # the steps write at eight different places of a drive
 @click.option("--keep", is_flag=True, help="Keep the temporary work directory.")
 @click.option(
     "--drive-size",
-    default="96M",
-    show_default=True,
     metavar="SIZE",
-    callback=size_option_value,
-    help="Size of each of the three drives: a multiple of the chunk size, at least 8 chunks.",
+    callback=optional_size,
+    help="Size of each drive: a multiple of the chunk size, at least 8 chunks. "
+    "[default: 96M; 64M with --qemu]",
 )
 @click.option(
     "--chunk-size",
-    default="4M",
-    show_default=True,
     metavar="SIZE",
-    callback=size_option_value,
-    help="Chunk size of the demo's repository.",
+    callback=optional_size,
+    help="Chunk size of the demo's repository. [default: 4M; 64K with --qemu]",
+)
+@click.option(
+    "--qemu",
+    is_flag=True,
+    help="Back up a running QEMU VM instead: a guest (KVM, else TCG) writing to two disks, "
+    "or a qemu-storage-daemon with a writer where no guest can run.",
+)
+@click.option(
+    "--qemu-daemon",
+    is_flag=True,
+    help="With --qemu: the qemu-storage-daemon and writer even where a guest could run.",
 )
 @click.pass_obj
 def demo(
-    settings: Settings, workdir: Path | None, keep: bool, drive_size: int, chunk_size: int
+    settings: Settings,
+    workdir: Path | None,
+    keep: bool,
+    drive_size: int | None,
+    chunk_size: int | None,
+    qemu: bool,
+    qemu_daemon: bool,
 ) -> None:
     """Show the whole idea on a private two-node fleet, and check it.
 
@@ -50,8 +68,15 @@ def demo(
     mid-copy, one cancelled by revoking one task, an incremental that still has every
     change, and a restore compared byte for byte. Everything it starts is stopped.
 
+    With --qemu, a running VM's life instead: full, incremental, a revoked backup rolled
+    back in QEMU, the next incremental, and each snapshot restored and checked to be one
+    instant across both disks.
+
     Exit code 0 only if every step came out as expected.
     """
+    qemu = qemu or qemu_daemon
+    drive_size = drive_size or (64 << 20 if qemu else 96 << 20)
+    chunk_size = chunk_size or (64 << 10 if qemu else 4 << 20)
     check_chunk_size(chunk_size)
     if drive_size % chunk_size or drive_size < MIN_CHUNKS * chunk_size:
         raise InvalidInput(
@@ -60,7 +85,8 @@ def demo(
         )
     from cli.demo.run import DemoOptions, run_demo  # noqa: PLC0415 - Celery only when run
 
-    run_demo(DemoOptions(workdir, keep, drive_size, chunk_size), settings)
+    options = DemoOptions(workdir, keep, drive_size, chunk_size, qemu, qemu_daemon)
+    run_demo(options, settings)
 
 
 COMMANDS = (demo,)

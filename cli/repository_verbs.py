@@ -2,20 +2,22 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
 import click
 
-from cli.options import json_option, open_repository, repo_option
+from cli.options import ask_passphrase, json_option, open_repository, repo_option
 from cli.output import print_json, print_table, warn
 from cli.sizes import format_size, size_option_value
 from txnbackup.blob import restore_blob
-from txnbackup.errors import IntegrityError, VerifyFailed
+from txnbackup.errors import IntegrityError, PassphraseMissing, VerifyFailed
+from txnbackup.keyfile import KeyMode, NewKey
 from txnbackup.latest import resolve
 from txnbackup.names import check_drive_name
-from txnbackup.repository import Repository
-from txnbackup.restore import restore_drive
+from txnbackup.repository import Repository, check_chunk_size
+from txnbackup.restore import RestoreResult, restore_all, restore_drive
 from txnbackup.settings import Settings
 from txnbackup.verify import Problem, VerifyReport, verify_snapshot
 
@@ -28,11 +30,37 @@ from txnbackup.verify import Problem, VerifyReport, verify_snapshot
     show_default=True,
     help="Chunk size: a power of two from 64K to 16M (plain bytes or K/M suffix).",
 )
+@click.option(
+    "--encryption",
+    type=click.Choice(["none", "repokey", "keyfile"]),
+    default="none",
+    show_default=True,
+    help="Encrypt the repository; repokey keeps the passphrase-protected key in REPO, keyfile "
+    "in $TXNBACKUP_KEY_FILE or ~/.config/txnbackup/keys/<repository id>.",
+)
 @click.argument("repo", type=click.Path(path_type=Path))
-def init(chunk_size: int, repo: Path) -> None:
-    """Create an empty repository in REPO (a new or empty directory)."""
-    created = Repository.init(repo, chunk_size)
+@click.pass_obj
+def init(settings: Settings, chunk_size: int, encryption: str, repo: Path) -> None:
+    """Create an empty repository in REPO (a new or empty directory).
+
+    An encrypted repository's passphrase comes from TXNBACKUP_PASSPHRASE_FILE or
+    TXNBACKUP_PASSPHRASE (or is asked for at a terminal), never from the command line.
+    Export the key (`txnbackup key export FILE`) and keep it apart from the repository.
+    """
+    new_key = None
+    if encryption != "none":
+        check_chunk_size(chunk_size)
+        passphrase = settings.passphrase
+        if passphrase is None and sys.stdin.isatty():
+            passphrase = ask_passphrase("New passphrase", confirm=True)
+        if passphrase is None:
+            raise PassphraseMissing(str(repo))
+        new_key = NewKey(KeyMode(encryption), passphrase, settings.key_access())
+    created = Repository.init(repo, chunk_size, new_key)
     click.echo(f"created repository {repo} (id {created.id}, chunk size {format_size(chunk_size)})")
+    if new_key is not None:
+        where = created.key_path(settings.key_access())
+        click.echo(f"encrypted ({encryption}); key in {where}: export it and keep the copy safe")
 
 
 @click.command()
@@ -100,6 +128,12 @@ def _summaries(repo: Repository, vmid: str | None) -> list[dict[str, Any]]:
 @click.option(
     "--config", "config", metavar="NAME", help="Restore the config blob NAME instead of a drive."
 )
+@click.option(
+    "--all",
+    "all_drives",
+    is_flag=True,
+    help="Restore every drive of SNAPSHOT into the directory given instead of DRIVE.",
+)
 @click.pass_obj
 def restore(
     settings: Settings,
@@ -109,28 +143,43 @@ def restore(
     target: Path | None,
     overwrite: bool,
     config: str | None,
+    all_drives: bool,
 ) -> None:
     """Write DRIVE of SNAPSHOT (vm/<vmid>/<time> or vm/<vmid>/latest) to TARGET.
 
     TARGET is a file (created sparse, appearing only complete) or a block device (written in
     place, opened exclusively, only with --overwrite; it must be at least as large as the
-    drive). `restore SNAPSHOT --config NAME TARGET` writes the config blob NAME to the file
-    TARGET instead.
+    drive). `restore SNAPSHOT --all DIR` writes every drive to DIR/<drive>.raw (DIR must
+    exist; existing files are replaced only with --overwrite, and nothing is written when
+    one is refused). `restore SNAPSHOT --config NAME TARGET` writes the config blob NAME to
+    the file TARGET instead.
     """
     repository = open_repository(settings, repo)
     snap = resolve(repository, snapshot)
-    if config is not None:
-        if target is not None:
-            raise click.UsageError("with --config give SNAPSHOT and TARGET only")
-        size = restore_blob(repository, snap, config, Path(drive), overwrite=overwrite)
+    if config is not None or all_drives:
+        if target is not None or (config is not None and all_drives):
+            raise click.UsageError("with --config or --all give SNAPSHOT and one path only")
+        if all_drives:
+            for done in restore_all(repository, snap, Path(drive), overwrite=overwrite):
+                _say_restored(done.name, str(snap), done.target, done.result)
+            return
+        size = restore_blob(repository, snap, str(config), Path(drive), overwrite=overwrite)
         click.echo(f"restored config {config} of {snap} to {drive}: {format_size(size)}")
         return
     if target is None:
         raise click.UsageError("missing argument 'TARGET'")
     check_drive_name(drive)
-    result = restore_drive(repository, snap, drive, target, overwrite=overwrite)
+    _say_restored(
+        drive,
+        str(snap),
+        target,
+        restore_drive(repository, snap, drive, target, overwrite=overwrite),
+    )
+
+
+def _say_restored(drive: str, snapshot: str, target: Path, result: RestoreResult) -> None:
     click.echo(
-        f"restored drive {drive} of {snap} to {target}: {format_size(result.size)}, "
+        f"restored drive {drive} of {snapshot} to {target}: {format_size(result.size)}, "
         f"{result.chunks} chunks ({result.zero_chunks} all-zero)"
     )
 

@@ -9,6 +9,8 @@ export VENV
 scripts/ensure-venv.sh dev
 # QEMU, qemu-img, libnbd and its Python module for tests/qemu (skipped, saying why, without).
 scripts/ensure-qemu.sh
+# The guest kit (Debian's cloud kernel, busybox) for tests/guest (skipped, saying why, without).
+scripts/ensure-guest.sh
 scripts/ensure-redis.sh
 
 "$VENV/bin/ruff" check .

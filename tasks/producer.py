@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from celery import Celery
 from kombu.exceptions import OperationalError
+from redis.exceptions import ResponseError
 
 from tasks.canvas import TaskIds, build
 from tasks.celeryapp import make_app
@@ -24,7 +26,6 @@ from txnbackup.names import (
     check_vmid,
     new_backup_id,
 )
-from txnbackup.qemu.begin import prepare_qemu
 from txnbackup.qemu.vm import QemuVM
 from txnbackup.redisconn import redacted, unavailable_as_error
 from txnbackup.repository import Repository
@@ -95,6 +96,9 @@ class Producer:
         backup = new_backup_id()
         self.rt.records.lock(vmid, backup)
         try:
+            # Imported here: the QMP client is start-up time every `backup --wait` would pay.
+            from txnbackup.qemu.begin import prepare_qemu  # noqa: PLC0415
+
             plan = prepare_qemu(repo, vmid, vm, drives, full=full, backup=backup)
         except BaseException:
             self.rt.records.unlock(vmid, backup)
@@ -148,7 +152,7 @@ class Producer:
             build(plan, ids, self.app).apply_async()
             _unsubscribe(self.app, ids.all)
         except BaseException as exc:
-            transaction.rollback(repo, self.rt.bitmaps, plan)
+            transaction.rollback(repo, self.rt.bitmaps, plan, self.rt.settings.qemu)
             self.rt.records.delete(plan.backup)
             self.rt.records.unlock(plan.vmid, plan.backup)
             if isinstance(exc, OperationalError):
@@ -160,7 +164,9 @@ class Producer:
         path = path or self.rt.settings.repository
         if path is None:
             raise InvalidInput("no repository: pass --repo or set TXNBACKUP_REPOSITORY")
-        return Repository.open(path)
+        repo = Repository.open(path, self.rt.settings.key_access())
+        repo.unlock()  # a wrong or missing key is refused before the VM is locked
+        return repo
 
     def status(self, backup: str) -> BackupStatus:
         return from_record(self.rt.records.load(check_backup_id(backup)))
@@ -197,16 +203,45 @@ class Producer:
         interval: float = 0.2,
         on_update: StatusSink | None = None,
     ) -> BackupStatus:
+        """The status once the backup ended (or at ``timeout``), read every ``interval`` s
+        for ``on_update``; the end itself is noticed at once, from its pub/sub message."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            status = self.status(backup)
-            if on_update:
-                on_update(status)
-            if not status.active:
-                return status
-            if deadline is not None and time.monotonic() > deadline:
-                return status
-            time.sleep(interval)
+        with self._ended_channel(backup) as ended:
+            while True:
+                status = self.status(backup)
+                if on_update:
+                    on_update(status)
+                if not status.active:
+                    return status
+                left = interval if deadline is None else deadline - time.monotonic()
+                if left <= 0:
+                    return status
+                ended(min(interval, left))
+
+    @contextlib.contextmanager
+    def _ended_channel(self, backup: str) -> Iterator[Callable[[float], None]]:
+        """A wait of at most the given seconds that returns when the backup's end is published.
+
+        Subscribed before the first status read: an end published after that read wakes the
+        wait, one published before it is seen by that read.
+        """
+        pubsub = self.rt.redis.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
+        try:
+            try:
+                pubsub.subscribe(self.rt.records.keys.ended(check_backup_id(backup)))
+            except ResponseError:  # a Redis user not allowed to subscribe: plain polling
+                yield time.sleep
+                return
+
+            def wait(seconds: float) -> None:
+                until = time.monotonic() + seconds
+                while (left := until - time.monotonic()) > 0:
+                    if pubsub.get_message(timeout=left) is not None:
+                        return
+
+            yield wait
+        finally:
+            pubsub.close()
 
     def nodes_without_worker(self, nodes: Sequence[str], timeout: float = 1.0) -> list[str]:
         """The nodes whose queue no live worker consumes (asks every worker; takes ``timeout``)."""

@@ -4,6 +4,11 @@ A chunk file is a 16-byte header followed by the payload:
 magic ``TXBC``, codec version (u8), compression (u8: 0 raw, 1 zstd), reserved (u16, zero),
 plaintext length (u32), CRC-32 of the payload (u32); all big-endian. The file's name is the
 SHA-256 of the plaintext, which decoding checks as well.
+
+The writer picks the compression: raw for a chunk whose samples do not compress (no zstd pass
+over random data), else zstd at the level the caller asks for (txnbackup.compression), kept
+only when it saves at least 1/64. A reader needs nothing but the header: any zstd level
+decodes alike.
 """
 
 from __future__ import annotations
@@ -24,6 +29,9 @@ CODEC_VERSION = 1
 HEADER = struct.Struct(">4sBBHII")
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 PROBE_SIZE = HEADER.size + len(ZSTD_MAGIC)  # bytes ``plausible`` looks at
+SAMPLES = 8  # pieces of a chunk tried before compressing it whole (``_incompressible``)
+SAMPLE_SIZE = 8 * 1024  # bytes per piece
+TRIAL_MIN = 4 * SAMPLES * SAMPLE_SIZE  # bytes: smaller chunks are compressed without a trial
 
 
 class Compression(IntEnum):
@@ -34,12 +42,15 @@ class Compression(IntEnum):
 _local = threading.local()
 
 
-def _compressor() -> zstandard.ZstdCompressor:
+def _compressor(level: int = ZSTD_LEVEL) -> zstandard.ZstdCompressor:
     # zstd (de)compressor objects are not thread-safe; the engine hashes and compresses
-    # on a thread pool, so each thread keeps its own.
-    comp: zstandard.ZstdCompressor | None = getattr(_local, "compressor", None)
+    # on a thread pool, so each thread keeps its own, one per level.
+    comps: dict[int, zstandard.ZstdCompressor] | None = getattr(_local, "compressors", None)
+    if comps is None:
+        comps = _local.compressors = {}
+    comp = comps.get(level)
     if comp is None:
-        comp = _local.compressor = zstandard.ZstdCompressor(level=ZSTD_LEVEL)
+        comp = comps[level] = zstandard.ZstdCompressor(level=level)
     return comp
 
 
@@ -54,22 +65,60 @@ def digest_of(data: bytes | memoryview) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def encode(data: bytes | memoryview) -> bytes:
+def encode(data: bytes | memoryview, level: int = ZSTD_LEVEL) -> bytes:
     """Compress with zstd, or store raw when compression does not pay (random data)."""
-    return b"".join(encode_parts(data))
+    return b"".join(encode_parts(data, level))
 
 
-def encode_parts(data: bytes | memoryview) -> tuple[bytes, bytes | memoryview]:
+def encode_parts(
+    data: bytes | memoryview, level: int = ZSTD_LEVEL
+) -> tuple[bytes, bytes | memoryview]:
     """``encode`` as (header, payload), which a writer can write without joining them:
     the raw payload is ``data`` itself, not a copy."""
-    compressed = _compressor().compress(data)
-    payload: bytes | memoryview
-    if len(compressed) < len(data) - len(data) // 64:
-        method, payload = Compression.ZSTD, compressed
-    else:
-        method, payload = Compression.RAW, data
+    method, payload = compress(data, level)
     header = HEADER.pack(MAGIC, CODEC_VERSION, method, 0, len(data), zlib.crc32(payload))
     return header, payload
+
+
+def compress(
+    data: bytes | memoryview, level: int = ZSTD_LEVEL
+) -> tuple[Compression, bytes | memoryview]:
+    """The payload and its compression.
+
+    A large chunk whose samples (``_incompressible``) all fail to compress is stored raw
+    without compressing the whole of it; any other is compressed at ``level`` and kept
+    compressed when that saves at least 1/64 of it.
+    """
+    if not _incompressible(data):
+        compressed = _compressor(level).compress(data)
+        if _pays(len(compressed), len(data)):
+            return Compression.ZSTD, compressed
+    return Compression.RAW, data
+
+
+def is_compressed(header: bytes) -> bool:
+    """Whether a chunk file's header (plain or sealed: the field is at the same place) says
+    its payload is compressed."""
+    return bool(HEADER.unpack_from(header)[2] == Compression.ZSTD)
+
+
+def _pays(compressed: int, plain: int) -> bool:
+    return compressed < plain - plain // 64
+
+
+def _incompressible(data: bytes | memoryview) -> bool:
+    """Whether every one of SAMPLES pieces of SAMPLE_SIZE, spread evenly over the chunk,
+    fails to compress at zstd 1 (random data): 1/64 of the chunk compressed instead of all
+    of it. Chunks under TRIAL_MIN are compressed whole: the trial would not save much."""
+    if len(data) < TRIAL_MIN:
+        return False
+    step = len(data) // SAMPLES
+    comp = _compressor(ZSTD_LEVEL)
+    view = memoryview(data)
+    return not any(
+        _pays(len(comp.compress(view[i : i + SAMPLE_SIZE])), SAMPLE_SIZE)
+        for i in range(0, step * SAMPLES, step)
+    )
 
 
 def plausible(head: bytes, file_size: int) -> bool:
@@ -102,13 +151,14 @@ def decode(blob: bytes, digest: str) -> bytes:
     payload = memoryview(blob)[HEADER.size :]
     if zlib.crc32(payload) != crc:
         raise CorruptChunk(digest, "CRC mismatch")
-    data = _plaintext(payload, method, length, digest)
+    data = decompress(payload, method, length, digest)
     if len(data) != length or digest_of(data) != digest:
         raise CorruptChunk(digest, "content does not match its digest")
     return data
 
 
-def _plaintext(payload: memoryview, method: int, length: int, digest: str) -> bytes:
+def decompress(payload: memoryview, method: int, length: int, digest: str) -> bytes:
+    """The plaintext of a payload (at most ``length`` bytes); CorruptChunk when it is not."""
     if method == Compression.RAW:
         return bytes(payload)
     if method == Compression.ZSTD:

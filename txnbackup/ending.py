@@ -79,7 +79,8 @@ def _commit(rt: Runtime, record: BackupRecord) -> str:
     except TxnBackupError as exc:  # perhaps for a moment (a mount): the commit is retried
         raise RepositoryUnavailable(f"cannot open repository: {exc}") from exc
     try:
-        snapshot = transaction.commit(repo, rt.bitmaps, plan, records.blobs(record.uuid))
+        blobs = records.blobs(record.uuid)
+        snapshot = transaction.commit(repo, rt.bitmaps, plan, blobs, rt.settings.qemu)
     except Exception as exc:
         published = repo.find_backup(plan.vmid, record.uuid)
         if published is not None:
@@ -121,7 +122,7 @@ def _give_up(rt: Runtime, record: BackupRecord, attempt: int, exc: Exception) ->
     records.record_error(record.uuid, message)
     if isinstance(exc, PublishedButNotCommitted):
         with contextlib.suppress(TxnBackupError):
-            transaction.return_bits(rt.bitmaps, plan)
+            transaction.return_bits(rt.bitmaps, plan, rt.settings.qemu)
         records.finish(records.load(record.uuid), Phase.ERROR)
     elif records.claim(record.uuid, Phase.ROLLING_BACK, frm=[Phase.COMMITTING]).won:
         _roll_back(rt, record)
@@ -189,9 +190,9 @@ def _discard(rt: Runtime, record: BackupRecord) -> None:
         log.warning(
             "vm %s backup %s: staging area left to the reaper: %s", record.vmid, record.uuid, exc
         )
-        transaction.return_bits(rt.bitmaps, record.plan)
+        transaction.return_bits(rt.bitmaps, record.plan, rt.settings.qemu)
         return
-    transaction.rollback(repo, rt.bitmaps, record.plan)
+    transaction.rollback(repo, rt.bitmaps, record.plan, rt.settings.qemu)
 
 
 def _unexplained(record: BackupRecord) -> str:
@@ -203,14 +204,20 @@ def _unexplained(record: BackupRecord) -> str:
 
 def _wait_for_running_drive(rt: Runtime, record: BackupRecord) -> BackupRecord:
     """Nothing may be written to a backup after its rollback: give the running drive, which
-    sees the cancel within a fraction of a second, time to stop (a killed one never does)."""
-    if not record.running or not rt.records.lease_holder(record.uuid, LeaseRole.COPY):
+    sees the cancel within a fraction of a second, time to stop (a killed one never does).
+    A QEMU begin in progress is waited for the same way: it undoes its own work when it
+    finds the backup ended, and the rollback then finds QEMU as it was."""
+    if not _busy(record) or not rt.records.lease_holder(record.uuid, LeaseRole.COPY):
         return record
     deadline = time.monotonic() + rt.settings.rollback_wait
-    while record.running and time.monotonic() < deadline:
+    while _busy(record) and time.monotonic() < deadline:
         time.sleep(0.05)
         record = rt.records.load(record.uuid)
     return record
+
+
+def _busy(record: BackupRecord) -> bool:
+    return bool(record.running or record.beginning)
 
 
 def _refuse_commit(rt: Runtime, record: BackupRecord, refused: Refused) -> str:

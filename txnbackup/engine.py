@@ -4,7 +4,8 @@ Reading, hashing, compressing and storing overlap. The calling thread walks the 
 order and keeps the index in that order; a thread pool (pread, hashlib, zstd, zlib and fsync
 all release the GIL) reads each span of consecutive chunks with one large read and hashes,
 compresses and stores its chunks. At most ``INFLIGHT_BYTES`` of spans are in flight, so memory
-stays flat whatever the drive size. Chunks lying in a hole of a sparse image are zero chunks
+stays flat whatever the drive size. The zstd level follows what binds the copy, the CPU or
+the disk (txnbackup.compression). Chunks lying in a hole of a sparse image are zero chunks
 without being read. The clean chunks of an incremental backup are not read: the pool looks
 for their base chunk files in batches, and reads again only a chunk whose file is gone.
 
@@ -18,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
 import logging
 import os
 import time
@@ -32,7 +32,9 @@ from pathlib import Path
 from txnbackup import chunk
 from txnbackup.action import BitmapAction
 from txnbackup.chunkstore import ChunkBackend
+from txnbackup.compression import LevelChooser
 from txnbackup.constants import ZERO_DIGEST
+from txnbackup.crypto import Codec, index_identity
 from txnbackup.drive import DriveReader
 from txnbackup.errors import Cancelled, IntegrityError
 from txnbackup.geometry import chunk_count, extent
@@ -87,35 +89,50 @@ def _zeros(length: int) -> bytes:
     return bytes(length)
 
 
-def process_chunk(store: ChunkBackend, data: bytes) -> ChunkResult:
-    """Zero check, hash, dedup check, compress and store one chunk."""
+def process_chunk(store: ChunkBackend, data: bytes, levels: LevelChooser) -> ChunkResult:
+    """Zero check, hash, dedup check, compress (at the level ``levels`` chooses) and store
+    one chunk, telling ``levels`` what compressing and storing it took."""
     # A comparison with zeros is a memcmp that stops at the first non-zero byte; counting
     # zero bytes would scan every chunk at the speed of hashing it.
     if data == _zeros(len(data)):
         return ChunkResult(ZERO_DIGEST, len(data), Outcome.ZERO)
-    digest = hashlib.sha256(data).digest()
+    digest = store.codec.chunk_id(data)
     if store.reuse(digest.hex()):
         return ChunkResult(digest, len(data), Outcome.REUSED)
-    header, payload = chunk.encode_parts(data)
-    if not store.put(digest.hex(), header, payload):
+    encode = functools.partial(store.codec.encode_chunk, digest)
+    (header, payload), encoding = levels.encode(data, encode)
+    started = time.perf_counter()
+    stored = store.put(digest.hex(), header, payload)
+    if chunk.is_compressed(header):  # its level mattered
+        levels.record(encoding, time.perf_counter() - started)
+    if not stored:
         return ChunkResult(digest, len(data), Outcome.REUSED)
     return ChunkResult(digest, len(data), Outcome.STORED, len(header) + len(payload))
 
 
 def store_span(
-    reader: DriveReader, store: ChunkBackend, offset: int, length: int, cs: int
+    reader: DriveReader,
+    store: ChunkBackend,
+    offset: int,
+    length: int,
+    cs: int,
+    levels: LevelChooser,
 ) -> list[ChunkResult]:
     """Read ``[offset, offset + length)`` (whole chunks) at once and process each chunk."""
     if reader.next_data(offset) >= offset + length:
         return [ChunkResult(ZERO_DIGEST, n, Outcome.ZERO) for n in _pieces(length, cs)]
     data = reader.read(offset, length)
     if length <= cs:
-        return [process_chunk(store, data)]
-    return [process_chunk(store, data[i : i + cs]) for i in range(0, length, cs)]
+        return [process_chunk(store, data, levels)]
+    return [process_chunk(store, data[i : i + cs], levels) for i in range(0, length, cs)]
 
 
 def check_clean(
-    reader: DriveReader, store: ChunkBackend, chunks: list[tuple[int, int, bytes]], cs: int
+    reader: DriveReader,
+    store: ChunkBackend,
+    chunks: list[tuple[int, int, bytes]],
+    cs: int,
+    levels: LevelChooser,
 ) -> list[ChunkResult]:
     """Take each clean chunk's digest from the base index while its chunk file is there and
     looks whole (``ChunkBackend.has``: one open and one header read); read and store again one
@@ -126,7 +143,7 @@ def check_clean(
         if digest == ZERO_DIGEST or store.has(digest.hex()):
             results.append(ChunkResult(digest, length, Outcome.CLEAN))
         else:
-            (read,) = store_span(reader, store, offset, length, cs)
+            (read,) = store_span(reader, store, offset, length, cs, levels)
             results.append(dataclasses.replace(read, reread=True))
     return results
 
@@ -197,6 +214,7 @@ class Incremental:
     dirty_bytes: int
     bits: Iterable[bool]
     base_index: Path
+    base_identity: str | None = None  # what a sealed base index is named (txnbackup.crypto)
 
 
 def copy_drive(
@@ -223,13 +241,19 @@ def copy_drive(
             raise Cancelled(reason)
 
     with (
-        IndexWriter(staging.index_path(job.drive), size, cs) as index,
+        IndexWriter(
+            staging.index_path(job.drive),
+            size,
+            cs,
+            repo.codec,
+            index_identity(job.backup, job.drive),
+        ) as index,
         ThreadPoolExecutor(job.workers, thread_name_prefix=f"copy-{job.drive}") as pool,
     ):
         pipeline = _Pipeline(reader, repo.chunks, pool, cs, index, tally)
         try:
             throttle = _Throttle(job.speed_limit, check)
-            for offset, length, base_digest in _plan(size, cs, incremental):
+            for offset, length, base_digest in _plan(size, cs, incremental, repo.codec):
                 if base_digest is not None:
                     pipeline.clean(offset, length, base_digest)
                 else:
@@ -262,7 +286,7 @@ def copy_drive(
 
 
 def _plan(
-    size: int, cs: int, incremental: Incremental | None
+    size: int, cs: int, incremental: Incremental | None, codec: Codec
 ) -> Iterator[tuple[int, int, bytes | None]]:
     """Yield (offset, length, base digest or None when the chunk must be read)."""
     count = chunk_count(size, cs)
@@ -270,7 +294,8 @@ def _plan(
         for i in range(count):
             yield *extent(i, size, cs), None
         return
-    with IndexReader(incremental.base_index) as base:
+    base_index = IndexReader(incremental.base_index, codec, incremental.base_identity)
+    with base_index as base:
         if base.count != count or base.chunk_size != cs:
             raise IntegrityError(f"base index of {incremental.base_index} has another geometry")
         for i, (bit, digest) in enumerate(zip(incremental.bits, base, strict=True)):
@@ -296,6 +321,7 @@ class _Pipeline:
     ) -> None:
         self.reader, self.store, self.pool, self.cs = reader, store, pool, cs
         self.index, self.tally = index, tally
+        self.levels = LevelChooser()  # one per drive copy: its disk and CPU decide
         self.max_inflight = max(2, INFLIGHT_BYTES // max(cs, READ_SIZE))
         self.pending: deque[Future[list[ChunkResult]]] = deque()
         self.span_start = self.span_end = 0
@@ -327,14 +353,17 @@ class _Pipeline:
         if not self.batch:
             return
         batch, self.batch = self.batch, []
-        self.pending.append(self.pool.submit(check_clean, self.reader, self.store, batch, self.cs))
+        args = (self.reader, self.store, batch, self.cs, self.levels)
+        self.pending.append(self.pool.submit(check_clean, *args))
         self._retire(keep=self.max_inflight)
 
     def submit_span(self) -> None:
         if self.span_end == self.span_start:
             return
         length = self.span_end - self.span_start
-        args = (self.reader, self.store, self.span_start, length, self.cs)
+        # Queued spans are read ahead while the pool's threads hash and compress earlier ones.
+        self.reader.prefetch(self.span_start, length)
+        args = (self.reader, self.store, self.span_start, length, self.cs, self.levels)
         self.pending.append(self.pool.submit(store_span, *args))
         self.span_start = self.span_end
         self._retire(keep=self.max_inflight)

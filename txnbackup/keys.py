@@ -54,6 +54,10 @@ class Keys:
         """Hash: the backup record (txnbackup.record)."""
         return f"{self.prefix}backup:{backup}"
 
+    def ended(self, backup: str) -> str:
+        """Pub/sub channel, not a key: the final phase, published once when the backup ends."""
+        return f"{self.prefix}ended:{backup}"
+
     def cancel(self, backup: str) -> str:
         """String: the first reason the backup was asked to stop."""
         return f"{self.prefix}cancel:{backup}"

@@ -79,6 +79,7 @@ class Field(StrEnum):
     SNAPSHOT = "snapshot"
     RUNNING = "running"  # the drive being copied now
     RUNNING_TASK = "running_task"
+    BEGIN = "begin"  # who runs a QEMU backup's begin now (its lease says whether it lives)
     COMMIT_RUNS = "commit_runs"
     COMMIT_ATTEMPTS = "commit_attempts"  # claimed commit attempts, capped (ending.commit)
     COMMIT_ERROR = "commit_error"  # why the last commit attempt failed
@@ -140,6 +141,7 @@ class BackupRecord:
     counters: Mapping[str, int]
     seal: str = ""
     sealed: tuple[str, ...] = ()  # the SEALED fields as stored, for txnbackup.trust
+    beginning: str = ""  # the holder of a QEMU begin in progress
     progress_at: float = 0.0
     queue_timeout: int | None = None
     commit_error: str = ""
@@ -173,6 +175,7 @@ class BackupRecord:
             },
             seal=raw.get(Field.SEAL, ""),
             sealed=tuple(raw.get(f, "") for f in SEALED),
+            beginning=raw.get(Field.BEGIN, ""),
             progress_at=float(raw.get(Field.PROGRESS_AT) or 0),
             queue_timeout=int(raw.get(Field.QUEUE_TIMEOUT) or 0) or None,
             commit_error=raw.get(Field.COMMIT_ERROR, ""),
@@ -217,13 +220,16 @@ return {0, cur}
 
 # Ending a backup ends its drives with it: pending ones were skipped, a running one stopped
 # (failed or cancelled, ARGV[6]); nothing about a drive changes after this (_DRIVE).
+# The end is published on the backup's channel (ARGV[7]) in the same step, so a waiter that
+# subscribed before it read the phase cannot miss it; with pcall, so that a Redis user not
+# allowed to publish (ACL channels) still ends the backup (waiters then notice by polling).
 _FINISH = """
 local cur = redis.call('HGET', KEYS[1], 'phase')
 if not cur then return 0 end
 if cur == 'done' or cur == 'error' or cur == 'cancelled' then return 0 end
 redis.call('HSET', KEYS[1], 'phase', ARGV[1], 'end_time', ARGV[2])
 if ARGV[5] ~= '' then redis.call('HSET', KEYS[1], 'cancel_reason', ARGV[5]) end
-for i = 7, #ARGV do
+for i = 8, #ARGV do
   local raw = redis.call('HGET', KEYS[1], ARGV[i])
   if raw then
     raw = string.gsub(raw, '^{"state": "pending"', '{"state": "skipped"')
@@ -237,6 +243,7 @@ redis.call('SREM', KEYS[3], ARGV[3])
 redis.call('DEL', KEYS[4], KEYS[5])
 redis.call('EXPIRE', KEYS[1], ARGV[4])
 for i = 6, #KEYS do redis.call('EXPIRE', KEYS[i], ARGV[4]) end
+redis.pcall('PUBLISH', ARGV[7], ARGV[1])
 return 1
 """
 
@@ -392,6 +399,13 @@ class BackupRecords:
         args = [x for pair in fields.items() for x in pair]
         return bool(self._replan(keys=[self.keys.backup(plan.backup)], args=args))
 
+    def mark_begin(self, backup: str, holder: str) -> bool:
+        """A QEMU begin starts (its holder takes the copy lease first); False once ended."""
+        return bool(self._replan(keys=[self.keys.backup(backup)], args=[Field.BEGIN, holder]))
+
+    def end_begin(self, backup: str) -> None:
+        self.redis.hdel(self.keys.backup(backup), Field.BEGIN)
+
     def delete(self, backup: str) -> None:
         """Forget a backup that was never dispatched (submit failed half way)."""
         raw = self.redis.hget(self.keys.backup(backup), Field.TASKS)
@@ -476,7 +490,9 @@ class BackupRecords:
         end = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         stopped = DriveState.FAILED if final is Phase.ERROR else DriveState.CANCELLED
         drives = [DRIVE_FIELD + d.name for d in record.plan.drives]
-        args: list[str | int] = [final, end, backup, self.ttl, cancel_reason, stopped, *drives]
+        channel = self.keys.ended(backup)
+        args: list[str | int] = [final, end, backup, self.ttl, cancel_reason, stopped, channel]
+        args += drives
         return bool(self._finish(keys=keys, args=args))
 
     def request_cancel(self, backup: str, reason: str) -> bool:

@@ -1,4 +1,10 @@
-"""Restore one drive of a snapshot to a file (zero chunks as holes) or a block device."""
+"""Restore drives of a snapshot to files (zero chunks as holes) or block devices.
+
+Each drive is fetched, checked and written on a thread pool (reading a chunk file, zstd,
+sha256 and pwrite all release the GIL), RESTORE_INFLIGHT chunks at a time, so reading the
+repository, decompressing and writing the target overlap; each chunk is one large write (or
+a few, around its all-zero HOLE_BLOCKs), at its chunk-aligned offset.
+"""
 
 from __future__ import annotations
 
@@ -24,11 +30,21 @@ RESTORE_INFLIGHT = 8  # chunks fetched or being written at once (memory: twice a
 HOLE_BLOCK = 64 * 1024  # bytes: an aligned all-zero block this large is left a hole in a file
 
 
+DRIVE_FILE_SUFFIX = ".raw"  # restore --all writes drive NAME to DIR/NAME.raw
+
+
 @dataclass(frozen=True)
 class RestoreResult:
     size: int
     chunks: int
     zero_chunks: int
+
+
+@dataclass(frozen=True)
+class RestoredDrive:
+    name: str
+    target: Path
+    result: RestoreResult
 
 
 def drive_entry(repo: Repository, snapshot: SnapshotId, drive: str) -> DriveEntry:
@@ -54,6 +70,30 @@ def restore_drive(
                 raise InvalidInput(f"{target} is a block device; pass --overwrite to write it")
             return _restore_to_device(repo, entry, index, target)
         return _restore_to_file(repo, entry, index, target, overwrite)
+
+
+def restore_all(
+    repo: Repository, snapshot: SnapshotId, directory: Path, *, overwrite: bool = False
+) -> list[RestoredDrive]:
+    """Restore every drive of the snapshot to ``directory/<drive>.raw``, in manifest order.
+
+    Every target is checked before anything is written: a missing directory, or files that
+    exist without ``overwrite`` (all of them are named), refuse the whole restore.
+    """
+    if not directory.is_dir():
+        raise NotFound(f"directory {directory}")
+    manifest = repo.manifest(snapshot)
+    targets = [(d.name, directory / f"{d.name}{DRIVE_FILE_SUFFIX}") for d in manifest.drives]
+    there = [str(t) for _, t in targets if os.path.lexists(t)]
+    if there and not overwrite:
+        raise InvalidInput(f"{', '.join(there)} exist(s); pass --overwrite to replace")
+    for _, target in targets:
+        if os.path.lexists(target) and not (target.is_file() and not target.is_symlink()):
+            raise InvalidInput(f"{target} is not a regular file; not replacing it")
+    return [
+        RestoredDrive(name, target, restore_drive(repo, snapshot, name, target, overwrite=True))
+        for name, target in targets
+    ]
 
 
 def _restore_to_file(

@@ -44,7 +44,7 @@ class Runtime:
         With ``TXNBACKUP_REPOSITORY_ID`` only a repository of that id is opened: another one
         put at the path (a remount, a link swapped) is refused.
         """
-        repo = Repository.open(Path(path))
+        repo = Repository.open(Path(path), self.settings.key_access())
         expected = self.settings.repository_id
         if expected is not None and repo.id != expected:
             raise RepositoryIdMismatch(path, repo.id, expected)

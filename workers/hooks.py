@@ -54,11 +54,12 @@ def _terminate(task_id: str) -> None:
     app.control.revoke(task_id, terminate=True)
 
 
-def _served_nodes(consumer: Any) -> frozenset[str] | None:
+def _served_nodes(consumer: Any) -> frozenset[str]:
     """The nodes whose queues this worker consumes (a QEMU VM's backup needs its node)."""
     queues = getattr(getattr(consumer, "task_consumer", None), "queues", None)
     if queues is None:
-        return None
+        log.warning("txnbackup reaper: cannot tell this worker's queues; it ends no QEMU backup")
+        return frozenset()
     names = [q.name for q in queues]
     return frozenset(
         n.removeprefix(NODE_QUEUE_PREFIX) for n in names if n.startswith(NODE_QUEUE_PREFIX)

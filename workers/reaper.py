@@ -7,6 +7,7 @@ Every worker runs one in its main process (a thread, every TXNBACKUP_REAPER_INTE
 | phase        | what it finds                                 | what it does                  |
 |--------------|-----------------------------------------------|-------------------------------|
 | running      | a drive marked running, no lease              | roll back: worker lost        |
+| running      | a QEMU begin marked, no lease                 | roll back: lost during begin  |
 | running      | a leased drive, no progress > stall timeout   | roll back: stalled; terminate |
 | running      | no drive running, idle > the queue timeout    | roll back: no worker took it  |
 | committing   | no lease                                      | finish the commit (capped)    |
@@ -17,6 +18,11 @@ stall timeout is TXNBACKUP_STALL_TIMEOUT; a commit gets TXNBACKUP_COMMIT_ATTEMPT
 
 Only one reaper acts on a backup at a time, and every action is a claim on the record, so a
 reaper racing a slow but live worker changes nothing the worker did not already decide.
+
+A running QEMU VM's backup is ended in QEMU by its own node only: a reaper serving other nodes
+(``nodes``; `txnbackup reap` serves those given with ``--node``, none by default) never opens
+its QMP socket. It records why the backup is lost and sends the rollback to the VM's node
+queue, and leaves a commit or rollback to resume to that node's reapers.
 """
 
 from __future__ import annotations
@@ -83,6 +89,8 @@ def judge(
         return Judgement(Verdict.RESUME_ROLLBACK, "rollback lost its worker")
     if record.running:
         return Judgement(Verdict.ABANDON, f"worker lost while copying drive {record.running}")
+    if record.beginning:
+        return Judgement(Verdict.ABANDON, "worker lost during begin in QEMU")
     idle = now - (record.last_activity or now)
     if idle > (record.queue_timeout or queue_timeout):
         return Judgement(Verdict.ABANDON, f"no worker took the next drive for {idle:.0f} s")
@@ -112,11 +120,12 @@ class Reaper:
         rt: Runtime,
         send_rollback: SendRollback,
         on_action: ActionSink | None = None,
-        nodes: frozenset[str] | None = None,
+        nodes: frozenset[str] = frozenset(),
         stop_task: Callable[[str], None] | None = None,
     ) -> None:
-        """``nodes``: the nodes whose queues this worker serves (None: acts for every node);
-        ``stop_task``: terminates a Celery task, wherever it runs (a stalled drive's)."""
+        """``nodes``: the nodes whose queues this worker serves, the only ones whose QEMU it
+        may reach; a file backup is anyone's to end. ``stop_task``: terminates a Celery
+        task, wherever it runs (a stalled drive's)."""
         self.rt = rt
         self.send_rollback = send_rollback
         self.stop_task = stop_task or (lambda task_id: None)
@@ -172,7 +181,7 @@ class Reaper:
     def _foreign(self, record: BackupRecord | None) -> bool:
         """A QEMU VM's backup on a node this worker does not serve: it cannot reach QEMU."""
         vm = record.plan.qemu if record else None
-        return vm is not None and self.nodes is not None and vm.node not in self.nodes
+        return vm is not None and vm.node not in self.nodes
 
     def _abandon_elsewhere(self, backup: str, reason: str) -> None:
         if self.rt.records.cancel_reason(backup) is None:

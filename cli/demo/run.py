@@ -34,6 +34,7 @@ from cli.demo.steps import STEPS
 from cli.demo.vm import SampleVM
 from txnbackup.errors import InvalidInput
 from txnbackup.redisconn import redacted
+from txnbackup.repository import Repository
 from txnbackup.settings import Settings
 from txnbackup.tracker import Tracker
 
@@ -49,6 +50,8 @@ class DemoOptions:
     keep: bool
     drive_size: int
     chunk_size: int
+    qemu: bool = False  # a running QEMU VM instead of the sample VM's files
+    qemu_daemon: bool = False  # that VM a qemu-storage-daemon even where a guest can run
 
 
 def run_demo(options: DemoOptions, settings: Settings, narrator: Narrator | None = None) -> None:
@@ -90,14 +93,55 @@ def run_in(
         narrator.say(describe_redis(redis, prefix))
         env = demo_environment(redis.url, prefix, workdir / "repository")
         env |= fleet_trust(workdir)
+        if options.qemu:
+            return run_qemu(stack, workdir, options, narrator, env, redis, prefix)
         producer = make_producer(env)
         scenario = new_scenario(narrator, producer, workdir, options, env)
         if not redis.private:
-            stack.callback(forget_keys, narrator, producer, scenario, redis.url, prefix)
-        workers = stack.enter_context(worker_fleet(NODES, env, workdir, producer.app))
-        names = ", ".join(f"{w.name} (node {w.node})" for w in workers)
-        narrator.say(f"workers ready: {names}; logs in {workdir / 'logs'}")
+            stack.callback(forget_keys, narrator, producer, scenario.backups, redis.url, prefix)
+        start_workers(stack, NODES, env, workdir, producer, narrator)
         return scenario.run(STEPS)
+
+
+def run_qemu(
+    stack: ExitStack,
+    workdir: Path,
+    options: DemoOptions,
+    narrator: Narrator,
+    env: dict[str, str],
+    redis: RedisChoice,
+    prefix: str,
+) -> list[StepResult]:
+    """The --qemu scenario: a running VM on one node, its worker allowed only its sockets."""
+    from cli.demo.qemu.run import running_vm  # noqa: PLC0415
+    from cli.demo.qemu.scenario import NODE, QemuScenario  # noqa: PLC0415
+    from cli.demo.qemu.steps import STEPS as QEMU_STEPS  # noqa: PLC0415
+
+    vm = stack.enter_context(
+        running_vm(workdir, options.drive_size, narrator, daemon=options.qemu_daemon)
+    )
+    env["TXNBACKUP_DRIVE_ROOTS"] = str(vm.dir)
+    producer = make_producer(env)
+    repo = Path(env["TXNBACKUP_REPOSITORY"])
+    Repository.init(repo, options.chunk_size)
+    scenario = QemuScenario(narrator, producer, vm, repo, workdir, options.chunk_size)
+    if not redis.private:
+        stack.callback(forget_keys, narrator, producer, scenario.backups, redis.url, prefix)
+    start_workers(stack, (NODE,), env, workdir, producer, narrator)
+    return scenario.run(QEMU_STEPS)
+
+
+def start_workers(
+    stack: ExitStack,
+    nodes: tuple[str, ...],
+    env: dict[str, str],
+    workdir: Path,
+    producer: Producer,
+    narrator: Narrator,
+) -> None:
+    workers = stack.enter_context(worker_fleet(nodes, env, workdir, producer.app))
+    names = ", ".join(f"{w.name} (node {w.node})" for w in workers)
+    narrator.say(f"workers ready: {names}; logs in {workdir / 'logs'}")
 
 
 def describe_redis(redis: RedisChoice, prefix: str) -> str:
@@ -152,11 +196,11 @@ def new_scenario(
 
 
 def forget_keys(
-    narrator: Narrator, producer: Producer, scenario: Scenario, url: str, prefix: str
+    narrator: Narrator, producer: Producer, backups: list[str], url: str, prefix: str
 ) -> None:
     """Delete the demo's keys from a shared Redis; a failure here only warns."""
     try:
-        task_ids = [t for b in scenario.backups for t in producer.rt.records.task_ids(b)]
+        task_ids = [t for b in backups for t in producer.rt.records.task_ids(b)]
         left = delete_keys(url, prefix, task_ids)
     except Exception as exc:  # clean-up must not mask the outcome of the demo
         narrator.say(f"[yellow]could not delete the demo's Redis keys ({prefix}*): {exc}")

@@ -197,6 +197,52 @@ def test_restore_with_overwrite_replaces_the_target(world: World) -> None:
     assert target.read_bytes() == world.content
 
 
+def test_restore_all_writes_every_drive_into_a_directory(world: World) -> None:
+    # Given an empty directory
+    into = world.root / "all"
+    into.mkdir()
+
+    # When the user restores every drive of the snapshot into it
+    result = world.run("restore", world.snapshot, "--all", str(into))
+
+    # Then the drive is there as <drive>.raw, byte-identical, and the output says so
+    assert result.returncode == 0, result.stderr
+    assert (into / f"{DRIVE}.raw").read_bytes() == world.content
+    assert f"restored drive {DRIVE} of {world.snapshot} to {into / DRIVE}.raw" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("setup", "code", "message"),
+    [
+        ("missing", 3, "not found: directory"),
+        ("existing", 2, "exist(s); pass --overwrite"),
+        ("extra-target", 2, "give SNAPSHOT and one path only"),
+    ],
+)
+def test_restore_all_bad_input_is_refused_clearly(
+    world: World, setup: str, code: int, message: str
+) -> None:
+    # Given a directory that is missing, or holds the drive's file already
+    into = world.root / "all"
+    args = ["restore", world.snapshot, "--all", str(into)]
+    if setup != "missing":
+        into.mkdir()
+        (into / f"{DRIVE}.raw").write_bytes(b"keep me")
+    if setup == "extra-target":
+        args.append(str(world.root / "other.raw"))
+
+    # When every drive is restored into it
+    result = world.run(*args)
+
+    # Then it is refused with its exit code and a clear line, and nothing changed
+    assert result.returncode == code, result.stderr
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+    if setup != "missing":
+        assert (into / f"{DRIVE}.raw").read_bytes() == b"keep me"
+        assert sorted(p.name for p in into.iterdir()) == [f"{DRIVE}.raw"]
+
+
 def test_json_shapes_are_documented_in_help(world: World) -> None:
     assert '"backup"' in world.run("snapshots", "--help").stdout
     assert '"problems"' in world.run("verify", "--help").stdout
@@ -251,7 +297,7 @@ def _make_non_empty_dir(w: World) -> None:
 
 def _set_format(w: World) -> None:
     config = json.loads((w.repo / "config.json").read_text())
-    (w.repo / "config.json").write_text(json.dumps(config | {"format": 2}))
+    (w.repo / "config.json").write_text(json.dumps(config | {"format": 3}))
 
 
 def _garble_config(w: World) -> None:
@@ -297,7 +343,7 @@ ROWS = {
     ),
     "snapshots-vmid-escapes": Row(("snapshots", "../x"), 2, ("vmid '../x'",)),
     "repo-of-another-format-version": Row(
-        ("snapshots",), 4, ("format version 2", "reads version 1"), _set_format
+        ("snapshots",), 4, ("format version 3", "reads versions 1 and 2"), _set_format
     ),
     "repo-config-garbled": Row(
         ("snapshots",), 4, ("config.json", "not a JSON object"), _garble_config

@@ -77,6 +77,21 @@ def test_full_then_incremental_backup_reads_only_dirty_chunks(
     assert producer.rt.records.holder(vm.vmid) is None
 
 
+def test_a_waiter_hears_the_end_whatever_its_polling_interval(
+    producer: Producer, vm: SampleVM, pipeline_repo: Repository
+) -> None:
+    # Given a backup just submitted
+    vm.add_drive("scsi0", 2 * MIB, seed=11)
+    backup = producer.submit(vm.vmid, vm.drives, repository=pipeline_repo.path)
+
+    # When the producer waits for it reading the status only once an hour
+    status = producer.wait(backup, timeout=60, interval=3600)
+
+    # Then the end still wakes it (the finishing step publishes it): the final status
+    assert status.status == "done", status.errmsg
+    assert status.snapshot
+
+
 def test_drives_run_on_their_nodes_queue(
     producer: Producer, vm: SampleVM, pipeline_repo: Repository, fleet: dict[str, WorkerProcess]
 ) -> None:

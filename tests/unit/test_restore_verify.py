@@ -23,7 +23,7 @@ from txnbackup import chunk
 from txnbackup.bitmap import RedisBitmaps
 from txnbackup.errors import CorruptChunk, IntegrityError, InvalidInput, NotFound
 from txnbackup.repository import Repository
-from txnbackup.restore import restore_drive
+from txnbackup.restore import restore_all, restore_drive
 from txnbackup.transaction import commit, copy, prepare
 from txnbackup.verify import verify_snapshot
 
@@ -143,6 +143,59 @@ def test_restore_into_a_missing_directory_is_refused(
 ) -> None:
     with pytest.raises(NotFound):
         restore_drive(repo, backed_up.snapshot, "scsi0", tmp_path / "nope" / "out.raw")
+
+
+def test_restore_all_writes_every_drive_byte_identical_with_holes(
+    tmp_path: Path, repo: Repository, vm: tuple[Image, Image], backed_up: Done
+) -> None:
+    # Given a 2-drive snapshot (scsi0 has two all-zero chunks) and an empty directory
+    into = tmp_path / "restored"
+    into.mkdir()
+
+    # When every drive is restored at once
+    done = restore_all(repo, backed_up.snapshot, into)
+
+    # Then each drive is in DIR/<drive>.raw, byte-identical, in the manifest's order
+    assert [(d.name, d.target) for d in done] == [
+        ("scsi0", into / "scsi0.raw"),
+        ("scsi1", into / "scsi1.raw"),
+    ]
+    for disk in vm:
+        assert (into / f"{disk.name}.raw").read_bytes() == disk.read()
+    assert [d.result.zero_chunks for d in done] == [2, 0]
+    assert stray_files(into) == []
+    # And the zero chunks are holes where the file system has them
+    if supports_holes(into):
+        assert (into / "scsi0.raw").stat().st_blocks * 512 < 9 * CS  # 8 data chunks, 2 holes
+
+
+def test_restore_all_refuses_existing_files_and_writes_nothing(
+    tmp_path: Path, repo: Repository, vm: tuple[Image, Image], backed_up: Done
+) -> None:
+    # Given a directory where one drive's file exists already
+    into = tmp_path / "restored"
+    into.mkdir()
+    (into / "scsi1.raw").write_bytes(b"do not lose me")
+
+    # When every drive is restored without overwrite, Then it is refused naming the file
+    with pytest.raises(InvalidInput, match=r"scsi1\.raw.*--overwrite"):
+        restore_all(repo, backed_up.snapshot, into)
+    # And nothing was written, the file kept
+    assert sorted(p.name for p in into.iterdir()) == ["scsi1.raw"]
+    assert (into / "scsi1.raw").read_bytes() == b"do not lose me"
+
+    # And with overwrite both drives are restored
+    restore_all(repo, backed_up.snapshot, into, overwrite=True)
+    assert [(into / f"{d.name}.raw").read_bytes() for d in vm] == [d.read() for d in vm]
+
+
+def test_restore_all_into_a_missing_directory_is_refused(
+    tmp_path: Path, repo: Repository, backed_up: Done
+) -> None:
+    with pytest.raises(NotFound, match="directory"):
+        restore_all(repo, backed_up.snapshot, tmp_path / "nope")
+
+    assert not (tmp_path / "nope").exists()
 
 
 def test_verify_of_a_good_snapshot_is_ok(repo: Repository, backed_up: Done) -> None:

@@ -67,6 +67,9 @@ class NbdDrive:
             for at in range(offset, offset + length, MAX_REQUEST)
         )
 
+    def prefetch(self, offset: int, length: int) -> None:
+        """Nothing: each read is one request to the export already."""
+
     def next_data(self, offset: int) -> int:
         """Looks only as far as one block status reply reaches (the engine asks per span),
         answering the end of that reach when all of it reads as zeros."""
