@@ -55,8 +55,12 @@ class Producer:
         speed_limit: int | None = None,
         config: Mapping[str, Path] | None = None,
         qmp: QemuVM | None = None,
+        queue_timeout: int | None = None,
     ) -> str:
         """Validate, lock the VM, freeze its bitmaps, dispatch; return the backup uuid.
+
+        ``queue_timeout``: seconds a drive may wait for a worker of its node before the
+        backup fails (None: the reapers' TXNBACKUP_QUEUE_TIMEOUT).
 
         With ``qmp`` the drives are a running QEMU VM's (``qemu:NODE-NAME`` paths, or none
         to back up every drive QEMU has): the freeze is the first task, on the VM's node.
@@ -64,10 +68,14 @@ class Producer:
         ServiceUnavailable when Redis stops answering for longer than a client rides out;
         what the submit had done by then expires (the lock) or the reaper returns (bits).
         """
+        if queue_timeout is not None and queue_timeout <= 0:
+            raise InvalidInput(f"timeout {queue_timeout} must be a positive number of seconds")
         with unavailable_as_error(self.rt.settings.redis_url):
             if qmp is not None:
-                return self._submit_qemu(vmid, qmp, drives, repository, full, speed_limit, config)
-            return self._submit(vmid, drives, repository, full, speed_limit, config)
+                return self._submit_qemu(
+                    vmid, qmp, drives, repository, full, speed_limit, config, queue_timeout
+                )
+            return self._submit(vmid, drives, repository, full, speed_limit, config, queue_timeout)
 
     def _submit_qemu(
         self,
@@ -78,6 +86,7 @@ class Producer:
         full: bool,
         speed_limit: int | None,
         config: Mapping[str, Path] | None,
+        queue_timeout: int | None,
     ) -> str:
         check_vmid(vmid)
         repo = self._repository(repository)
@@ -89,7 +98,7 @@ class Producer:
         plan = self._plan_locked(
             vmid, lambda backup: prepare_qemu(repo, vmid, vm, drives, full=full, backup=backup)
         )
-        self._dispatch(repo, plan, blobs, speed_limit)
+        self._dispatch(repo, plan, blobs, speed_limit, queue_timeout)
         return plan.backup
 
     def _submit(
@@ -100,6 +109,7 @@ class Producer:
         full: bool,
         speed_limit: int | None,
         config: Mapping[str, Path] | None,
+        queue_timeout: int | None,
     ) -> str:
         check_vmid(vmid)
         transaction.check_drives(drives)
@@ -115,7 +125,7 @@ class Producer:
                 repo, self.rt.bitmaps, vmid, drives, full=full, sizes=sizes, backup=backup
             ),
         )
-        self._dispatch(repo, plan, blobs, speed_limit)
+        self._dispatch(repo, plan, blobs, speed_limit, queue_timeout)
         return plan.backup
 
     def _plan_locked(
@@ -136,14 +146,16 @@ class Producer:
         plan: transaction.BackupPlan,
         blobs: Mapping[str, bytes],
         speed_limit: int | None,
+        queue_timeout: int | None,
     ) -> None:
         ids = TaskIds.new(len(plan.drives), begin=plan.qemu is not None)
+        repository = str(repo.path.resolve())
         try:
-            self.rt.records.create(plan, str(repo.path.resolve()), ids.all, speed_limit, blobs)
+            self.rt.records.create(plan, repository, ids.all, speed_limit, blobs, queue_timeout)
             build(plan, ids, self.app).apply_async()
             _unsubscribe(self.app, ids.all)
         except BaseException as exc:
-            transaction.rollback(repo, self.rt.bitmaps, plan)
+            transaction.rollback(repo, self.rt.bitmaps, plan, self.rt.settings.qemu)
             self.rt.records.delete(plan.backup)
             self.rt.locks.unlock(plan.vmid, plan.backup)
             if isinstance(exc, OperationalError):
@@ -182,6 +194,10 @@ class Producer:
         record = self.rt.records.load_or_none(backup)
         queue = finishing_queue(record.plan if record else None)
         self.app.send_task(ROLLBACK, (backup,), queue=queue)
+
+    def terminate(self, task_id: str) -> None:
+        """Stop a task wherever it runs (the reaper's answer to a stalled drive)."""
+        self.app.control.revoke(task_id, terminate=True)
 
     def wait(
         self,

@@ -1,5 +1,5 @@
-"""Which backups exist: the active ones, the recent ones, the repositories backed up to, and
-which backup a Celery task id belongs to. Written with the record (``RecordStore.create``)."""
+"""Which backups exist: the active ones, the recent ones, and which backup a Celery task id
+belongs to. Written with the record (``RecordStore.create``)."""
 
 from __future__ import annotations
 
@@ -20,9 +20,6 @@ class Catalog:
     def forget_active(self, backup: str) -> None:
         """Stop watching a backup whose record is gone (expired or never written)."""
         self.redis.srem(self.keys.active(), backup)
-
-    def repositories(self) -> list[str]:
-        return sorted(text(p) for p in self.redis.smembers(self.keys.repositories()))
 
     def recent(self, limit: int) -> list[str]:
         members: list[bytes] = self.redis.zrevrange(self.keys.backups(), 0, limit - 1)  # type: ignore[assignment]

@@ -212,6 +212,10 @@ class QemuDriveError(QemuError):
     """drive {}: {}"""
 
 
+class QemuDirUnusable(QemuError):
+    """QEMU {} directory {}: {}"""
+
+
 class Refused(TxnBackupError):
     """refused: {}"""
 
@@ -230,3 +234,7 @@ class DriveNotAllowed(Refused):
 
 class RepositoryNotAllowed(Refused):
     """repository {} is not this worker's repository (TXNBACKUP_REPOSITORY={})"""
+
+
+class RepositoryIdMismatch(Refused):
+    """the repository at {} has id {}, not this worker's {} (TXNBACKUP_REPOSITORY_ID)"""

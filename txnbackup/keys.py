@@ -46,10 +46,6 @@ class Keys:
         """String with a TTL: a reaper is acting on this backup; others keep off."""
         return f"{self.prefix}reaping:{backup}"
 
-    def repositories(self) -> str:
-        """Set: repository paths backups were made to (where the reaper looks for orphans)."""
-        return f"{self.prefix}repositories"
-
     def lock(self, vmid: str) -> str:
         """String: uuid of the VM's active backup; absent when none is active."""
         return f"{self.prefix}lock:{vmid}"

@@ -65,7 +65,12 @@ class Field(StrEnum):
     SNAPSHOT = "snapshot"
     RUNNING = "running"  # the drive being copied now
     RUNNING_TASK = "running_task"
+    BEGIN = "begin"  # who runs a QEMU backup's begin now (its lease says whether it lives)
     COMMIT_RUNS = "commit_runs"
+    COMMIT_ATTEMPTS = "commit_attempts"  # claimed commit attempts, capped (ending.commit)
+    COMMIT_ERROR = "commit_error"  # why the last commit attempt failed
+    PROGRESS_AT = "progress_at"  # when the running drive last reported progress
+    QUEUE_TIMEOUT = "queue_timeout"  # seconds the next drive may wait for a worker (0: default)
     ROLLBACK_RUNS = "rollback_runs"
     ROLLBACK_RESUMED = "rollback_resumed"
     OBSERVED = "metrics_observed"  # how many worker processes counted the ending
@@ -73,7 +78,15 @@ class Field(StrEnum):
 
 
 # What the producer decided, sealed at create: workers act on nothing else of the record.
-SEALED = (Field.UUID, Field.VMID, Field.PLAN, Field.REPOSITORY, Field.SPEED_LIMIT, Field.BLOBS)
+SEALED = (
+    Field.UUID,
+    Field.VMID,
+    Field.PLAN,
+    Field.REPOSITORY,
+    Field.SPEED_LIMIT,
+    Field.BLOBS,
+    Field.QUEUE_TIMEOUT,
+)
 
 
 DRIVE_FIELD = "drive:"  # + drive name: that drive's state and counters (JSON)
@@ -114,6 +127,11 @@ class BackupRecord:
     counters: Mapping[str, int]
     seal: str = ""
     sealed: tuple[str, ...] = ()  # the SEALED fields as stored, for txnbackup.trust
+    beginning: str = ""  # the holder of a QEMU begin in progress
+    progress_at: float = 0.0
+    queue_timeout: int | None = None
+    commit_error: str = ""
+    commit_attempts: int = 0
     blobs_json: str = ""  # the config blobs as stored (JSON of base64), decoded by ``blobs``
 
     @classmethod
@@ -144,6 +162,11 @@ class BackupRecord:
             },
             seal=raw.get(Field.SEAL, ""),
             sealed=tuple(raw.get(f, "") for f in SEALED),
+            beginning=raw.get(Field.BEGIN, ""),
+            progress_at=float(raw.get(Field.PROGRESS_AT) or 0),
+            queue_timeout=int(raw.get(Field.QUEUE_TIMEOUT) or 0) or None,
+            commit_error=raw.get(Field.COMMIT_ERROR, ""),
+            commit_attempts=int(raw.get(Field.COMMIT_ATTEMPTS) or 0),
             blobs_json=raw.get(Field.BLOBS, ""),
         )
 

@@ -40,9 +40,10 @@ _CLAIM = """
 local cur = redis.call('HGET', KEYS[1], 'phase')
 if not cur then return {0, ''} end
 if KEYS[2] and redis.call('EXISTS', KEYS[2]) == 1 then return {0, cur} end
-for i = 2, #ARGV do
+for i = 3, #ARGV do
   if cur == ARGV[i] then
     redis.call('HSET', KEYS[1], 'phase', ARGV[1])
+    if ARGV[2] ~= '' then redis.call('HINCRBY', KEYS[1], ARGV[2], 1) end
     return {1, cur, redis.call('HGETALL', KEYS[1])}
   end
 end
@@ -82,11 +83,12 @@ return 1
 """
 
 # A drive's report, only while its backup has not ended. ARGV: field, value, how
-# ('start' marks it the running drive, 'end' unmarks it if it still is), drive, task id.
+# ('start' marks it the running drive, 'end' unmarks it if it still is), drive, task id,
+# the time (the running drive's progress stamp, for the reaper's stall judgement).
 _DRIVE = """
 local cur = redis.call('HGET', KEYS[1], 'phase')
 if not cur or cur == 'done' or cur == 'error' or cur == 'cancelled' then return 0 end
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2], 'progress_at', ARGV[6])
 if ARGV[3] == 'start' then
   redis.call('HSET', KEYS[1], 'running', ARGV[4], 'running_task', ARGV[5])
 elseif ARGV[3] == 'end' and redis.call('HGET', KEYS[1], 'running') == ARGV[4] then
@@ -130,7 +132,10 @@ class RecordStore:
         task_ids: Iterable[str],
         speed_limit: int | None = None,
         blobs: Mapping[str, bytes] | None = None,
+        queue_timeout: int | None = None,
     ) -> None:
+        """Record a new backup; ``queue_timeout`` (seconds, None: the reaper's default) is how
+        long its next drive may wait for a worker of its node."""
         ids = list(task_ids)
         now = time.time()
         fields: dict[str, str] = {
@@ -147,6 +152,7 @@ class RecordStore:
             Field.BLOBS: json.dumps(
                 {k: base64.b64encode(v).decode() for k, v in (blobs or {}).items()}
             ),
+            Field.QUEUE_TIMEOUT: str(queue_timeout or 0),
         }
         for d in plan.drives:
             stats = DriveStats(size=d.size, dirty=d.dirty)
@@ -159,7 +165,6 @@ class RecordStore:
         for task_id in ids:
             pipe.set(self.keys.task(task_id), plan.backup, ex=self.ttl)
         pipe.sadd(self.keys.active(), plan.backup)
-        pipe.sadd(self.keys.repositories(), repository)
         pipe.zadd(self.keys.backups(), {plan.backup: now})
         pipe.zremrangebyscore(self.keys.backups(), "-inf", now - self.ttl)
         pipe.execute()
@@ -184,6 +189,13 @@ class RecordStore:
             fields[Field.SEAL] = seal(self.secret, [values[f] for f in SEALED])
         args = [x for pair in fields.items() for x in pair]
         return bool(self._replan(keys=[self.keys.backup(plan.backup)], args=args))
+
+    def mark_begin(self, backup: str, holder: str) -> bool:
+        """A QEMU begin starts (its holder takes the copy lease first); False once ended."""
+        return bool(self._replan(keys=[self.keys.backup(backup)], args=[Field.BEGIN, holder]))
+
+    def end_begin(self, backup: str) -> None:
+        self.redis.hdel(self.keys.backup(backup), Field.BEGIN)
 
     def delete(self, backup: str) -> None:
         """Forget a backup that was never dispatched (submit failed half way)."""
@@ -232,12 +244,20 @@ class RecordStore:
         return list(json.loads(raw))
 
     def claim(
-        self, backup: str, to: Phase, *, frm: Iterable[Phase], unless_cancelled: bool = False
+        self,
+        backup: str,
+        to: Phase,
+        *,
+        frm: Iterable[Phase],
+        unless_cancelled: bool = False,
+        count: Field | None = None,
     ) -> Claim:
+        """Move the phase to ``to`` if it is one of ``frm`` (and, ``unless_cancelled``, no
+        cancel is recorded); the winner also adds one to ``count`` and gets the record."""
         keys = [self.keys.backup(backup)]
         if unless_cancelled:
             keys.append(self.keys.cancel(backup))
-        won, previous, *fields = self._claim(keys=keys, args=[to, *frm])
+        won, previous, *fields = self._claim(keys=keys, args=[to, count or "", *frm])
         prev = text(previous)
         record = None
         if won:
@@ -281,6 +301,10 @@ class RecordStore:
         """Keep the first real error only; True when this one was the first."""
         return bool(self.redis.hsetnx(self.keys.backup(backup), Field.ERROR, message))
 
+    def note_commit_failure(self, backup: str, message: str) -> None:
+        """Why the last commit attempt failed (shown while the commit is retried)."""
+        self.redis.hset(self.keys.backup(backup), Field.COMMIT_ERROR, message)
+
     def count(self, backup: str, name: Field) -> int:
         return int(self.redis.hincrby(self.keys.backup(backup), name, 1))
 
@@ -297,7 +321,7 @@ class RecordStore:
     ) -> bool:
         """A drive's state and counters; ignored (False) once the backup has ended."""
         value = drive_json(state, stats, worker)
-        args = [DRIVE_FIELD + drive, value, mark, drive, task_id]
+        args = [DRIVE_FIELD + drive, value, mark, drive, task_id, str(time.time())]
         return bool(self._drive(keys=[self.keys.backup(backup)], args=args))
 
     def exists(self, backup: str) -> bool:

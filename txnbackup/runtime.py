@@ -13,6 +13,7 @@ from redis import Redis
 from txnbackup.bitmap import RedisBitmaps
 from txnbackup.cancel import Cancels
 from txnbackup.catalog import Catalog
+from txnbackup.errors import RepositoryIdMismatch
 from txnbackup.keys import Keys
 from txnbackup.lease import Leases
 from txnbackup.record_store import RecordStore
@@ -54,5 +55,13 @@ class Runtime:
 
     def repository(self, path: str) -> Repository:
         """The repository at ``path`` as it is now (one small file read; never cached: a
-        repository deleted and created again at the same path has a new id and chunk size)."""
-        return Repository.open(Path(path), self.settings.key_access())
+        repository deleted and created again at the same path has a new id and chunk size).
+
+        With ``TXNBACKUP_REPOSITORY_ID`` only a repository of that id is opened: another one
+        put at the path (a remount, a link swapped) is refused.
+        """
+        repo = Repository.open(Path(path), self.settings.key_access())
+        expected = self.settings.repository_id
+        if expected is not None and repo.id != expected:
+            raise RepositoryIdMismatch(path, repo.id, expected)
+        return repo

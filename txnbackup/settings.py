@@ -16,6 +16,21 @@ from txnbackup.errors import InvalidInput
 from txnbackup.keyfile import KeyAccess
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+DEFAULT_QEMU_RUN_DIR = Path("/tmp")
+
+
+@dataclass(frozen=True)
+class QemuDirs:
+    """Where a QEMU backup's files live on the VM's node: ``run`` holds each backup's private
+    run directory (its NBD socket: the path must stay under 108 bytes), ``scratch`` each
+    backup's private directory of fleecing overlays (they grow by what the guest overwrites
+    during the backup, up to the drive size; None: the run directory)."""
+
+    run: Path = DEFAULT_QEMU_RUN_DIR
+    scratch: Path | None = None
+
+
+DEFAULT_QEMU_DIRS = QemuDirs()
 
 
 @dataclass(frozen=True)
@@ -34,8 +49,14 @@ class Settings:
     queue_timeout: int = 3600
     reaper_interval: int = 5
     orphan_grace: int = 300
+    # Attempts a commit gets (its own and the reaper's) before the backup is rolled back.
+    commit_attempts: int = 5
+    # Seconds a running drive may report no progress before the reaper ends the backup.
+    stall_timeout: int = 300
     # What this worker may read; empty: anything (the worker warns at start).
     drive_roots: tuple[str, ...] = ()
+    # The id the worker's repository must have (else: the id it has when the worker starts).
+    repository_id: str | None = None
     # The fleet secret sealing records (txnbackup.seal); None: records are not authenticated.
     secret: bytes | None = field(default=None, repr=False)
     # The passphrase of an encrypted repository's key (txnbackup.keyfile); None: not given.
@@ -44,6 +65,8 @@ class Settings:
     new_passphrase: bytes | None = field(default=None, repr=False)
     key_file: Path | None = None  # a keyfile-mode key, when not in key_dir
     key_dir: Path | None = None  # keyfile-mode keys, one per repository id
+
+    qemu: QemuDirs = DEFAULT_QEMU_DIRS
 
     def key_access(self) -> KeyAccess:
         return KeyAccess(self.passphrase, self.key_file, self.key_dir)
@@ -68,13 +91,32 @@ class Settings:
             queue_timeout=_positive_int(env, "TXNBACKUP_QUEUE_TIMEOUT", 3600),
             reaper_interval=_positive_int(env, "TXNBACKUP_REAPER_INTERVAL", 5),
             orphan_grace=_positive_int(env, "TXNBACKUP_ORPHAN_GRACE", 300),
-            drive_roots=tuple(r for r in env.get("TXNBACKUP_DRIVE_ROOTS", "").split(":") if r),
+            commit_attempts=_positive_int(env, "TXNBACKUP_COMMIT_ATTEMPTS", 5),
+            stall_timeout=_positive_int(env, "TXNBACKUP_STALL_TIMEOUT", 300),
+            drive_roots=drive_roots(env.get("TXNBACKUP_DRIVE_ROOTS", "")),
+            repository_id=env.get("TXNBACKUP_REPOSITORY_ID") or None,
             secret=_secret(env),
             passphrase=passphrase_from(env, "TXNBACKUP_PASSPHRASE"),
             new_passphrase=passphrase_from(env, "TXNBACKUP_NEW_PASSPHRASE"),
             key_file=Path(env["TXNBACKUP_KEY_FILE"]) if env.get("TXNBACKUP_KEY_FILE") else None,
             key_dir=_key_dir(env),
+            qemu=QemuDirs(
+                _absolute(env, "TXNBACKUP_QEMU_RUN_DIR") or DEFAULT_QEMU_RUN_DIR,
+                _absolute(env, "TXNBACKUP_QEMU_SCRATCH_DIR"),
+            ),
         )
+
+
+def drive_roots(value: str) -> tuple[str, ...]:
+    """``TXNBACKUP_DRIVE_ROOTS`` (or ``worker --allow-drives``): colon-separated absolute
+    directories or patterns; a relative one would depend on the worker's directory."""
+    roots = tuple(r for r in value.split(":") if r)
+    for root in roots:
+        if not root.startswith("/"):
+            raise InvalidInput(
+                f"drive root {root!r} must be an absolute directory or pattern (/dev/vg0/*)"
+            )
+    return roots
 
 
 def _positive_int(env: Mapping[str, str], name: str, default: int) -> int:
@@ -88,6 +130,15 @@ def _positive_int(env: Mapping[str, str], name: str, default: int) -> int:
     if value <= 0:
         raise InvalidInput(f"{name}={raw!r} must be positive")
     return value
+
+
+def _absolute(env: Mapping[str, str], name: str) -> Path | None:
+    raw = env.get(name)
+    if not raw:
+        return None
+    if not raw.startswith("/"):
+        raise InvalidInput(f"{name}={raw!r} must be an absolute path")
+    return Path(raw)
 
 
 def _secret(env: Mapping[str, str]) -> bytes | None:

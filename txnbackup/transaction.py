@@ -28,6 +28,7 @@ from txnbackup.manifest import DriveEntry
 from txnbackup.names import check_backup_id, check_drive_name, check_vmid, new_backup_id
 from txnbackup.qemu.vm import QemuVM
 from txnbackup.repository import Repository
+from txnbackup.settings import DEFAULT_QEMU_DIRS, QemuDirs
 from txnbackup.snapshot import SnapshotId, format_time
 from txnbackup.source import keeper_for, source_for
 from txnbackup.staging import Staging, publish
@@ -197,13 +198,14 @@ def copy(
     cancel: CancelCheck,
     progress: ProgressSink,
     speed_limit: int | None = None,
+    qemu_dirs: QemuDirs = DEFAULT_QEMU_DIRS,
 ) -> DriveEntry:
     """Copy one drive of the backup into its staging area."""
     d = plan.drive(drive)
     staging = Staging(repo, plan.backup)
     job = CopyJob(plan.vmid, plan.backup, d.name, d.action, speed_limit)
     repo.unlock()  # a wrong or missing key fails the drive before it reads or writes
-    with source_for(plan, bitmaps).open(repo, plan, d) as opened:
+    with source_for(plan, bitmaps, qemu_dirs).open(repo, plan, d) as opened:
         reader = opened.reader
         if reader.size != d.size:
             raise DriveSizeChanged(d.name, d.size, reader.size)
@@ -224,9 +226,10 @@ def commit(
     bitmaps: BitmapBackend,
     plan: BackupPlan,
     blobs: Mapping[str, bytes] | None = None,
+    qemu_dirs: QemuDirs = DEFAULT_QEMU_DIRS,
 ) -> SnapshotId:
     """Publish the snapshot, then commit every bitmap to it. Safe to repeat."""
-    keeper = keeper_for(plan, bitmaps)
+    keeper = keeper_for(plan, bitmaps, qemu_dirs)
     if keeper.state(plan.backup) is TxnState.ROLLED_BACK:
         raise TransactionStateError(plan.backup, "rolled back", "commit")
     repo.unlock()
@@ -239,11 +242,27 @@ def commit(
     return snapshot
 
 
-def rollback(repo: Repository, bitmaps: BitmapBackend, plan: BackupPlan) -> bool:
+def rollback(
+    repo: Repository,
+    bitmaps: BitmapBackend,
+    plan: BackupPlan,
+    qemu_dirs: QemuDirs = DEFAULT_QEMU_DIRS,
+) -> bool:
     """Discard the staging area and return the frozen bits. Safe to repeat."""
-    keeper = keeper_for(plan, bitmaps)
+    keeper = keeper_for(plan, bitmaps, qemu_dirs)
     if keeper.state(plan.backup) is TxnState.COMMITTED:
         raise TransactionStateError(plan.backup, "committed", "roll back")
     Staging(repo, plan.backup).discard()
     failpoint("rollback.after_discard")
+    return keeper.rollback(plan)
+
+
+def return_bits(
+    bitmaps: BitmapBackend, plan: BackupPlan, qemu_dirs: QemuDirs = DEFAULT_QEMU_DIRS
+) -> bool:
+    """Return the frozen bits without touching the repository (it cannot be opened, or the
+    snapshot is already published and only its bitmaps failed). Safe to repeat."""
+    keeper = keeper_for(plan, bitmaps, qemu_dirs)
+    if keeper.state(plan.backup) is TxnState.COMMITTED:
+        raise TransactionStateError(plan.backup, "committed", "roll back")
     return keeper.rollback(plan)

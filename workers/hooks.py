@@ -6,10 +6,12 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from celery.signals import task_revoked, worker_ready, worker_shutdown
+from celery import Celery, current_app
+from celery.signals import task_postrun, task_revoked, worker_ready, worker_shutdown
 from celery.utils.dispatch import Signal
 from celery.worker import state as worker_state
 
+from tasks.begin import hand_over
 from tasks.finish import send_rollback
 from tasks.queues import NODE_QUEUE_PREFIX
 from tasks.runtime import runtime
@@ -32,7 +34,13 @@ def start_background_threads(sender: Any = None, **_: Any) -> None:
     if warning := eviction_warning_at(rt.settings.redis_url):
         log.warning("txnbackup: %s", warning)
     reaper = ReaperThread(
-        Reaper(rt, send_rollback, on_action=count_reaper_action, nodes=_served_nodes(sender)),
+        Reaper(
+            rt,
+            send_rollback,
+            on_action=count_reaper_action,
+            nodes=_served_nodes(sender),
+            stop_task=_terminator(getattr(sender, "app", None) or current_app),
+        ),
         rt.settings.reaper_interval,
     )
     reaper.start()
@@ -43,11 +51,20 @@ def start_background_threads(sender: Any = None, **_: Any) -> None:
     log.info("txnbackup revoke watcher started")
 
 
-def _served_nodes(consumer: Any) -> frozenset[str] | None:
+def _terminator(app: Celery) -> Callable[[str], None]:
+    def terminate(task_id: str) -> None:
+        """Stop a stalled drive's task, on whichever worker runs it, freeing its pool slot."""
+        app.control.revoke(task_id, terminate=True)
+
+    return terminate
+
+
+def _served_nodes(consumer: Any) -> frozenset[str]:
     """The nodes whose queues this worker consumes (a QEMU VM's backup needs its node)."""
     queues = getattr(getattr(consumer, "task_consumer", None), "queues", None)
     if queues is None:
-        return None
+        log.warning("txnbackup reaper: cannot tell this worker's queues; it ends no QEMU backup")
+        return frozenset()
     names = [q.name for q in queues]
     return frozenset(
         n.removeprefix(NODE_QUEUE_PREFIX) for n in names if n.startswith(NODE_QUEUE_PREFIX)
@@ -76,6 +93,7 @@ _HANDLERS: tuple[tuple[Signal, Callable[..., None]], ...] = (
     (worker_shutdown, stop_background_threads),
     (task_revoked, on_task_revoked),
     (worker_ready, warn_about_trust),
+    (task_postrun, hand_over),
 )
 
 
