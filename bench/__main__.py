@@ -1,4 +1,4 @@
-"""``python -m bench``: the benchmark of issues 6 and 16 (``--help`` for the options)."""
+"""``python -m bench``: the benchmark of issues 6, 15 and 16 (``--help`` for the options)."""
 
 from __future__ import annotations
 

@@ -34,6 +34,7 @@ NODE = "bench"
 NODES = ("bench-a", "bench-b")  # the multi-node VM's nodes, one worker each
 CONCURRENCY = 2  # pool processes of the worker: one copies a drive, the other can commit
 REPO_ROOT = Path(__file__).resolve().parent.parent
+BENCH_PASSPHRASE = "txnbackup benchmark passphrase"  # the throw-away encrypted repositories
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,8 @@ def bench_fleet(workdir: Path, redis_url: str) -> Iterator[Fleet]:
             "TXNBACKUP_KEY_PREFIX": prefix,
             "TXNBACKUP_BROKER_KEY_PREFIX": prefix,
             "TXNBACKUP_STATE_TTL": "3600",
+            # Unlocks the encrypted case's repositories (bench.tools.TxnbackupEncrypted).
+            "TXNBACKUP_PASSPHRASE": BENCH_PASSPHRASE,
         }
         settings = Settings.from_env(env)
         producer = Producer.from_settings(settings)

@@ -1,5 +1,5 @@
-"""What a run prints and writes: a table per data mix, the targets of issues 6 and 16, JSON and
-a PNG chart."""
+"""What a run prints and writes: a table per data mix, the targets of issues 6, 15 (the cost of
+encryption) and 16, JSON and a PNG chart."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.measure import Samples
-from bench.run import CLI, TXN, MixResults, Results
+from bench.run import CLI, TXN, TXN_ENC, MixResults, Results
 
 PEERS = ("restic", "borg")
 MIB = 1024 * 1024
@@ -28,6 +28,7 @@ class Row:
 
 ROWS = (
     Row("API, 1 drive: full backup", "full", TXN),
+    Row("API, 1 drive: full, encrypted", "full", TXN_ENC),
     Row("API, 1 drive: incr. clustered 1%", "clustered", TXN),
     Row("API, 1 drive: incr. scattered 1%", "scattered", TXN),
     Row("API, 1 drive: restore", "restore", TXN),
@@ -102,6 +103,7 @@ def mix_targets(name: str, m: MixResults) -> list[Target]:
         _faster(m, "restore2", CLI, "restic", 2, p + "CLI restore, 2 drives"),
         _faster(m, "restore2", CLI, "borg", 2, p + "CLI restore, 2 drives"),
         _at_most(p + "API full / floor", _div(_median(m.times, "full", TXN), floor), 1.3),
+        _at_most(p + "API full, encrypted / unencrypted", encryption_cost(m), 1.15),
         _at_most(p + "CLI full, 2 drives / floor", cli_floor, 1.3),
         _faster(m, "clustered", TXN, "restic", 20, p + "incr. clustered"),
         _faster(m, "scattered", TXN, "restic", 3, p + "incr. scattered"),
@@ -112,6 +114,11 @@ def mix_targets(name: str, m: MixResults) -> list[Target]:
             1.5,
         ),
     ]
+
+
+def encryption_cost(m: MixResults) -> float | None:
+    """The encrypted full backup's time over the plain one's (medians, same image)."""
+    return _div(_median(m.times, "full", TXN_ENC), _median(m.times, "full", TXN))
 
 
 def cli_overhead(m: MixResults) -> float | None:
@@ -159,7 +166,7 @@ def render(r: Results) -> str:
     for name, m in r.mixes.items():
         lines += [*_mix(r, name, m), ""]
     lines += [*_overhead(r), *_qemu(r.extra.get("qemu")), ""]
-    lines += ["targets (issues 6, 14 and 16), medians of this run:"]
+    lines += ["targets (issues 6, 14, 15 and 16), medians of this run:"]
     lines += [t.line() for t in targets(r)]
     return "\n".join(lines)
 

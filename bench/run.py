@@ -47,6 +47,7 @@ from bench.tools import (
     Tool,
     Txnbackup,
     TxnbackupCli,
+    TxnbackupEncrypted,
     find_peers,
     run_backup,
     version,
@@ -59,6 +60,7 @@ from txnbackup.repository import Repository
 
 SPARSE_VMID = "200"
 TXN, CLI = "txnbackup", "txnbackup-cli"  # tool names: the API path and the command
+TXN_ENC = "txnbackup-enc"  # the API path into an encrypted repository
 R = TypeVar("R")
 
 
@@ -82,8 +84,9 @@ class Options:
 
 @dataclass
 class MixResults:
-    """What one data mix measured; cases: full, clustered, scattered, restore (VM 100, API),
-    full2 and restore2 (VM 300: txnbackup is the API path, txnbackup-cli the command)."""
+    """What one data mix measured; cases: full, clustered, scattered, restore (VM 100, API;
+    full also into an encrypted repository, txnbackup-enc), full2 and restore2 (VM 300:
+    txnbackup is the API path, txnbackup-cli the command)."""
 
     mix: str
     image: dict[str, object] = field(default_factory=dict)
@@ -180,6 +183,7 @@ def _run_in(workdir: Path, options: Options, results: Results, say: Say) -> None
     results.tools = {
         TXN: "txnbackup (this tree); " + Txnbackup.note,
         CLI: "txnbackup (this tree); " + TxnbackupCli.note,
+        TXN_ENC: "txnbackup (this tree); " + TxnbackupEncrypted.note,
         **{p: f"{_version(p)}; {(Restic if p == 'restic' else Borg).note}" for p in peers},
     }
     with bench_fleet(workdir, options.redis_url) as fleet:
@@ -275,7 +279,8 @@ class _Mix:
         one = [Drive("scsi0", str(self.image), NODE)]
         # The same tool objects from a full backup to the restore: each knows its latest.
         tools = self._tools(Txnbackup(self.fleet, one, self.vmid), [self.image])
-        self.full("full", tools)
+        encrypted = TxnbackupEncrypted(self.fleet, one, f"{self.vmid}-enc")
+        self.full("full", [*tools, encrypted])
         pairs = enumerate(zip(self.halves, NODES, strict=True))
         two = [Drive(f"scsi{i}", str(path), node) for i, (path, node) in pairs]
         api2 = Txnbackup(self.fleet, two, f"300-{mix}")

@@ -3,7 +3,8 @@
 txnbackup runs through its real pipeline (producer, Redis, worker processes, commit), either
 from Python (the API path) or as the ``txnbackup`` command a user types (the CLI path); restic
 and borg run as the Debian packages' commands with their defaults, borg without encryption
-(restic cannot be told not to encrypt). Every tool backs up the same files.
+(restic cannot be told not to encrypt). txnbackup also backs up into an encrypted repository
+(the API path, ``txnbackup-enc``). Every tool backs up the same files.
 """
 
 from __future__ import annotations
@@ -16,9 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from bench.fleet import Fleet
+from bench.fleet import BENCH_PASSPHRASE, Fleet
 from cli.demo.services import worker_program
 from txnbackup.drive import Drive
+from txnbackup.keyfile import KdfParams, KeyAccess, KeyMode, NewKey
 from txnbackup.repository import Repository
 from txnbackup.restore import DRIVE_FILE_SUFFIX
 
@@ -63,6 +65,33 @@ class Txnbackup:
 
     def restore(self, repo: Path, into: Path) -> list[Path]:
         return restore_each(self.fleet.env, repo, self.snapshot, self.drives, into)
+
+
+@dataclass
+class TxnbackupEncrypted(Txnbackup):
+    """The API path into an encrypted repository. Every full run gets a new, empty repository,
+    all with the first one's id and key (copied): the producer and the worker unlock the key
+    once, in the first run, as a long-running worker does once per repository."""
+
+    name: str = "txnbackup-enc"
+    note: str = (
+        "the API path into an encrypted repository: repokey, AES-256-GCM, HMAC-SHA-256 chunk "
+        "ids; one key for every run (the first run pays the unlock, scrypt n=2^14 here)"
+    )
+    first: Path | None = None
+
+    def init(self, repo: Path) -> None:
+        if self.first is None:
+            passphrase = BENCH_PASSPHRASE.encode()
+            key = NewKey(KeyMode.REPOKEY, passphrase, KeyAccess(), KdfParams(n=2**14))
+            Repository.init(repo, encryption=key)
+            self.first = repo
+            return
+        repo.mkdir(mode=0o700)
+        for sub in ("chunks", "vm", "staging"):
+            (repo / sub).mkdir(mode=0o700)
+        for name in ("key", "config.json"):  # config.json last: then it is a repository
+            shutil.copy2(self.first / name, repo / name)
 
 
 @dataclass

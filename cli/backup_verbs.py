@@ -28,6 +28,7 @@ from cli.status_view import backups_rows, status_table
 from cli.watch import follow_and_show, watch
 from txnbackup.drive import Drive
 from txnbackup.errors import ConflictError, InvalidInput
+from txnbackup.names import check_node
 from txnbackup.qemu.vm import QemuVM
 from txnbackup.settings import Settings
 from txnbackup.status import BackupStatus
@@ -251,9 +252,17 @@ def _metrics_environment(port: int, address: str, directory: Path) -> None:
 
 
 @click.command()
+@click.option(
+    "--node",
+    "nodes",
+    multiple=True,
+    help="A node this host is (repeatable): only its running QEMU VMs' backups are ended "
+    "here, through their QMP sockets. Without it no QMP socket is opened; lost QEMU "
+    "backups get their rollback sent to their node's queue.",
+)
 @json_option
 @click.pass_obj
-def reap(settings: Settings, as_json: bool) -> None:
+def reap(settings: Settings, nodes: tuple[str, ...], as_json: bool) -> None:
     """Run one reaper pass now (every worker runs one every TXNBACKUP_REAPER_INTERVAL s).
 
     Rolls back backups whose worker is gone, finishes commits and rollbacks that lost their
@@ -262,7 +271,9 @@ def reap(settings: Settings, as_json: bool) -> None:
     from workers.reaper import Reaper  # noqa: PLC0415 - see _producer
 
     producer = _producer(settings)
-    acted = Reaper(producer.rt, producer.send_rollback).run_once()
+    served = frozenset(check_node(n) for n in nodes)
+    reaper = Reaper(producer.rt, producer.send_rollback, nodes=served)
+    acted = reaper.run_once()
     if as_json:
         print_json({backup: str(verdict) for backup, verdict in acted.items()})
     else:

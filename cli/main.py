@@ -24,6 +24,7 @@ from cli import (
     check_verbs,
     demo_verbs,
     gc_verbs,
+    key_verbs,
     repository_verbs,
     retention_verbs,
     snapshot_verbs,
@@ -34,6 +35,7 @@ from txnbackup.settings import Settings
 
 VERB_MODULES: tuple[ModuleType, ...] = (
     repository_verbs,
+    key_verbs,
     gc_verbs,
     retention_verbs,
     check_verbs,
@@ -56,7 +58,8 @@ def txnbackup(ctx: click.Context) -> None:
     \b
     Exit codes: 0 ok, 1 other error, 2 invalid input or usage, 3 not found,
     4 repository error, 5 integrity error (corrupt chunk, failed verify), 6 conflict,
-    7 service unavailable (Redis), 8 I/O error, 9 cancelled, 130 interrupted.
+    7 service unavailable (Redis), 8 I/O error, 9 cancelled, 10 key error (wrong or missing
+    passphrase or key of an encrypted repository), 130 interrupted.
     """
     if not isinstance(ctx.obj, Settings):
         ctx.obj = Settings.from_env()

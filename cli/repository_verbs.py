@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
 import click
 
-from cli.options import json_option, open_repository, repo_option
+from cli.options import ask_passphrase, json_option, open_repository, repo_option
 from cli.output import print_json, print_table, warn
 from cli.sizes import format_size, size_option_value
 from txnbackup.blob import restore_blob
-from txnbackup.errors import IntegrityError, VerifyFailed
+from txnbackup.errors import IntegrityError, PassphraseMissing, VerifyFailed
+from txnbackup.keyfile import KeyMode, NewKey
 from txnbackup.latest import resolve
 from txnbackup.names import check_drive_name
-from txnbackup.repository import Repository
+from txnbackup.repository import Repository, check_chunk_size
 from txnbackup.restore import RestoreResult, restore_all, restore_drive
 from txnbackup.settings import Settings
 from txnbackup.verify import Problem, VerifyReport, verify_snapshot
@@ -28,11 +30,37 @@ from txnbackup.verify import Problem, VerifyReport, verify_snapshot
     show_default=True,
     help="Chunk size: a power of two from 64K to 16M (plain bytes or K/M suffix).",
 )
+@click.option(
+    "--encryption",
+    type=click.Choice(["none", "repokey", "keyfile"]),
+    default="none",
+    show_default=True,
+    help="Encrypt the repository; repokey keeps the passphrase-protected key in REPO, keyfile "
+    "in $TXNBACKUP_KEY_FILE or ~/.config/txnbackup/keys/<repository id>.",
+)
 @click.argument("repo", type=click.Path(path_type=Path))
-def init(chunk_size: int, repo: Path) -> None:
-    """Create an empty repository in REPO (a new or empty directory)."""
-    created = Repository.init(repo, chunk_size)
+@click.pass_obj
+def init(settings: Settings, chunk_size: int, encryption: str, repo: Path) -> None:
+    """Create an empty repository in REPO (a new or empty directory).
+
+    An encrypted repository's passphrase comes from TXNBACKUP_PASSPHRASE_FILE or
+    TXNBACKUP_PASSPHRASE (or is asked for at a terminal), never from the command line.
+    Export the key (`txnbackup key export FILE`) and keep it apart from the repository.
+    """
+    new_key = None
+    if encryption != "none":
+        check_chunk_size(chunk_size)
+        passphrase = settings.passphrase
+        if passphrase is None and sys.stdin.isatty():
+            passphrase = ask_passphrase("New passphrase", confirm=True)
+        if passphrase is None:
+            raise PassphraseMissing(str(repo))
+        new_key = NewKey(KeyMode(encryption), passphrase, settings.key_access())
+    created = Repository.init(repo, chunk_size, new_key)
     click.echo(f"created repository {repo} (id {created.id}, chunk size {format_size(chunk_size)})")
+    if new_key is not None:
+        where = created.key_path(settings.key_access())
+        click.echo(f"encrypted ({encryption}); key in {where}: export it and keep the copy safe")
 
 
 @click.command()

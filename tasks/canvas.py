@@ -63,7 +63,7 @@ def build(plan: BackupPlan, ids: TaskIds, app: Celery) -> Signature:
         begin = app.signature(
             BEGIN,
             (plan.backup,),
-            {"vm": plan.vmid},
+            {"vm": plan.vmid, "discover": not plan.drives},
             options=_shown(plan, "begin in QEMU", f", node {plan.qemu.node}"),
             immutable=True,
         ).set(queue=node_queue(plan.qemu.node), task_id=ids.begin)

@@ -140,7 +140,7 @@ class Producer:
             build(plan, ids, self.app).apply_async()
             _unsubscribe(self.app, ids.all)
         except BaseException as exc:
-            transaction.rollback(repo, self.rt.bitmaps, plan)
+            transaction.rollback(repo, self.rt.bitmaps, plan, self.rt.settings.qemu)
             self.rt.records.delete(plan.backup)
             self.rt.records.unlock(plan.vmid, plan.backup)
             if isinstance(exc, OperationalError):
@@ -152,7 +152,9 @@ class Producer:
         path = path or self.rt.settings.repository
         if path is None:
             raise InvalidInput("no repository: pass --repo or set TXNBACKUP_REPOSITORY")
-        return Repository.open(path)
+        repo = Repository.open(path, self.rt.settings.key_access())
+        repo.unlock()  # a wrong or missing key is refused before the VM is locked
+        return repo
 
     def status(self, backup: str) -> BackupStatus:
         return from_record(self.rt.records.load(check_backup_id(backup)))

@@ -6,8 +6,10 @@ import hashlib
 import os
 from pathlib import Path
 
+from txnbackup.crypto import Kind, Unsealable, blob_identity
 from txnbackup.errors import IntegrityError, InvalidInput, NotFound, TargetWriteError
-from txnbackup.fsutil import fsync_dir, os_reason, temp_name
+from txnbackup.fsutil import fsync_dir, os_reason, read_file, temp_name
+from txnbackup.manifest import BlobEntry
 from txnbackup.names import check_blob_name
 from txnbackup.repository import Repository
 from txnbackup.snapshot import SnapshotId
@@ -20,12 +22,22 @@ def read_blob(repo: Repository, snapshot: SnapshotId, name: str) -> bytes:
     if entry is None:
         names = ", ".join(b.name for b in manifest.blobs) or "none"
         raise NotFound(f"config {name} in snapshot {snapshot} (it has: {names})")
+    return load_blob(repo, snapshot, entry)
+
+
+def load_blob(repo: Repository, snapshot: SnapshotId, entry: BlobEntry) -> bytes:
+    """A blob the manifest lists, opened (when sealed) and checked; IntegrityError naming it."""
+    what = f"config {entry.name} of {snapshot}"
     try:
-        data = (repo.snapshot_dir(snapshot) / entry.file).read_bytes()
+        raw = read_file(repo.snapshot_dir(snapshot) / entry.file)
+        identity = blob_identity(snapshot.vmid, snapshot.time, entry.name)
+        data = repo.codec.open(Kind.BLOB, raw, identity)
     except OSError as exc:
-        raise IntegrityError(f"config {name} of {snapshot} is unreadable: {exc}") from None
+        raise IntegrityError(f"{what} is unreadable: {exc.strerror or exc}") from None
+    except Unsealable as exc:
+        raise IntegrityError(f"{what} {exc.reason}") from None
     if len(data) != entry.size or hashlib.sha256(data).hexdigest() != entry.sha256:
-        raise IntegrityError(f"config {name} of {snapshot} does not match its checksum")
+        raise IntegrityError(f"{what} does not match its checksum")
     return data
 
 

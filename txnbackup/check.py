@@ -9,16 +9,16 @@ modulo ``m``: the same ones on every run, so runs 1/m … m/m read every chunk o
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 
+from txnbackup.blob import load_blob
 from txnbackup.constants import ZERO_DIGEST
+from txnbackup.crypto import index_identity
 from txnbackup.errors import CorruptChunk, IntegrityError, InvalidInput, SnapshotNotFound
 from txnbackup.geometry import chunk_count
 from txnbackup.index import IndexReader, file_sha256
-from txnbackup.manifest import BlobEntry, DriveEntry, Manifest
+from txnbackup.manifest import DriveEntry, Manifest
 from txnbackup.repository import Repository
 from txnbackup.snapshot import SnapshotId
 from txnbackup.snapshot_files import being_removed, snapshot_dirs
@@ -99,13 +99,14 @@ def _check_snapshot(
         return
     for disagreement in _manifest_disagreements(repo, snapshot, manifest):
         yield CheckProblem(str(snapshot), disagreement)
-    directory = repo.snapshot_dir(snapshot)
     for entry in manifest.drives:
-        if drive_problem := _check_drive(directory, snapshot, entry, referrers):
+        if drive_problem := _check_drive(repo, snapshot, manifest, entry, referrers):
             yield CheckProblem(f"{snapshot} {entry.name}", drive_problem)
     for blob in manifest.blobs:
-        if blob_problem := _check_blob(directory, blob):
-            yield CheckProblem(f"{snapshot} blob {blob.name}", blob_problem)
+        try:
+            load_blob(repo, snapshot, blob)
+        except IntegrityError as exc:
+            yield CheckProblem(f"{snapshot} blob {blob.name}", str(exc.args[0]))
 
 
 def _manifest_disagreements(
@@ -120,13 +121,20 @@ def _manifest_disagreements(
 
 
 def _check_drive(
-    directory: Path, snapshot: SnapshotId, entry: DriveEntry, referrers: dict[bytes, str]
+    repo: Repository,
+    snapshot: SnapshotId,
+    manifest: Manifest,
+    entry: DriveEntry,
+    referrers: dict[bytes, str],
 ) -> str | None:
-    index = directory / entry.index
+    index = repo.snapshot_dir(snapshot) / entry.index
+    identity = index_identity(manifest.backup, entry.name) if repo.encrypted else None
     try:
-        if file_sha256(index) != entry.index_sha256:
+        if not repo.encrypted and file_sha256(index) != entry.index_sha256:
             return f"index {entry.index} does not match its checksum"
-        with IndexReader(index) as reader:
+        with IndexReader(index, repo.codec, identity) as reader:
+            if repo.encrypted and reader.sha256() != entry.index_sha256:
+                return f"index {entry.index} does not match its checksum"
             geometry = (reader.size, reader.chunk_size, reader.count)
             expected = (entry.size, entry.chunk_size, entry.chunks)
             if geometry != expected or entry.chunks != chunk_count(entry.size, entry.chunk_size):
@@ -138,16 +146,6 @@ def _check_drive(
         return f"index {entry.index} is missing"
     except (OSError, IntegrityError) as exc:
         return f"index {entry.index} unreadable: {exc}"
-    return None
-
-
-def _check_blob(directory: Path, blob: BlobEntry) -> str | None:
-    try:
-        data = (directory / blob.file).read_bytes()
-    except OSError as exc:
-        return f"blob file {blob.file} unreadable: {exc.strerror or exc}"
-    if len(data) != blob.size or hashlib.sha256(data).hexdigest() != blob.sha256:
-        return f"blob file {blob.file} does not match its size and checksum"
     return None
 
 

@@ -74,20 +74,32 @@ def encode_parts(
     data: bytes | memoryview, level: int = ZSTD_LEVEL
 ) -> tuple[bytes, bytes | memoryview]:
     """``encode`` as (header, payload), which a writer can write without joining them:
-    the raw payload is ``data`` itself, not a copy.
+    the raw payload is ``data`` itself, not a copy."""
+    method, payload = compress(data, level)
+    header = HEADER.pack(MAGIC, CODEC_VERSION, method, 0, len(data), zlib.crc32(payload))
+    return header, payload
+
+
+def compress(
+    data: bytes | memoryview, level: int = ZSTD_LEVEL
+) -> tuple[Compression, bytes | memoryview]:
+    """The payload and its compression.
 
     A large chunk whose samples (``_incompressible``) all fail to compress is stored raw
     without compressing the whole of it; any other is compressed at ``level`` and kept
     compressed when that saves at least 1/64 of it.
     """
-    payload: bytes | memoryview = data
-    method = Compression.RAW
     if not _incompressible(data):
         compressed = _compressor(level).compress(data)
         if _pays(len(compressed), len(data)):
-            method, payload = Compression.ZSTD, compressed
-    header = HEADER.pack(MAGIC, CODEC_VERSION, method, 0, len(data), zlib.crc32(payload))
-    return header, payload
+            return Compression.ZSTD, compressed
+    return Compression.RAW, data
+
+
+def is_compressed(header: bytes) -> bool:
+    """Whether a chunk file's header (plain or sealed: the field is at the same place) says
+    its payload is compressed."""
+    return bool(HEADER.unpack_from(header)[2] == Compression.ZSTD)
 
 
 def _pays(compressed: int, plain: int) -> bool:
@@ -139,13 +151,14 @@ def decode(blob: bytes, digest: str) -> bytes:
     payload = memoryview(blob)[HEADER.size :]
     if zlib.crc32(payload) != crc:
         raise CorruptChunk(digest, "CRC mismatch")
-    data = _plaintext(payload, method, length, digest)
+    data = decompress(payload, method, length, digest)
     if len(data) != length or digest_of(data) != digest:
         raise CorruptChunk(digest, "content does not match its digest")
     return data
 
 
-def _plaintext(payload: memoryview, method: int, length: int, digest: str) -> bytes:
+def decompress(payload: memoryview, method: int, length: int, digest: str) -> bytes:
+    """The plaintext of a payload (at most ``length`` bytes); CorruptChunk when it is not."""
     if method == Compression.RAW:
         return bytes(payload)
     if method == Compression.ZSTD:

@@ -13,6 +13,9 @@ Deduplication trusts a stored chunk only after a cheap look (one open and one re
 header, ``chunk.plausible``): a regular file, not a symbolic link, whose length fits its
 header. A chunk file that fails it reads as not stored, and storing the chunk replaces it.
 
+How a chunk becomes a file and back (and its id) is the repository's codec
+(txnbackup.crypto): plain, or sealed in an encrypted repository.
+
 Verify moves a corrupt chunk file aside (``quarantine``, to ``<digest>.bad``), so that the
 digest reads as not stored and the next backup that reads the chunk stores it again.
 """
@@ -28,6 +31,7 @@ from pathlib import Path
 from typing import Protocol
 
 from txnbackup import chunk
+from txnbackup.crypto import PLAIN, Codec
 from txnbackup.errors import CorruptChunk
 from txnbackup.fsutil import (
     NOFOLLOW,
@@ -49,6 +53,8 @@ class ChunkBackend(Protocol):
     """The repository seam the engine, restore and verify use: a directory today,
     S3-compatible object storage later."""
 
+    codec: Codec  # chunk ids and chunk files: plain or sealed
+
     def has(self, digest: str) -> bool: ...
 
     def reuse(self, digest: str) -> bool: ...
@@ -63,8 +69,9 @@ class ChunkBackend(Protocol):
 class ChunkStore:
     """Chunks as files in a directory tree (the ChunkBackend of a directory repository)."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, codec: Codec = PLAIN) -> None:
         self.root = root
+        self.codec = codec
         self._unsynced: set[Path] = set()
         self._lock = threading.Lock()
         self._real_prefixes: set[str] = set()  # prefix directories seen not to be links
@@ -84,11 +91,15 @@ class ChunkStore:
 
     def has(self, digest: str) -> bool:
         """Whether the chunk is stored and its file looks whole (``chunk.plausible``)."""
-        return self._real_prefix(digest) and _plausible(self.path_for(digest), touch=False)
+        return self._real_prefix(digest) and _plausible(
+            self.path_for(digest), self.codec, touch=False
+        )
 
     def reuse(self, digest: str) -> bool:
         """``has``, and if so, mark the chunk in use now (its mtime, for gc)."""
-        return self._real_prefix(digest) and _plausible(self.path_for(digest), touch=True)
+        return self._real_prefix(digest) and _plausible(
+            self.path_for(digest), self.codec, touch=True
+        )
 
     def _real_prefix(self, digest: str) -> bool:
         """Whether the chunk's prefix directory is a directory, not a link (looked at once)."""
@@ -114,7 +125,7 @@ class ChunkStore:
         try:
             _write_synced(tmp, encoded)
             if not _link_new(tmp, path):
-                if _plausible(path, touch=True):
+                if _plausible(path, self.codec, touch=True):
                     return False
                 os.rename(tmp, path)  # the file there is damaged, or a link: replace it
         except OSError as exc:
@@ -149,7 +160,7 @@ class ChunkStore:
             raise CorruptChunk(digest, "missing from the repository") from None
         except OSError as exc:
             raise CorruptChunk(digest, f"unreadable: {exc.strerror or exc}") from None
-        return chunk.decode(blob, digest)
+        return self.codec.decode_chunk(blob, digest)
 
     def quarantine(self, digest: str) -> bool:
         """Move a corrupt chunk file aside to ``<digest>.bad``; False when it was not there.
@@ -165,7 +176,7 @@ class ChunkStore:
         except OSError as exc:
             raise write_error(path, exc) from exc
         try:
-            chunk.decode(read_file(bad), digest)
+            self.codec.decode_chunk(read_file(bad), digest)
         except (CorruptChunk, OSError):
             fsync_dir(path.parent)
             return True
@@ -189,7 +200,7 @@ def _write_synced(path: Path, parts: tuple[bytes | memoryview, ...]) -> None:
         os.close(fd)
 
 
-def _plausible(path: Path, *, touch: bool) -> bool:
+def _plausible(path: Path, codec: Codec, *, touch: bool) -> bool:
     """One open (never through a link; non-blocking, should a FIFO be planted) and one read
     of the header; ``touch`` sets the mtime through the same descriptor."""
     try:
@@ -200,7 +211,7 @@ def _plausible(path: Path, *, touch: bool) -> bool:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             return False
-        if not chunk.plausible(os.pread(fd, chunk.PROBE_SIZE, 0), st.st_size):
+        if not codec.plausible_chunk(os.pread(fd, chunk.PROBE_SIZE, 0), st.st_size):
             return False
         if touch:
             with contextlib.suppress(OSError):  # a chunk we may read but not touch: still good

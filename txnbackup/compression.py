@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 
 from txnbackup import chunk
 
@@ -33,6 +34,7 @@ DISK_BINDS = 2.0  # storing / compressing above which the disk binds
 SAVES = 0.03  # SMALL is used only when a probe found it this much smaller than FAST
 
 Encoded = tuple[bytes, bytes | memoryview]
+Encoder = Callable[[bytes | memoryview, int], Encoded]  # data, zstd level -> chunk file parts
 
 
 class LevelChooser:
@@ -51,14 +53,17 @@ class LevelChooser:
     def level(self) -> int:
         return SMALL if self.disk_binds and self.small_pays else FAST
 
-    def encode(self, data: bytes | memoryview) -> tuple[Encoded, float]:
-        """The chunk's (header, payload) and the seconds encoding it took."""
+    def encode(
+        self, data: bytes | memoryview, encode: Encoder = chunk.encode_parts
+    ) -> tuple[Encoded, float]:
+        """The chunk's (header, payload) and the seconds encoding it took; ``encode`` is the
+        repository's (txnbackup.crypto: plain, or sealed after compression)."""
         started = time.perf_counter()
         with self._lock:
             probe, self._probe_due = self._probe_due, False
         if not probe:
-            return chunk.encode_parts(data, self.level), time.perf_counter() - started
-        fast, small = chunk.encode_parts(data, FAST), chunk.encode_parts(data, SMALL)
+            return encode(data, self.level), time.perf_counter() - started
+        fast, small = encode(data, FAST), encode(data, SMALL)
         with self._lock:
             self.small_pays = _size(small) <= (1 - SAVES) * _size(fast)
         best = small if _size(small) < _size(fast) else fast

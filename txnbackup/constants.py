@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 FORMAT_VERSION = 1  # version of the repository format this code reads and writes
+ENCRYPTED_FORMAT_VERSION = 2  # the same layout, every object sealed (txnbackup.crypto)
 DEFAULT_CHUNK_SIZE = 4 * 1024 * 1024  # bytes
 MIN_CHUNK_SIZE = 64 * 1024  # bytes
 MAX_CHUNK_SIZE = 16 * 1024 * 1024  # bytes

@@ -150,7 +150,14 @@ def _copy(
         repo = rt.repository(record.repository)
         check = StopCheck(records, backup)
         return transaction.copy(
-            repo, rt.bitmaps, record.plan, drive, check, progress, record.speed_limit
+            repo,
+            rt.bitmaps,
+            record.plan,
+            drive,
+            check,
+            progress,
+            record.speed_limit,
+            rt.settings.qemu,
         )
     except Cancelled:
         progress.report(DriveState.CANCELLED, DriveMark.END)

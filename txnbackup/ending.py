@@ -54,7 +54,8 @@ def _commit(rt: Runtime, record: BackupRecord) -> str:
         return _refuse_commit(rt, record, refused)
     repo = rt.repository(record.repository)
     try:
-        snapshot = transaction.commit(repo, rt.bitmaps, plan, records.blobs(record.uuid))
+        blobs = records.blobs(record.uuid)
+        snapshot = transaction.commit(repo, rt.bitmaps, plan, blobs, rt.settings.qemu)
     except Exception as exc:
         if repo.find_backup(plan.vmid, record.uuid) is not None:
             raise PublishedButNotCommitted(str(exc)) from exc
@@ -111,7 +112,7 @@ def _roll_back(rt: Runtime, record: BackupRecord, *, resumed: bool = False) -> s
         _refuse_discard(rt, record, refused)
     else:
         repo = rt.repository(record.repository)
-        transaction.rollback(repo, rt.bitmaps, record.plan)
+        transaction.rollback(repo, rt.bitmaps, record.plan, rt.settings.qemu)
     cancel = records.cancel_reason(record.uuid)
     if not cancel and not record.error:
         records.record_error(record.uuid, _unexplained(record))
@@ -131,14 +132,20 @@ def _unexplained(record: BackupRecord) -> str:
 
 def _wait_for_running_drive(rt: Runtime, record: BackupRecord) -> BackupRecord:
     """Nothing may be written to a backup after its rollback: give the running drive, which
-    sees the cancel within a fraction of a second, time to stop (a killed one never does)."""
-    if not record.running or not rt.records.lease_holder(record.uuid, LeaseRole.COPY):
+    sees the cancel within a fraction of a second, time to stop (a killed one never does).
+    A QEMU begin in progress is waited for the same way: it undoes its own work when it
+    finds the backup ended, and the rollback then finds QEMU as it was."""
+    if not _busy(record) or not rt.records.lease_holder(record.uuid, LeaseRole.COPY):
         return record
     deadline = time.monotonic() + rt.settings.rollback_wait
-    while record.running and time.monotonic() < deadline:
+    while _busy(record) and time.monotonic() < deadline:
         time.sleep(0.05)
         record = rt.records.load(record.uuid)
     return record
+
+
+def _busy(record: BackupRecord) -> bool:
+    return bool(record.running or record.beginning)
 
 
 def _refuse_commit(rt: Runtime, record: BackupRecord, refused: Refused) -> str:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
 import logging
 import os
 import time
@@ -30,10 +29,12 @@ from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 
+from txnbackup import chunk
 from txnbackup.action import BitmapAction
 from txnbackup.chunkstore import ChunkBackend
 from txnbackup.compression import LevelChooser
 from txnbackup.constants import ZERO_DIGEST
+from txnbackup.crypto import Codec, index_identity
 from txnbackup.drive import DriveReader
 from txnbackup.errors import Cancelled, IntegrityError
 from txnbackup.geometry import chunk_count, extent
@@ -95,13 +96,14 @@ def process_chunk(store: ChunkBackend, data: bytes, levels: LevelChooser) -> Chu
     # zero bytes would scan every chunk at the speed of hashing it.
     if data == _zeros(len(data)):
         return ChunkResult(ZERO_DIGEST, len(data), Outcome.ZERO)
-    digest = hashlib.sha256(data).digest()
+    digest = store.codec.chunk_id(data)
     if store.reuse(digest.hex()):
         return ChunkResult(digest, len(data), Outcome.REUSED)
-    (header, payload), encoding = levels.encode(data)
+    encode = functools.partial(store.codec.encode_chunk, digest)
+    (header, payload), encoding = levels.encode(data, encode)
     started = time.perf_counter()
     stored = store.put(digest.hex(), header, payload)
-    if payload is not data:  # compressed: its level mattered
+    if chunk.is_compressed(header):  # its level mattered
         levels.record(encoding, time.perf_counter() - started)
     if not stored:
         return ChunkResult(digest, len(data), Outcome.REUSED)
@@ -212,6 +214,7 @@ class Incremental:
     dirty_bytes: int
     bits: Iterable[bool]
     base_index: Path
+    base_identity: str | None = None  # what a sealed base index is named (txnbackup.crypto)
 
 
 def copy_drive(
@@ -238,13 +241,19 @@ def copy_drive(
             raise Cancelled(reason)
 
     with (
-        IndexWriter(staging.index_path(job.drive), size, cs) as index,
+        IndexWriter(
+            staging.index_path(job.drive),
+            size,
+            cs,
+            repo.codec,
+            index_identity(job.backup, job.drive),
+        ) as index,
         ThreadPoolExecutor(job.workers, thread_name_prefix=f"copy-{job.drive}") as pool,
     ):
         pipeline = _Pipeline(reader, repo.chunks, pool, cs, index, tally)
         try:
             throttle = _Throttle(job.speed_limit, check)
-            for offset, length, base_digest in _plan(size, cs, incremental):
+            for offset, length, base_digest in _plan(size, cs, incremental, repo.codec):
                 if base_digest is not None:
                     pipeline.clean(offset, length, base_digest)
                 else:
@@ -277,7 +286,7 @@ def copy_drive(
 
 
 def _plan(
-    size: int, cs: int, incremental: Incremental | None
+    size: int, cs: int, incremental: Incremental | None, codec: Codec
 ) -> Iterator[tuple[int, int, bytes | None]]:
     """Yield (offset, length, base digest or None when the chunk must be read)."""
     count = chunk_count(size, cs)
@@ -285,7 +294,8 @@ def _plan(
         for i in range(count):
             yield *extent(i, size, cs), None
         return
-    with IndexReader(incremental.base_index) as base:
+    base_index = IndexReader(incremental.base_index, codec, incremental.base_identity)
+    with base_index as base:
         # The size too: a drive that changed within its last chunk keeps its chunk count, and
         # the base's last chunk would be the wrong length for it.
         if (base.size, base.count, base.chunk_size) != (size, count, cs):

@@ -62,7 +62,7 @@ class RepositoryExists(RepositoryError):
 
 
 class FormatVersionMismatch(RepositoryError):
-    """repository {} has format version {}, this txnbackup reads version {}"""
+    """repository {} has format version {}, this txnbackup reads versions {}"""
 
 
 class IntegrityError(TxnBackupError):
@@ -85,6 +85,28 @@ class VerifyFailed(IntegrityError):
 
 class CheckFailed(IntegrityError):
     """repository check found {} problem(s)"""
+
+
+class KeyProblem(TxnBackupError):
+    """key error: {}"""
+
+    exit_code = 10
+
+
+class PassphraseMissing(KeyProblem):
+    """repository {} is encrypted: set TXNBACKUP_PASSPHRASE_FILE or TXNBACKUP_PASSPHRASE"""
+
+
+class WrongPassphrase(KeyProblem):
+    """wrong passphrase for key {} (or the key file is damaged)"""
+
+
+class KeyMissing(KeyProblem):
+    """repository {} is encrypted and its key {} is missing; `txnbackup key import FILE`"""
+
+
+class KeyInvalid(KeyProblem):
+    """key {}: {}"""
 
 
 class ConflictError(TxnBackupError):
@@ -188,6 +210,10 @@ class QmpTimeout(QemuError):
 
 class QemuDriveError(QemuError):
     """drive {}: {}"""
+
+
+class QemuDirUnusable(QemuError):
+    """QEMU {} directory {}: {}"""
 
 
 class Refused(TxnBackupError):

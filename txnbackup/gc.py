@@ -42,6 +42,7 @@ from pathlib import Path
 
 from txnbackup.chunkstore import BAD_SUFFIX
 from txnbackup.constants import ZERO_DIGEST
+from txnbackup.crypto import index_identity
 from txnbackup.errors import IntegrityError, InvalidInput
 from txnbackup.failpoints import failpoint
 from txnbackup.fsutil import real_dirs, regular_files, temp_name
@@ -100,7 +101,7 @@ def collect(repo: Repository, *, grace: float = DEFAULT_GRACE, dry_run: bool = F
 def _mark_all(repo: Repository, marked: set[bytes]) -> None:
     # Staging areas first, published snapshots second: see the module docstring.
     for index in _indexes(repo.path / "staging"):
-        _mark_staging(marked, index)
+        _mark_staging(repo, marked, index)
     try:
         for directory in snapshot_dirs(repo):
             _mark_snapshot(repo, directory, marked)
@@ -117,22 +118,25 @@ def _mark_snapshot(repo: Repository, directory: Path, marked: set[bytes]) -> Non
     snapshot = SnapshotId(directory.parent.name, directory.name)
     try:
         if not being_removed(directory):
-            for entry in repo.manifest(snapshot).drives:
-                with repo.open_index(snapshot, entry) as reader:
+            manifest = repo.manifest(snapshot)
+            for entry in manifest.drives:
+                with repo.open_index(snapshot, entry, manifest.backup) as reader:
                     marked.update(reader)
                 seen.add(reader.path)
         for index in _indexes(directory, depth=0):
             if index not in seen:
-                with IndexReader(index) as reader:
+                # An index no manifest lists: a sealed one may carry any backup's name.
+                with IndexReader(index, repo.codec) as reader:
                     marked.update(reader)
     except IntegrityError:
         if not being_removed(directory):
             raise
 
 
-def _mark_staging(marked: set[bytes], index: Path) -> None:
+def _mark_staging(repo: Repository, marked: set[bytes], index: Path) -> None:
+    identity = index_identity(index.parent.name, index.stem) if repo.encrypted else None
     try:
-        with IndexReader(index) as reader:
+        with IndexReader(index, repo.codec, identity) as reader:
             marked.update(reader)
     except IntegrityError as exc:
         if os.path.lexists(index):

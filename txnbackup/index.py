@@ -6,11 +6,16 @@ An all-zero chunk is recorded as ``ZERO_DIGEST`` (32 zero bytes) and never store
 The manifest keeps the SHA-256 of the whole file, so a damaged index is detected. A reader
 checks the header (count = ceil(size / chunk size), a valid chunk size) and that the file
 holds exactly ``count`` entries, and never opens an index through a symbolic link.
+
+In an encrypted repository the index is one sealed object (txnbackup.crypto), named by its
+backup and drive: the writer keeps it in memory (32 bytes per chunk) and seals it when it is
+complete, the reader opens it whole. The manifest's SHA-256 is of the plain index.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import struct
 from collections.abc import Iterator
@@ -20,6 +25,7 @@ from types import TracebackType
 from typing import BinaryIO
 
 from txnbackup.constants import DIGEST_SIZE, MAX_CHUNK_SIZE, MIN_CHUNK_SIZE
+from txnbackup.crypto import PLAIN, Codec, Kind, Unsealable
 from txnbackup.errors import IntegrityError
 from txnbackup.fsutil import create_new, open_file, temp_name, write_error
 from txnbackup.geometry import chunk_count
@@ -39,18 +45,25 @@ class IndexInfo:
 
 
 class IndexWriter:
-    """Appends digests in drive order; ``finish`` fsyncs and renames into place."""
+    """Appends digests in drive order; ``finish`` fsyncs and renames into place.
 
-    def __init__(self, path: Path, size: int, chunk_size: int) -> None:
+    The temporary file is created at once (gc relies on it: txnbackup.engine); a sealed index
+    is gathered in memory and written there by ``finish``."""
+
+    def __init__(
+        self, path: Path, size: int, chunk_size: int, codec: Codec = PLAIN, identity: str = ""
+    ) -> None:
         self.path = path
         self._tmp = temp_name(path)
         self._count = chunk_count(size, chunk_size)
         self._written = 0
         self._hash = hashlib.sha256()
+        self._codec, self._identity = codec, identity
         try:
-            self._fh: BinaryIO = os.fdopen(create_new(self._tmp), "wb")
+            self._file: BinaryIO = os.fdopen(create_new(self._tmp), "wb")
         except OSError as exc:
             raise write_error(self.path, exc) from exc
+        self._fh: BinaryIO = io.BytesIO() if codec.encrypted else self._file
         self._info = (size, chunk_size)
         self._write(HEADER.pack(MAGIC, VERSION, chunk_size, size, self._count))
 
@@ -69,9 +82,13 @@ class IndexWriter:
         if self._written != self._count:
             raise IntegrityError(f"index {self.path}: {self._written} of {self._count} entries")
         try:
-            self._fh.flush()
-            os.fsync(self._fh.fileno())
-            self._fh.close()
+            if self._fh is not self._file:
+                assert isinstance(self._fh, io.BytesIO)
+                plain = self._fh.getvalue()
+                self._file.write(self._codec.seal(Kind.INDEX, self._identity, plain))
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            self._file.close()
             os.rename(self._tmp, self.path)
         except OSError as exc:
             raise write_error(self.path, exc) from exc
@@ -79,7 +96,7 @@ class IndexWriter:
         return IndexInfo(size, chunk_size, self._count, self._hash.hexdigest())
 
     def abort(self) -> None:
-        self._fh.close()
+        self._file.close()
         self._tmp.unlink(missing_ok=True)
 
     def __enter__(self) -> IndexWriter:
@@ -91,14 +108,17 @@ class IndexWriter:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if not self._fh.closed:
+        if not self._file.closed:
             self.abort()
 
 
 class IndexReader:
-    """An index file, its header checked against itself and the file's length."""
+    """An index file, its header checked against itself and the file's length.
 
-    def __init__(self, path: Path) -> None:
+    A sealed index is opened whole with ``codec``; ``identity`` is the name it must be
+    sealed under (None: any name ending in the file's own name, for gc's strays)."""
+
+    def __init__(self, path: Path, codec: Codec = PLAIN, identity: str | None = None) -> None:
         self.path = path
         try:
             self._fh: BinaryIO = os.fdopen(open_file(path), "rb")
@@ -107,10 +127,23 @@ class IndexReader:
         except OSError as exc:
             raise IntegrityError(f"index {path}: {exc.strerror or exc}") from None
         try:
+            if codec.encrypted:
+                self._fh = io.BytesIO(self._open_sealed(codec, identity))
             self._check_header()
         except BaseException:
             self._fh.close()
             raise
+
+    def _open_sealed(self, codec: Codec, identity: str | None) -> bytes:
+        with self._fh:
+            sealed = self._fh.read()
+        try:
+            claimed = codec.identity(sealed) or ""
+            if identity is None and not claimed.endswith(f"/{self.path.name}"):
+                raise Unsealable(f"is sealed as {claimed!r}, another index")
+            return codec.open(Kind.INDEX, sealed, identity)
+        except Unsealable as exc:
+            raise IntegrityError(f"index {self.path} {exc.reason}") from None
 
     def _check_header(self) -> None:
         header = self._fh.read(HEADER.size)
@@ -127,7 +160,7 @@ class IndexReader:
                 f"index {self.path}: {self.count} entries for {self.size} bytes "
                 f"in chunks of {cs} (expected {chunk_count(self.size, cs)})"
             )
-        length = os.fstat(self._fh.fileno()).st_size
+        length = self._fh.seek(0, io.SEEK_END)
         if length != HEADER.size + self.count * DIGEST_SIZE:
             raise IntegrityError(
                 f"index {self.path}: {length} bytes, a header and {self.count} entries "

@@ -29,6 +29,7 @@ class Heartbeat:
         self.role = role
         self.holder = holder
         self.ttl = ttl
+        self.kept = False
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._beat, name=f"lease-{backup[:8]}", daemon=True)
 
@@ -38,6 +39,11 @@ class Heartbeat:
                 self.records.touch(self.backup, self.role, self.holder, self.ttl)
             except Exception:
                 log.warning("backup %s: lease renewal failed; retrying", self.backup)
+
+    def keep(self) -> None:
+        """Stop renewing at the end but leave the lease: whoever takes over drops it (or it
+        expires, and the reaper judges)."""
+        self.kept = True
 
     def __enter__(self) -> Heartbeat:
         self.records.touch(self.backup, self.role, self.holder, self.ttl)
@@ -52,5 +58,5 @@ class Heartbeat:
     ) -> None:
         self._stop.set()
         self._thread.join()
-        if exc_type is None or issubclass(exc_type, Exception):
+        if not self.kept and (exc_type is None or issubclass(exc_type, Exception)):
             self.records.drop_lease(self.backup, self.role, self.holder)

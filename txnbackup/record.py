@@ -79,6 +79,7 @@ class Field(StrEnum):
     SNAPSHOT = "snapshot"
     RUNNING = "running"  # the drive being copied now
     RUNNING_TASK = "running_task"
+    BEGIN = "begin"  # who runs a QEMU backup's begin now (its lease says whether it lives)
     COMMIT_RUNS = "commit_runs"
     ROLLBACK_RUNS = "rollback_runs"
     ROLLBACK_RESUMED = "rollback_resumed"
@@ -128,6 +129,7 @@ class BackupRecord:
     counters: Mapping[str, int]
     seal: str = ""
     sealed: tuple[str, ...] = ()  # the SEALED fields as stored, for txnbackup.trust
+    beginning: str = ""  # the holder of a QEMU begin in progress
 
     @classmethod
     def parse(cls, raw: Mapping[str, str]) -> BackupRecord:
@@ -157,6 +159,7 @@ class BackupRecord:
             },
             seal=raw.get(Field.SEAL, ""),
             sealed=tuple(raw.get(f, "") for f in SEALED),
+            beginning=raw.get(Field.BEGIN, ""),
         )
 
     def drive(self, name: str) -> DriveRecord:
@@ -371,6 +374,13 @@ class BackupRecords:
             fields[Field.SEAL] = seal(self.secret, [values[f] for f in SEALED])
         args = [x for pair in fields.items() for x in pair]
         return bool(self._replan(keys=[self.keys.backup(plan.backup)], args=args))
+
+    def mark_begin(self, backup: str, holder: str) -> bool:
+        """A QEMU begin starts (its holder takes the copy lease first); False once ended."""
+        return bool(self._replan(keys=[self.keys.backup(backup)], args=[Field.BEGIN, holder]))
+
+    def end_begin(self, backup: str) -> None:
+        self.redis.hdel(self.keys.backup(backup), Field.BEGIN)
 
     def delete(self, backup: str) -> None:
         """Forget a backup that was never dispatched (submit failed half way)."""

@@ -23,6 +23,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
+from txnbackup.crypto import Kind, Unsealable, manifest_identity
 from txnbackup.errors import IntegrityError, SnapshotNotFound, SnapshotProtected
 from txnbackup.failpoints import failpoint
 from txnbackup.fsutil import fsync_dir, read_file
@@ -67,7 +68,7 @@ def finish_removals(repo: Repository, vmid: str | None = None) -> list[str]:
     """Complete interrupted removals; the ids of the snapshots finished."""
     finished = []
     for directory in list(half_removed(repo, vmid)):
-        if _restore_if_protected(directory):
+        if _restore_if_protected(repo, directory):
             continue
         _delete(directory)
         finished.append(f"vm/{directory.parent.name}/{directory.name}")
@@ -85,14 +86,16 @@ def _interrupted(directory: Path) -> bool:
     return REMOVING_NAME in names or not names
 
 
-def _restore_if_protected(directory: Path) -> bool:
+def _restore_if_protected(repo: Repository, directory: Path) -> bool:
     """Put back a snapshot protected before its removal's crash (nothing of it deleted)."""
     removing = directory / REMOVING_NAME
     if not _beside(directory, PROTECTED_SUFFIX).exists():
         return False
+    identity = manifest_identity(directory.parent.name, directory.name)
     try:
-        manifest = Manifest.from_json(read_file(removing), str(removing))
-    except (OSError, IntegrityError):
+        raw = repo.codec.open(Kind.MANIFEST, read_file(removing), identity)
+        manifest = Manifest.from_json(raw, str(removing))
+    except (OSError, IntegrityError, Unsealable):
         return False
     files = [d.index for d in manifest.drives] + [b.file for b in manifest.blobs]
     if not all((directory / name).exists() for name in files):

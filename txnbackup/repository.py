@@ -19,24 +19,50 @@ Reading trusts nothing it finds: a manifest is parsed strictly and checked again
 snapshot id and the repository that hold it, an index against its manifest entry (checksum,
 size, chunk size, count), and no path below the repository is followed through a symbolic
 link. Files are created 0600, directories 0700 (txnbackup.fsutil).
+
+An encrypted repository (format version 2, chosen at ``init``) has the same layout; its
+``codec`` (txnbackup.crypto) keys chunk ids and seals every chunk, index, manifest and blob.
+The key (txnbackup.keyfile) is unlocked on first use, or up front with ``unlock``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from txnbackup.chunkstore import ChunkStore
-from txnbackup.constants import DEFAULT_CHUNK_SIZE, FORMAT_VERSION, MAX_CHUNK_SIZE, MIN_CHUNK_SIZE
+from txnbackup.constants import (
+    DEFAULT_CHUNK_SIZE,
+    ENCRYPTED_FORMAT_VERSION,
+    FORMAT_VERSION,
+    MAX_CHUNK_SIZE,
+    MIN_CHUNK_SIZE,
+)
+from txnbackup.crypto import (
+    CHUNK_IDS,
+    CIPHER,
+    PLAIN,
+    Codec,
+    Kind,
+    LazyCodec,
+    MasterKeys,
+    SealedCodec,
+    Unsealable,
+    index_identity,
+    manifest_identity,
+)
 from txnbackup.errors import (
     FormatVersionMismatch,
     IntegrityError,
     InvalidInput,
     ManifestInvalid,
+    PassphraseMissing,
     RepositoryError,
     RepositoryExists,
     RepositoryNotFound,
@@ -53,6 +79,7 @@ from txnbackup.fsutil import (
     write_atomic,
 )
 from txnbackup.index import IndexReader
+from txnbackup.keyfile import KeyAccess, KeyMode, NewKey, protect, read_key, unlock
 from txnbackup.manifest import MANIFEST_NAME, DriveEntry, Manifest, index_file
 from txnbackup.names import VMID_RE, check_backup_id, check_vmid
 from txnbackup.snapshot import SnapshotId, parse_time
@@ -66,6 +93,14 @@ class RepositoryConfig:
     format: int
     chunk_size: int
     id: str
+    encryption: KeyMode | None = None  # None: not encrypted (format version 1)
+
+    def to_json(self) -> bytes:
+        data: dict[str, Any] = {"format": self.format, "chunk_size": self.chunk_size, "id": self.id}
+        if self.encryption is not None:
+            mode = str(self.encryption)
+            data["encryption"] = {"mode": mode, "cipher": CIPHER, "chunk_ids": CHUNK_IDS}
+        return json.dumps(data, indent=2).encode()
 
 
 def check_chunk_size(chunk_size: int) -> int:
@@ -79,10 +114,21 @@ def check_chunk_size(chunk_size: int) -> int:
 
 
 class Repository:
-    def __init__(self, path: Path, config: RepositoryConfig) -> None:
+    def __init__(self, path: Path, config: RepositoryConfig, codec: Codec = PLAIN) -> None:
         self.path = path
         self.config = config
-        self.chunks = ChunkStore(path / "chunks")
+        self.codec = codec
+        self.chunks = ChunkStore(path / "chunks", codec)
+
+    @property
+    def encrypted(self) -> bool:
+        return self.config.encryption is not None
+
+    def unlock(self) -> None:
+        """Unlock the key now (a no-op unless encrypted): a wrong or missing passphrase or
+        key fails here, before anything is written."""
+        if isinstance(self.codec, LazyCodec):
+            self.codec.unlocked()
 
     @property
     def id(self) -> str:
@@ -93,43 +139,54 @@ class Repository:
         return self.config.chunk_size
 
     @classmethod
-    def init(cls, path: Path, chunk_size: int = DEFAULT_CHUNK_SIZE) -> Repository:
+    def init(
+        cls, path: Path, chunk_size: int = DEFAULT_CHUNK_SIZE, encryption: NewKey | None = None
+    ) -> Repository:
+        """A new repository; encrypted with a new key when ``encryption`` is given (the key
+        is written before ``config.json``, whose presence makes the directory a repository)."""
         check_chunk_size(chunk_size)
         if path.exists() and (not path.is_dir() or any(path.iterdir())):
             raise RepositoryExists(str(path))
-        config = RepositoryConfig(FORMAT_VERSION, chunk_size, str(uuid.uuid4()))
+        version = FORMAT_VERSION if encryption is None else ENCRYPTED_FORMAT_VERSION
+        mode = None if encryption is None else encryption.mode
+        config = RepositoryConfig(version, chunk_size, str(uuid.uuid4()), mode)
+        codec: Codec = PLAIN
+        key_path = None
+        if encryption is not None:
+            key_path = encryption.access.location(path, config.id, encryption.mode)
+            if key_path.exists():
+                raise RepositoryError(f"key file {key_path} exists; not replacing it")
         try:
             path.mkdir(parents=True, exist_ok=True)
             os.chmod(path, DIR_MODE)
             for sub in SUBDIRS:
                 make_dir(path / sub)
-            write_atomic(path / CONFIG_NAME, json.dumps(config.__dict__, indent=2).encode())
+            if encryption is not None and key_path is not None:
+                codec = _new_key(encryption, config.id, key_path)
+            write_atomic(path / CONFIG_NAME, config.to_json())
             fsync_dir(path)
         except OSError as exc:
             raise RepositoryError(f"cannot create repository at {path}: {exc.strerror}") from exc
-        return cls(path, config)
+        return cls(path, config, codec)
 
     @classmethod
-    def open(cls, path: Path) -> Repository:
-        try:
-            raw = json.loads(read_file(path / CONFIG_NAME))
-        except (FileNotFoundError, NotADirectoryError):
-            raise RepositoryNotFound(str(path)) from None
-        except (OSError, ValueError) as exc:
-            raise RepositoryError(f"cannot read {path / CONFIG_NAME}: {exc}") from None
-        if not isinstance(raw, dict):
-            raise RepositoryError(f"{path / CONFIG_NAME} is not a JSON object")
-        if raw.get("format") != FORMAT_VERSION:
-            raise FormatVersionMismatch(str(path), raw.get("format"), FORMAT_VERSION)
-        try:
-            chunk_size = check_chunk_size(int(raw["chunk_size"]))
-            config = RepositoryConfig(FORMAT_VERSION, chunk_size, str(raw["id"]))
-        except (KeyError, TypeError, ValueError, InvalidInput) as exc:
-            raise RepositoryError(f"{path / CONFIG_NAME}: bad chunk_size or id: {exc}") from None
+    def open(cls, path: Path, keys: KeyAccess | None = None) -> Repository:
+        """The repository at ``path``; an encrypted one unlocks its key with ``keys`` on
+        first use (``unlock`` to fail early)."""
+        config = _read_config(path)
         for sub in SUBDIRS:
             if (path / sub).exists() and not is_real_dir(path / sub):
                 raise RepositoryError(f"{path / sub} is not a directory (or is a symbolic link)")
-        return cls(path, config)
+        codec: Codec = PLAIN
+        if config.encryption is not None:
+            codec = LazyCodec(functools.partial(_unlock, path, config, keys or KeyAccess()))
+        return cls(path, config, codec)
+
+    def key_path(self, keys: KeyAccess) -> Path:
+        """Where this repository's key lies (its mode's place)."""
+        if self.config.encryption is None:
+            raise InvalidInput(f"repository {self.path} is not encrypted: it has no key")
+        return keys.location(self.path, self.id, self.config.encryption)
 
     def snapshot_dir(self, snapshot: SnapshotId) -> Path:
         # A SnapshotId may be built without parse(): its parts are checked again here.
@@ -172,6 +229,11 @@ class Repository:
             raise SnapshotNotFound(where) from None
         except OSError as exc:
             raise ManifestInvalid(where, exc.strerror or str(exc)) from None
+        try:
+            identity = manifest_identity(snapshot.vmid, snapshot.time)
+            raw = self.codec.open(Kind.MANIFEST, raw, identity)
+        except Unsealable as exc:
+            raise ManifestInvalid(where, exc.reason) from None
         manifest = Manifest.from_json(raw, where)
         mismatch = [
             f"{name} {found!r}, expected {wanted!r}"
@@ -187,9 +249,18 @@ class Repository:
             raise ManifestInvalid(where, "; ".join(mismatch))
         return manifest
 
-    def open_index(self, snapshot: SnapshotId, entry: DriveEntry) -> IndexReader:
-        """The drive's index, checked against its manifest entry (checksum and header)."""
-        reader = IndexReader(self.index_path(snapshot, entry.name))
+    def open_index(
+        self, snapshot: SnapshotId, entry: DriveEntry, backup: str | None = None
+    ) -> IndexReader:
+        """The drive's index, checked against its manifest entry (checksum and header).
+
+        An encrypted index is sealed under the backup that wrote it: ``backup`` is the
+        manifest's (read again when not given)."""
+        identity = None
+        if self.encrypted:
+            backup = backup or self.manifest(snapshot).backup
+            identity = index_identity(backup, entry.name)
+        reader = IndexReader(self.index_path(snapshot, entry.name), self.codec, identity)
         try:
             if reader.sha256() != entry.index_sha256:
                 raise IntegrityError(
@@ -210,10 +281,11 @@ class Repository:
     def complete_drive(self, snapshot: SnapshotId, drive: str) -> DriveEntry | None:
         """The drive's entry if the snapshot is published and its index intact, else None."""
         try:
-            entry = self.manifest(snapshot).drive(drive)
+            manifest = self.manifest(snapshot)
+            entry = manifest.drive(drive)
             if entry is None:
                 return None
-            self.open_index(snapshot, entry).close()
+            self.open_index(snapshot, entry, manifest.backup).close()
         except (SnapshotNotFound, IntegrityError, InvalidInput, OSError):
             return None
         return entry
@@ -225,6 +297,57 @@ class Repository:
                 if self.manifest(snapshot).backup == backup:
                     return snapshot
         return None
+
+
+def _read_config(path: Path) -> RepositoryConfig:
+    try:
+        raw = json.loads(read_file(path / CONFIG_NAME))
+    except (FileNotFoundError, NotADirectoryError):
+        raise RepositoryNotFound(str(path)) from None
+    except (OSError, ValueError) as exc:
+        raise RepositoryError(f"cannot read {path / CONFIG_NAME}: {exc}") from None
+    if not isinstance(raw, dict):
+        raise RepositoryError(f"{path / CONFIG_NAME} is not a JSON object")
+    if raw.get("format") not in (FORMAT_VERSION, ENCRYPTED_FORMAT_VERSION):
+        versions = f"{FORMAT_VERSION} and {ENCRYPTED_FORMAT_VERSION}"
+        raise FormatVersionMismatch(str(path), raw.get("format"), versions)
+    try:
+        chunk_size = check_chunk_size(int(raw["chunk_size"]))
+        mode = _encryption(raw)
+        config = RepositoryConfig(int(raw["format"]), chunk_size, str(raw["id"]), mode)
+    except (KeyError, TypeError, ValueError, AttributeError, InvalidInput) as exc:
+        raise RepositoryError(
+            f"{path / CONFIG_NAME}: bad chunk_size, id or encryption: {exc}"
+        ) from None
+    return config
+
+
+def _encryption(raw: dict[str, Any]) -> KeyMode | None:
+    """The key mode of a format 2 config (its ``encryption`` member, checked); None for 1."""
+    if raw["format"] == FORMAT_VERSION:
+        return None
+    spec = raw["encryption"]
+    if spec.get("cipher") != CIPHER or spec.get("chunk_ids") != CHUNK_IDS:
+        raise ValueError(f"unknown cipher or chunk ids: {spec}")
+    return KeyMode(spec["mode"])
+
+
+def _new_key(encryption: NewKey, repo_id: str, key_path: Path) -> SealedCodec:
+    keys = MasterKeys.generate()
+    document = protect(keys, repo_id, encryption.passphrase, encryption.kdf)
+    if encryption.mode is KeyMode.KEYFILE:
+        key_path.parent.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+    write_atomic(key_path, document)
+    return SealedCodec(keys)
+
+
+def _unlock(path: Path, config: RepositoryConfig, keys: KeyAccess) -> MasterKeys:
+    assert config.encryption is not None
+    key_path = keys.location(path, config.id, config.encryption)
+    raw = read_key(key_path, config.id)
+    if keys.passphrase is None:
+        raise PassphraseMissing(str(path))
+    return unlock(raw, str(key_path), config.id, keys.passphrase)
 
 
 def _is_time(name: str) -> bool:

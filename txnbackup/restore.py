@@ -92,7 +92,7 @@ def restore_all(
     written: list[tuple[Path, RestoredDrive]] = []
     try:
         for entry, target in targets:
-            with repo.open_index(snapshot, entry) as index:
+            with repo.open_index(snapshot, entry, manifest.backup) as index:
                 tmp, result = _write_temp(repo, entry, index, target)
             written.append((tmp, RestoredDrive(entry.name, target, result)))
         for tmp, done in written:

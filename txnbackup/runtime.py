@@ -39,4 +39,4 @@ class Runtime:
     def repository(self, path: str) -> Repository:
         """The repository at ``path`` as it is now (one small file read; never cached: a
         repository deleted and created again at the same path has a new id and chunk size)."""
-        return Repository.open(Path(path))
+        return Repository.open(Path(path), self.settings.key_access())

@@ -13,8 +13,24 @@ from txnbackup.constants import (
     DEFAULT_VISIBILITY_TIMEOUT,
 )
 from txnbackup.errors import InvalidInput
+from txnbackup.keyfile import KeyAccess
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+DEFAULT_QEMU_RUN_DIR = Path("/tmp")
+
+
+@dataclass(frozen=True)
+class QemuDirs:
+    """Where a QEMU backup's files live on the VM's node: ``run`` holds each backup's private
+    run directory (its NBD socket: the path must stay under 108 bytes), ``scratch`` each
+    backup's private directory of fleecing overlays (they grow by what the guest overwrites
+    during the backup, up to the drive size; None: the run directory)."""
+
+    run: Path = DEFAULT_QEMU_RUN_DIR
+    scratch: Path | None = None
+
+
+DEFAULT_QEMU_DIRS = QemuDirs()
 
 
 @dataclass(frozen=True)
@@ -37,6 +53,17 @@ class Settings:
     drive_roots: tuple[str, ...] = ()
     # The fleet secret sealing records (txnbackup.seal); None: records are not authenticated.
     secret: bytes | None = field(default=None, repr=False)
+    # The passphrase of an encrypted repository's key (txnbackup.keyfile); None: not given.
+    passphrase: bytes | None = field(default=None, repr=False)
+    # The new passphrase of `txnbackup key change-passphrase` (TXNBACKUP_NEW_PASSPHRASE...).
+    new_passphrase: bytes | None = field(default=None, repr=False)
+    key_file: Path | None = None  # a keyfile-mode key, when not in key_dir
+    key_dir: Path | None = None  # keyfile-mode keys, one per repository id
+
+    qemu: QemuDirs = DEFAULT_QEMU_DIRS
+
+    def key_access(self) -> KeyAccess:
+        return KeyAccess(self.passphrase, self.key_file, self.key_dir)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -60,6 +87,14 @@ class Settings:
             orphan_grace=_positive_int(env, "TXNBACKUP_ORPHAN_GRACE", 300),
             drive_roots=tuple(r for r in env.get("TXNBACKUP_DRIVE_ROOTS", "").split(":") if r),
             secret=_secret(env),
+            passphrase=passphrase_from(env, "TXNBACKUP_PASSPHRASE"),
+            new_passphrase=passphrase_from(env, "TXNBACKUP_NEW_PASSPHRASE"),
+            key_file=Path(env["TXNBACKUP_KEY_FILE"]) if env.get("TXNBACKUP_KEY_FILE") else None,
+            key_dir=_key_dir(env),
+            qemu=QemuDirs(
+                _absolute(env, "TXNBACKUP_QEMU_RUN_DIR") or DEFAULT_QEMU_RUN_DIR,
+                _absolute(env, "TXNBACKUP_QEMU_SCRATCH_DIR"),
+            ),
         )
 
 
@@ -74,6 +109,15 @@ def _positive_int(env: Mapping[str, str], name: str, default: int) -> int:
     if value <= 0:
         raise InvalidInput(f"{name}={raw!r} must be positive")
     return value
+
+
+def _absolute(env: Mapping[str, str], name: str) -> Path | None:
+    raw = env.get(name)
+    if not raw:
+        return None
+    if not raw.startswith("/"):
+        raise InvalidInput(f"{name}={raw!r} must be an absolute path")
+    return Path(raw)
 
 
 def _secret(env: Mapping[str, str]) -> bytes | None:
@@ -92,14 +136,35 @@ def _secret(env: Mapping[str, str]) -> bytes | None:
     return value.strip().encode()
 
 
-def _read_secret_file(path: Path) -> str:
+def _read_secret_file(path: Path, variable: str = "TXNBACKUP_SECRET_FILE") -> str:
     try:
         mode = path.stat().st_mode
         if mode & 0o077:
             raise InvalidInput(
-                f"TXNBACKUP_SECRET_FILE {path} is readable by others (mode {mode & 0o777:o});"
-                " chmod 600 it"
+                f"{variable} {path} is readable by others (mode {mode & 0o777:o}); chmod 600 it"
             )
         return path.read_text()
     except OSError as exc:
-        raise InvalidInput(f"TXNBACKUP_SECRET_FILE {path}: {exc.strerror or exc}") from None
+        raise InvalidInput(f"{variable} {path}: {exc.strerror or exc}") from None
+
+
+def passphrase_from(env: Mapping[str, str], name: str) -> bytes | None:
+    """A passphrase from ``<name>_FILE`` (a file only its owner can read; one trailing newline
+    is not part of it) or ``<name>``; never from the command line."""
+    path = env.get(f"{name}_FILE") or None
+    value = env.get(name) or None
+    if path and value:
+        raise InvalidInput(f"set {name}_FILE or {name}, not both")
+    if path:
+        value = _read_secret_file(Path(path), f"{name}_FILE").removesuffix("\n")
+        if not value:
+            raise InvalidInput(f"{name}_FILE {path} is empty")
+    return value.encode() if value else None
+
+
+def _key_dir(env: Mapping[str, str]) -> Path | None:
+    """Where keyfile-mode keys live: $XDG_CONFIG_HOME/txnbackup/keys (~/.config/...)."""
+    config = env.get("XDG_CONFIG_HOME") or (
+        str(Path(env["HOME"]) / ".config") if env.get("HOME") else None
+    )
+    return Path(config) / "txnbackup" / "keys" if config else None

@@ -20,6 +20,7 @@ from txnbackup.bitmap import RedisBitmaps, TxnState
 from txnbackup.drive import DriveReader, FileDrive
 from txnbackup.geometry import chunk_count
 from txnbackup.repository import Repository
+from txnbackup.settings import DEFAULT_QEMU_DIRS, QemuDirs
 
 if TYPE_CHECKING:
     from txnbackup.transaction import BackupPlan, DrivePlan
@@ -85,17 +86,21 @@ class RedisKeeper:
         return self.bitmaps.rollback(plan.backup)
 
 
-def source_for(plan: BackupPlan, bitmaps: RedisBitmaps) -> DriveSource:
+def source_for(
+    plan: BackupPlan, bitmaps: RedisBitmaps, qemu_dirs: QemuDirs = DEFAULT_QEMU_DIRS
+) -> DriveSource:
     if plan.qemu is not None:
         from txnbackup.qemu.keeper import QemuSource  # noqa: PLC0415 - imports libnbd
 
-        return QemuSource(plan.qemu)
+        return QemuSource(plan.qemu, qemu_dirs)
     return FileSource(bitmaps)
 
 
-def keeper_for(plan: BackupPlan, bitmaps: RedisBitmaps) -> BitmapKeeper:
+def keeper_for(
+    plan: BackupPlan, bitmaps: RedisBitmaps, qemu_dirs: QemuDirs = DEFAULT_QEMU_DIRS
+) -> BitmapKeeper:
     if plan.qemu is not None:
         from txnbackup.qemu.keeper import QemuKeeper  # noqa: PLC0415 - imports libnbd
 
-        return QemuKeeper(plan.qemu)
+        return QemuKeeper(plan.qemu, qemu_dirs)
     return RedisKeeper(bitmaps)

@@ -16,6 +16,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from txnbackup.constants import FORMAT_VERSION
+from txnbackup.crypto import Kind, Unsealable, blob_identity, manifest_identity
 from txnbackup.errors import IntegrityError
 from txnbackup.failpoints import failpoint
 from txnbackup.fsutil import fsync_dir, make_dir, read_file, write_atomic, write_error
@@ -83,11 +84,7 @@ def publish(
         return done
     manifest_path = staging.dir / MANIFEST_NAME
     if manifest_path.exists():
-        where = f"staging area of backup {staging.backup}"
-        try:
-            manifest = Manifest.from_json(read_file(manifest_path), where)
-        except OSError as exc:
-            raise IntegrityError(f"{where}: {exc}") from None
+        manifest = _written_manifest(staging, vmid)
     else:
         target = _free_time(repo, start_time)
         manifest = _write_manifest(staging, vmid, target, drives, blobs, bitmap_epochs or {})
@@ -107,6 +104,25 @@ def publish(
         raise write_error(parent, exc) from exc
     log.info("vm %s backup %s: published snapshot %s", vmid, staging.backup, target)
     return target
+
+
+def _written_manifest(staging: Staging, vmid: str) -> Manifest:
+    """The manifest a commit wrote before (a repeated commit publishes it as it is). Sealed,
+    it names its snapshot, which must be the one it describes, of this VM and backup."""
+    where = f"staging area of backup {staging.backup}"
+    codec = staging.repo.codec
+    try:
+        raw = read_file(staging.dir / MANIFEST_NAME)
+        claimed = codec.identity(raw)
+        manifest = Manifest.from_json(codec.open(Kind.MANIFEST, raw, claimed), where)
+    except OSError as exc:
+        raise IntegrityError(f"{where}: {exc}") from None
+    except Unsealable as exc:
+        raise IntegrityError(f"{where}: manifest {exc.reason}") from None
+    ours = (manifest.vmid, manifest.backup) == (vmid, staging.backup)
+    if not ours or claimed not in (None, manifest_identity(vmid, manifest.time)):
+        raise IntegrityError(f"{where}: its manifest is not this backup's")
+    return manifest
 
 
 def _free_time(repo: Repository, wanted: SnapshotId) -> SnapshotId:
@@ -134,7 +150,9 @@ def _write_manifest(
         if entry is None:
             raise IntegrityError(f"backup {staging.backup}: drive {name} was not copied")
         entries.append(entry)
-    blob_entries = [_write_blob(staging, name, data) for name, data in sorted(blobs.items())]
+    blob_entries = [
+        _write_blob(staging, target, name, data) for name, data in sorted(blobs.items())
+    ]
     manifest = Manifest(
         format=FORMAT_VERSION,
         vmid=vmid,
@@ -146,11 +164,15 @@ def _write_manifest(
         blobs=tuple(blob_entries),
         bitmaps={name: bitmap_epochs[name] for name in drives if bitmap_epochs.get(name)},
     )
-    write_atomic(staging.dir / MANIFEST_NAME, manifest.to_json())
+    identity = manifest_identity(vmid, target.time)
+    sealed = staging.repo.codec.seal(Kind.MANIFEST, identity, manifest.to_json())
+    write_atomic(staging.dir / MANIFEST_NAME, sealed)
     return manifest
 
 
-def _write_blob(staging: Staging, name: str, data: bytes) -> BlobEntry:
+def _write_blob(staging: Staging, target: SnapshotId, name: str, data: bytes) -> BlobEntry:
     file = f"{check_blob_name(name)}.blob"
-    write_atomic(staging.dir / file, data, sync_dir=False)
+    identity = blob_identity(target.vmid, target.time, name)
+    sealed = staging.repo.codec.seal(Kind.BLOB, identity, data)
+    write_atomic(staging.dir / file, sealed, sync_dir=False)
     return BlobEntry(name, file, len(data), hashlib.sha256(data).hexdigest())

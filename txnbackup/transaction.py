@@ -18,6 +18,7 @@ from typing import Any
 
 from txnbackup.action import BitmapAction, decide
 from txnbackup.bitmap import FreezeItem, Frozen, RedisBitmaps, TxnState
+from txnbackup.crypto import index_identity
 from txnbackup.drive import Drive, drive_size
 from txnbackup.engine import CancelCheck, CopyJob, Incremental, ProgressSink, copy_drive
 from txnbackup.errors import DriveSizeChanged, InvalidInput, NotFound, TransactionStateError
@@ -27,6 +28,7 @@ from txnbackup.manifest import DriveEntry
 from txnbackup.names import check_backup_id, check_drive_name, check_vmid, new_backup_id
 from txnbackup.qemu.vm import QemuVM
 from txnbackup.repository import Repository
+from txnbackup.settings import DEFAULT_QEMU_DIRS, QemuDirs
 from txnbackup.snapshot import SnapshotId, format_time
 from txnbackup.source import keeper_for, source_for
 from txnbackup.staging import Staging, publish
@@ -196,20 +198,26 @@ def copy(
     cancel: CancelCheck,
     progress: ProgressSink,
     speed_limit: int | None = None,
+    qemu_dirs: QemuDirs = DEFAULT_QEMU_DIRS,
 ) -> DriveEntry:
     """Copy one drive of the backup into its staging area."""
     d = plan.drive(drive)
     staging = Staging(repo, plan.backup)
     job = CopyJob(plan.vmid, plan.backup, d.name, d.action, speed_limit)
-    with source_for(plan, bitmaps).open(repo, plan, d) as opened:
+    repo.unlock()  # a wrong or missing key fails the drive before it reads or writes
+    with source_for(plan, bitmaps, qemu_dirs).open(repo, plan, d) as opened:
         reader = opened.reader
         if reader.size != d.size:
             raise DriveSizeChanged(d.name, d.size, reader.size)
         incremental = None
         if d.action is BitmapAction.USED:
             bits = opened.dirty_bits(repo.chunk_size)
-            base_dir = repo.snapshot_dir(SnapshotId.parse(d.base))
-            incremental = Incremental(d.dirty, bits, base_dir / staging.index_path(d.name).name)
+            base = SnapshotId.parse(d.base)
+            base_index = repo.snapshot_dir(base) / staging.index_path(d.name).name
+            identity = None
+            if repo.encrypted:
+                identity = index_identity(repo.manifest(base).backup, d.name)
+            incremental = Incremental(d.dirty, bits, base_index, identity)
         return copy_drive(job, reader, staging, incremental, cancel, progress)
 
 
@@ -218,11 +226,13 @@ def commit(
     bitmaps: RedisBitmaps,
     plan: BackupPlan,
     blobs: Mapping[str, bytes] | None = None,
+    qemu_dirs: QemuDirs = DEFAULT_QEMU_DIRS,
 ) -> SnapshotId:
     """Publish the snapshot, then commit every bitmap to it. Safe to repeat."""
-    keeper = keeper_for(plan, bitmaps)
+    keeper = keeper_for(plan, bitmaps, qemu_dirs)
     if keeper.state(plan.backup) is TxnState.ROLLED_BACK:
         raise TransactionStateError(plan.backup, "rolled back", "commit")
+    repo.unlock()
     names = [d.name for d in plan.drives]
     epochs = {d.name: d.epoch for d in plan.drives}
     snapshot = publish(
@@ -232,9 +242,14 @@ def commit(
     return snapshot
 
 
-def rollback(repo: Repository, bitmaps: RedisBitmaps, plan: BackupPlan) -> bool:
+def rollback(
+    repo: Repository,
+    bitmaps: RedisBitmaps,
+    plan: BackupPlan,
+    qemu_dirs: QemuDirs = DEFAULT_QEMU_DIRS,
+) -> bool:
     """Discard the staging area and return the frozen bits. Safe to repeat."""
-    keeper = keeper_for(plan, bitmaps)
+    keeper = keeper_for(plan, bitmaps, qemu_dirs)
     if keeper.state(plan.backup) is TxnState.COMMITTED:
         raise TransactionStateError(plan.backup, "committed", "roll back")
     Staging(repo, plan.backup).discard()

@@ -22,6 +22,7 @@ from txnbackup.errors import (
     UntrustedRecord,
 )
 from txnbackup.names import check_backup_id, check_drive_name, check_vmid
+from txnbackup.qemu import dirs
 from txnbackup.record import BackupRecord
 from txnbackup.seal import is_sealed
 from txnbackup.settings import Settings
@@ -112,4 +113,5 @@ def warnings(settings: Settings) -> list[str]:
         found.append(
             "records are not authenticated: set TXNBACKUP_SECRET_FILE (or TXNBACKUP_SECRET)"
         )
+    found += dirs.problems(settings.qemu)  # QEMU backups of this node would fail at begin
     return found

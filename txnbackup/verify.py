@@ -11,15 +11,15 @@ dirty bitmap based on a marked snapshot is not used (txnbackup.action).
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from txnbackup.blob import load_blob
 from txnbackup.constants import ZERO_DIGEST
 from txnbackup.errors import CorruptChunk, IntegrityError
-from txnbackup.fsutil import fsync_dir, read_file, write_atomic, write_error
+from txnbackup.fsutil import fsync_dir, write_atomic, write_error
 from txnbackup.geometry import extent
 from txnbackup.index import IndexReader
 from txnbackup.manifest import DriveEntry
@@ -56,20 +56,15 @@ def verify_snapshot(repo: Repository, snapshot: SnapshotId) -> VerifyReport:
     checked: dict[str, str | int] = {}  # digest -> its length, or why it is bad
     chunks = 0
     for entry in manifest.drives:
-        n, drive_problems = _verify_drive(repo, snapshot, entry, checked)
+        n, drive_problems = _verify_drive(repo, snapshot, entry, manifest.backup, checked)
         chunks += n
         problems += drive_problems
     for blob in manifest.blobs:
-        path = repo.snapshot_dir(snapshot) / blob.file
         try:
-            data = read_file(path)
-            good = len(data) == blob.size and hashlib.sha256(data).hexdigest() == blob.sha256
-        except OSError:
-            good = False
-        if not good:
-            problems.append(
-                Problem(f"blob:{blob.name}", -1, blob.sha256, "blob missing or damaged")
-            )
+            load_blob(repo, snapshot, blob)
+        except IntegrityError as exc:
+            reason = f"blob missing or damaged: {exc.args[0]}"
+            problems.append(Problem(f"blob:{blob.name}", -1, blob.sha256, reason))
     report = VerifyReport(snapshot, chunks, tuple(problems))
     _record(repo, report)
     return report
@@ -103,10 +98,14 @@ def _record(repo: Repository, report: VerifyReport) -> None:
 
 
 def _verify_drive(
-    repo: Repository, snapshot: SnapshotId, entry: DriveEntry, checked: dict[str, str | int]
+    repo: Repository,
+    snapshot: SnapshotId,
+    entry: DriveEntry,
+    backup: str,
+    checked: dict[str, str | int],
 ) -> tuple[int, list[Problem]]:
     try:
-        reader: IndexReader = repo.open_index(snapshot, entry)
+        reader: IndexReader = repo.open_index(snapshot, entry, backup)
     except (OSError, IntegrityError) as exc:
         return 0, [Problem(entry.name, -1, entry.index_sha256, f"index unreadable: {exc}")]
     problems = []

@@ -42,11 +42,12 @@ def start_background_threads(sender: Any = None, **_: Any) -> None:
     log.info("txnbackup revoke watcher started")
 
 
-def _served_nodes(consumer: Any) -> frozenset[str] | None:
+def _served_nodes(consumer: Any) -> frozenset[str]:
     """The nodes whose queues this worker consumes (a QEMU VM's backup needs its node)."""
     queues = getattr(getattr(consumer, "task_consumer", None), "queues", None)
     if queues is None:
-        return None
+        log.warning("txnbackup reaper: cannot tell this worker's queues; it ends no QEMU backup")
+        return frozenset()
     names = [q.name for q in queues]
     return frozenset(
         n.removeprefix(NODE_QUEUE_PREFIX) for n in names if n.startswith(NODE_QUEUE_PREFIX)

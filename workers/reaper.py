@@ -7,12 +7,18 @@ Every worker runs one in its main process (a thread, every TXNBACKUP_REAPER_INTE
 | phase        | what it finds                          | what it does                        |
 |--------------|----------------------------------------|-------------------------------------|
 | running      | a drive marked running, no lease       | roll back: worker lost              |
+| running      | a QEMU begin marked, no lease          | roll back: worker lost during begin |
 | running      | no drive running, idle > queue timeout | roll back: no worker took the drive |
 | committing   | no lease                               | finish the commit (or roll back)    |
 | rolling_back | no lease                               | finish the rollback                 |
 
 Only one reaper acts on a backup at a time, and every action is a claim on the record, so a
 reaper racing a slow but live worker changes nothing the worker did not already decide.
+
+A running QEMU VM's backup is ended in QEMU by its own node only: a reaper serving other nodes
+(``nodes``; `txnbackup reap` serves those given with ``--node``, none by default) never opens
+its QMP socket. It records why the backup is lost and sends the rollback to the VM's node
+queue, and leaves a commit or rollback to resume to that node's reapers.
 """
 
 from __future__ import annotations
@@ -66,6 +72,8 @@ def judge(record: BackupRecord | None, leased: bool, now: float, queue_timeout: 
         return Judgement(Verdict.RESUME_ROLLBACK, "rollback lost its worker")
     if record.running:
         return Judgement(Verdict.ABANDON, f"worker lost while copying drive {record.running}")
+    if record.beginning:
+        return Judgement(Verdict.ABANDON, "worker lost during begin in QEMU")
     idle = now - (record.last_activity or now)
     if idle > queue_timeout:
         return Judgement(Verdict.ABANDON, f"no worker took the next drive for {idle:.0f} s")
@@ -84,9 +92,10 @@ class Reaper:
         rt: Runtime,
         send_rollback: SendRollback,
         on_action: ActionSink | None = None,
-        nodes: frozenset[str] | None = None,
+        nodes: frozenset[str] = frozenset(),
     ) -> None:
-        """``nodes``: the nodes whose queues this worker serves (None: acts for every node)."""
+        """``nodes``: the nodes whose queues this worker serves, the only ones whose QEMU it
+        may reach; a file backup is anyone's to end."""
         self.rt = rt
         self.send_rollback = send_rollback
         self.on_action: ActionSink = on_action or (lambda kind, backup=None: None)
@@ -125,7 +134,7 @@ class Reaper:
     def _foreign(self, record: BackupRecord | None) -> bool:
         """A QEMU VM's backup on a node this worker does not serve: it cannot reach QEMU."""
         vm = record.plan.qemu if record else None
-        return vm is not None and self.nodes is not None and vm.node not in self.nodes
+        return vm is not None and vm.node not in self.nodes
 
     def _abandon_elsewhere(self, backup: str, reason: str) -> None:
         if self.rt.records.cancel_reason(backup) is None:

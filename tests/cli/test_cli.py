@@ -297,7 +297,7 @@ def _make_non_empty_dir(w: World) -> None:
 
 def _set_format(w: World) -> None:
     config = json.loads((w.repo / "config.json").read_text())
-    (w.repo / "config.json").write_text(json.dumps(config | {"format": 2}))
+    (w.repo / "config.json").write_text(json.dumps(config | {"format": 3}))
 
 
 def _garble_config(w: World) -> None:
@@ -343,7 +343,7 @@ ROWS = {
     ),
     "snapshots-vmid-escapes": Row(("snapshots", "../x"), 2, ("vmid '../x'",)),
     "repo-of-another-format-version": Row(
-        ("snapshots",), 4, ("format version 2", "reads version 1"), _set_format
+        ("snapshots",), 4, ("format version 3", "reads versions 1 and 2"), _set_format
     ),
     "repo-config-garbled": Row(
         ("snapshots",), 4, ("config.json", "not a JSON object"), _garble_config

@@ -6,7 +6,7 @@ not a key in Redis (bitmaps, locks, backup records).
 Rows that exist elsewhere are not repeated here:
 - tests/cli/test_cli.py: init on a non-empty directory or a repository, bad chunk sizes at
   init, a nonexistent repository or a file as repository, no repository given, a vmid with
-  ``..`` for ``snapshots``, a repository of format version 2 or with a garbled config for
+  ``..`` for ``snapshots``, a repository of format version 3 or with a garbled config for
   ``snapshots``, unknown and malformed snapshot ids for verify and restore, a drive with
   ``/`` and unknown drives for restore, restore targets, mark-dirty with an escaping vmid or
   drive, a negative offset, a bad length, a range past the end, Redis unreachable or
@@ -223,22 +223,22 @@ ROWS: dict[str, Row] = {
     ),
     "repository-of-another-version-backup": Row(
         4,
-        ("has format version 2, this txnbackup reads version 1",),
+        ("has format version 3, this txnbackup reads versions 1 and 2",),
         cli=(*BACKUP, "--drive=scsi0={image}", f"--repo={OTHER}"),
         api=lambda w: w.producer().submit(VMID, [w.drive(w.image)], repository=w.root / "other"),
-        setup=other_repository(format_version=2),
+        setup=other_repository(format_version=3),
     ),
     "repository-of-another-version-verify": Row(
         4,
-        ("has format version 2",),
+        ("has format version 3",),
         cli=("verify", f"--repo={OTHER}", UNKNOWN_SNAPSHOT),
-        setup=other_repository(format_version=2),
+        setup=other_repository(format_version=3),
     ),
     "repository-of-another-version-gc": Row(
         4,
-        ("has format version 2",),
+        ("has format version 3",),
         cli=("gc", f"--repo={OTHER}", "--grace=0"),
-        setup=other_repository(format_version=2),
+        setup=other_repository(format_version=3),
     ),
     "repository-chunk-size-not-a-power-of-two": Row(
         4,

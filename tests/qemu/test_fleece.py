@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -15,12 +16,14 @@ if WHY:
 
 from txnbackup.action import BitmapAction  # noqa: E402
 from txnbackup.errors import (  # noqa: E402
+    QemuDirUnusable,
     QemuDriveError,
     QmpCommandFailed,
     QmpUnavailable,
     TxnBackupError,
 )
 from txnbackup.names import new_backup_id  # noqa: E402
+from txnbackup.qemu.bitmaps import node_bitmaps  # noqa: E402
 from txnbackup.qemu.discover import QemuDrive, discover, explicit  # noqa: E402
 from txnbackup.qemu.fleece import FleeceSession  # noqa: E402
 from txnbackup.qemu.nbd_drive import NbdDrive  # noqa: E402
@@ -260,3 +263,40 @@ def test_drives_are_found_by_node_or_named_explicitly(qsd: Qsd, guest: Guest) ->
         with pytest.raises(QemuDriveError, match="'drive0-file' is a 'file' node"):
             explicit(qmp, {"scsi1": "drive0-file"})
     end(qsd, backup, "rollback")
+
+
+def test_overlays_live_in_a_private_scratch_directory_until_the_end(
+    qsd: Qsd, tmp_path: Path
+) -> None:
+    scratch = tmp_path / "scratch"
+    scratch.mkdir(mode=0o755)
+    backup = new_backup_id()
+    with qsd.qmp() as qmp:
+        s = FleeceSession(
+            qmp, backup, discover(qmp), nbd_socket=qsd.nbd_socket, scratch=scratch, run_root=qsd.dir
+        )
+        s.begin()
+        mine = scratch / f"txnbackup-qemu-{backup}"
+        assert mine.stat().st_mode & 0o777 == 0o700
+        assert sorted(p.name for p in mine.iterdir()) == [
+            f"txnbackup-{backup}-{d}.qcow2" for d in DRIVES
+        ]
+        s.commit()
+        assert not mine.exists() and not s.run_dir.exists()
+        assert not s.leftovers()
+
+
+def test_a_run_directory_others_could_tamper_with_is_refused_before_qemu_is_touched(
+    qsd: Qsd, tmp_path: Path
+) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)  # writable by anyone, not sticky
+    with qsd.qmp() as qmp:
+        before = {d: [b.name for b in bs] for d, bs in node_bitmaps(qmp).items()}
+        s = FleeceSession(qmp, new_backup_id(), discover(qmp), run_root=shared)
+        with pytest.raises(QemuDirUnusable, match="writable by others and not sticky"):
+            s.begin()
+        assert not s.leftovers()
+        assert {d: [b.name for b in bs] for d, bs in node_bitmaps(qmp).items()} == before
+        assert list(shared.iterdir()) == []

@@ -7,6 +7,7 @@ import pytest
 from txnbackup.errors import InvalidInput
 from txnbackup.qemu import naming
 from txnbackup.qemu.discover import drive_name
+from txnbackup.settings import DEFAULT_QEMU_RUN_DIR
 
 
 @pytest.mark.parametrize(
@@ -33,4 +34,6 @@ def test_qemu_object_names_fit_qemu_s_limits() -> None:
     backup, drive = "6f1c1f4e-8e0b-4c61-9d7e-2a4b5c6d7e8f", "d" * 32
     assert len(naming.overlay_node(backup, drive)) < 32  # QEMU's node-name limit
     assert naming.overlay_node(backup, drive) != naming.overlay_node(backup, "other")
-    assert len(str(naming.run_dir(backup) / "nbd.sock")) < 108  # unix socket paths
+    assert (
+        len(str(naming.run_dir(backup, DEFAULT_QEMU_RUN_DIR) / "nbd.sock")) < 108
+    )  # unix socket paths

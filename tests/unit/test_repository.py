@@ -102,17 +102,17 @@ def test_init_accepts_the_chunk_size_limits(tmp_path: Path, chunk_size: int) -> 
 
 
 def test_open_refuses_another_format_version(repo: Repository) -> None:
-    # Given a repository whose config says it is format version 2
+    # Given a repository whose config says it is format version 3
     config_path = repo.path / "config.json"
     config = json.loads(config_path.read_text())
-    config["format"] = 2
+    config["format"] = 3
     config_path.write_text(json.dumps(config))
 
     # When it is opened, Then the user learns both versions
     with pytest.raises(FormatVersionMismatch) as caught:
         Repository.open(repo.path)
-    assert caught.value.args == (str(repo.path), 2, 1)
-    assert "format version 2" in str(caught.value)
+    assert caught.value.args == (str(repo.path), 3, "1 and 2")
+    assert "format version 3" in str(caught.value)
 
 
 @pytest.mark.parametrize("where", ["missing", "empty-dir", "a-file"])

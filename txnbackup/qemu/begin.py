@@ -9,6 +9,14 @@ so a rollback that wins the race with begin knows every drive it may have to und
 Our bitmap is named after the backup that started it (``txnbackup-<uuid>``): its bits are
 usable only when that backup's snapshot is the VM's newest complete one here, with the drive
 at the same size; otherwise the drive is read in full (``invalid``, with the reason).
+
+Begin holds the copy lease and marks the record (``beginning``) while it works, and keeps
+both until its caller has put the next step in the broker (``end_begin``), so a worker that
+dies anywhere between QEMU's transaction and the first copy's message is found by the
+reaper once the lease expires, like a lost drive copy. A second delivery of the same begin
+(its message redelivered after that death) recognises the backup: once the plan was decided
+QEMU's session stands and nothing is redone; before that, whatever the first delivery left
+is rolled back (which restores the bitmaps exactly) and begin starts again.
 """
 
 from __future__ import annotations
@@ -22,7 +30,9 @@ from txnbackup import trust
 from txnbackup.action import BitmapAction, Decision
 from txnbackup.drive import Drive
 from txnbackup.errors import Cancelled, InvalidInput, NoCompleteSnapshot, TxnBackupError
+from txnbackup.failpoints import failpoint
 from txnbackup.latest import resolve
+from txnbackup.lease import Heartbeat
 from txnbackup.names import check_backup_id, check_vmid, new_backup_id
 from txnbackup.qemu import naming
 from txnbackup.qemu.discover import QemuDrive, discover, explicit
@@ -31,6 +41,7 @@ from txnbackup.qemu.keeper import session
 from txnbackup.qemu.nbd_drive import NbdDrive
 from txnbackup.qemu.qmp import QmpClient
 from txnbackup.qemu.vm import DRIVE_PREFIX, QemuVM, block_node
+from txnbackup.record import BackupRecord, LeaseRole
 from txnbackup.repository import Repository
 from txnbackup.runtime import Runtime
 from txnbackup.snapshot import format_time
@@ -41,39 +52,81 @@ from txnbackup.verify import failed_verification
 log = logging.getLogger(__name__)
 
 CopyIds = Callable[[int], Sequence[str]]  # ids for n copy tasks the begin adds to the chain
+WAITING = "waiting for QEMU's begin"  # the reason of every drive until begin decided it
 
 
-def begin_backup(rt: Runtime, backup: str, copy_ids: CopyIds | None = None) -> BackupPlan:
+def begin_backup(
+    rt: Runtime, backup: str, copy_ids: CopyIds | None = None, holder: str = "begin"
+) -> BackupPlan:
     """Begin ``backup`` in QEMU and record its plan; ``copy_ids`` when the drives were to be
-    discovered (the caller then adds their copies to the chain)."""
+    discovered (the caller then adds their copies to the chain). ``holder`` names this run
+    in the lease."""
     record = rt.records.load(backup)
-    plan, vm = record.plan, record.plan.qemu
-    if vm is None:
+    if record.plan.qemu is None:
         raise TxnBackupError(f"backup {backup} is not a QEMU backup")
     trust.check_qemu(rt.settings, record)  # before QEMU is touched
     reason = rt.records.stop_reason(backup)
     if reason is not None:
         raise Cancelled(reason)
+    with Heartbeat(rt.records, backup, LeaseRole.COPY, holder, rt.settings.lease_ttl) as beat:
+        if not rt.records.mark_begin(backup, holder):
+            raise Cancelled(rt.records.stop_reason(backup) or "backup ended before begin")
+        try:
+            begun = _begin(rt, record, copy_ids)
+        except Exception:
+            rt.records.end_begin(backup)
+            raise
+        beat.keep()  # until end_begin: the first copy's message is not sent yet
+    for d in begun.drives:
+        log.info("vm %s backup %s drive %s: %s", begun.vmid, backup, d.name, _vzdump_words(d))
+    return begun
+
+
+def end_begin(rt: Runtime, backup: str, holder: str) -> None:
+    """The next step of a begun backup is in the broker: a lost worker is no longer begin's."""
+    rt.records.end_begin(backup)
+    rt.records.drop_lease(backup, LeaseRole.COPY, holder)
+
+
+def begun(plan: BackupPlan) -> bool:
+    """Whether a begin recorded its decisions (drives, sizes, actions) in the plan."""
+    return bool(plan.drives) and all(d.reason != WAITING for d in plan.drives)
+
+
+def _begin(rt: Runtime, record: BackupRecord, copy_ids: CopyIds | None) -> BackupPlan:
+    plan, vm, backup = record.plan, record.plan.qemu, record.uuid
+    assert vm is not None
+    if begun(plan):
+        log.info("vm %s backup %s: begin delivered again; QEMU's session stands", plan.vmid, backup)
+        return plan
     repo = rt.repository(record.repository)
     with QmpClient(vm.qmp) as qmp:
         drives = _drives(qmp, plan)
-        found = _with_drives(plan, vm, drives, "waiting for QEMU's begin")
-        ids = None if copy_ids is None else [*copy_ids(len(drives)), *record.task_ids]
+        found = _with_drives(plan, vm, drives, WAITING)
+        ids = None
+        if copy_ids is not None and not plan.drives:  # else an earlier delivery recorded them
+            ids = [*copy_ids(len(drives)), *record.task_ids]
         if not rt.records.replan(found, ids):
             raise Cancelled(rt.records.stop_reason(backup) or "backup ended before begin")
-        fleece = session(vm, qmp, backup, drives)
+        fleece = session(vm, qmp, backup, drives, rt.settings.qemu)
+        if record.beginning or fleece.started():
+            log.warning(
+                "vm %s backup %s: begin delivered again; undoing what the first delivery left",
+                plan.vmid,
+                backup,
+            )
+            fleece.rollback()
         qemu_side = fleece.begin()
+        failpoint("begin.after_transaction")
         try:
-            begun = _decided(repo, found, fleece, qemu_side)
+            decided = _decided(repo, found, fleece, qemu_side)
         except BaseException:
             fleece.rollback()
             raise
-        if not rt.records.replan(begun):
+        if not rt.records.replan(decided):
             fleece.rollback()
             raise Cancelled(rt.records.stop_reason(backup) or "backup ended during begin")
-    for d in begun.drives:
-        log.info("vm %s backup %s drive %s: %s", plan.vmid, backup, d.name, _vzdump_words(d))
-    return begun
+    return decided
 
 
 def prepare_qemu(
@@ -93,7 +146,7 @@ def prepare_qemu(
     given = [QemuDrive(d.name, block_node(d.path), 0, "") for d in drives]
     start = format_time(datetime.now(UTC))
     plan = BackupPlan(check_backup_id(backup) if backup else new_backup_id(), vmid, start, ())
-    plan = dataclasses.replace(_with_drives(plan, vm, given, "waiting for QEMU's begin"), qemu=vm)
+    plan = dataclasses.replace(_with_drives(plan, vm, given, WAITING), qemu=vm)
     plan = dataclasses.replace(plan, full=full)
     Staging(repo, plan.backup).create()
     return plan
@@ -122,6 +175,8 @@ def _decided(
     drives = []
     for d, drive in zip(plan.drives, fleece.drives, strict=True):
         decision, base, dirty = qemu_side[d.name], "", d.size
+        if decision.action is BitmapAction.NEW:
+            decision = _lost(repo, plan, d) or decision
         if decision.action is BitmapAction.USED:
             view = fleece.view(drive)
             decision, base = _check_base(repo, plan, d, view.bitmap or "")
@@ -162,6 +217,21 @@ def _check_base(
     if failed_verification(repo, snapshot):
         return _invalid(f"base {snapshot} failed verification")
     return Decision(BitmapAction.USED, f"relative to {snapshot}"), str(snapshot)
+
+
+def _lost(repo: Repository, plan: BackupPlan, d: DrivePlan) -> Decision | None:
+    """No bitmap of ours in QEMU, yet a snapshot here has the drive: QEMU lost the bitmap
+    (restarted, killed, or a drive whose format keeps none across restarts)."""
+    try:
+        newest = resolve(repo, f"vm/{plan.vmid}/latest")
+    except NoCompleteSnapshot:
+        return None
+    if repo.complete_drive(newest, d.name) is None:
+        return None
+    return Decision(
+        BitmapAction.INVALID,
+        f"no bitmap in QEMU since snapshot {newest} (QEMU restarted or lost it)",
+    )
 
 
 def _invalid(reason: str) -> tuple[Decision, str]:

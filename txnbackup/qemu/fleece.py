@@ -15,9 +15,7 @@ finish an ending another one started. Nothing that matters is kept in memory.
 from __future__ import annotations
 
 import logging
-import os
 import shutil
-import stat
 import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -25,12 +23,14 @@ from pathlib import Path
 from typing import Any
 
 from txnbackup.action import Decision
-from txnbackup.errors import QemuDriveError, QemuError, QmpCommandFailed
+from txnbackup.errors import QemuDirUnusable, QemuDriveError, QemuError, QmpCommandFailed
+from txnbackup.qemu import dirs as dirs_
 from txnbackup.qemu import naming
 from txnbackup.qemu.bitmaps import Bitmap, BitmapState, bitmap_states, node_bitmaps
 from txnbackup.qemu.discover import QemuDrive
 from txnbackup.qemu.leftovers import Leftovers, find_leftovers
 from txnbackup.qemu.qmp import QmpClient
+from txnbackup.settings import DEFAULT_QEMU_RUN_DIR, QemuDirs
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +54,9 @@ class FleeceSession:
 
     ``nbd_socket`` names the process's NBD server when it already runs one (QEMU allows only
     one and cannot tell its address); without it the session starts and stops its own in a
-    private run directory under ``run_root``. Overlays go to ``scratch`` (default: that run
-    directory). Every process ending the session must be given the same three.
+    private run directory under ``run_root``. Overlays go to a private directory under
+    ``scratch`` (default: the run directory). Every process ending the session must be given
+    the same (the node's QemuDirs setting).
     """
 
     def __init__(
@@ -66,13 +67,14 @@ class FleeceSession:
         *,
         nbd_socket: str | None = None,
         scratch: Path | None = None,
-        run_root: Path = naming.RUN_ROOT,
+        run_root: Path = DEFAULT_QEMU_RUN_DIR,
     ) -> None:
         self.qmp, self.backup, self.drives = qmp, backup, tuple(drives)
-        self.run_dir = naming.run_dir(backup, run_root)
+        dirs = QemuDirs(run_root, scratch)
+        self.run_dir = dirs_.run_dir(dirs, backup)
         self.own_server = nbd_socket is None
-        self.socket = nbd_socket or str(self.run_dir / "nbd.sock")
-        self.scratch = scratch or self.run_dir
+        self.socket = nbd_socket or dirs_.nbd_socket(dirs, backup)
+        self.scratch = dirs_.scratch_dir(dirs, backup)
         self.new_bitmap = naming.bitmap_name(backup)
 
     def bitmap_states(self) -> dict[str, BitmapState]:
@@ -99,6 +101,16 @@ class FleeceSession:
             self.rollback()
             raise
         return {name: state.decision() for name, state in states.items()}
+
+    def started(self) -> bool:
+        """Whether QEMU holds anything of this session (an earlier begin got that far)."""
+        left = self.leftovers()
+        ours = {naming.export_name(self.backup, d.name) for d in self.drives}
+        ours |= {naming.overlay_node(self.backup, d.name) for d in self.drives}
+        if ours & {*left.exports, *left.jobs, *left.nodes}:
+            return True
+        per_node = node_bitmaps(self.qmp)
+        return any(b.name == self.new_bitmap for d in self.drives for b in per_node.get(d.node, []))
 
     def view(self, drive: QemuDrive) -> DriveView:
         """The view of ``drive`` while the session runs, as QEMU shows it."""
@@ -139,6 +151,7 @@ class FleeceSession:
             for drive in self.drives:
                 naming.overlay_file(self.scratch, self.backup, drive.name).unlink(missing_ok=True)
             shutil.rmtree(self.run_dir, ignore_errors=True)
+            shutil.rmtree(self.scratch, ignore_errors=True)
 
     def _teardown_qemu(self) -> None:
         exports = {e["id"] for e in self.qmp.execute("query-block-exports")}
@@ -175,9 +188,12 @@ class FleeceSession:
         ]
 
     def _prepare(self) -> None:
-        _private_dir(self.run_dir)
-        self.scratch.mkdir(parents=True, exist_ok=True)
+        dirs_.make_private("run", self.run_dir)
+        if self.scratch != self.run_dir:
+            dirs_.make_private("scratch", self.scratch)
         if self.own_server:
+            if len(self.socket.encode()) > dirs_.SOCKET_PATH_MAX:
+                raise QemuDirUnusable("run", str(self.run_dir), "too long for a unix socket")
             # nbd-server-start still takes the legacy address form, with "data".
             addr = {"type": "unix", "data": {"path": self.socket}}
             self.qmp.execute("nbd-server-start", {"addr": addr})
@@ -314,16 +330,6 @@ def _action(kind: str, **data: Any) -> dict[str, Any]:
 
 def _remove(node: str, name: str) -> dict[str, Any]:
     return _action("block-dirty-bitmap-remove", node=node, name=name)
-
-
-def _private_dir(path: Path) -> None:
-    """Create ``path`` mode 0700, or accept it only when it is already ours and private."""
-    try:
-        path.mkdir(mode=0o700)
-    except FileExistsError:
-        info = path.lstat()
-        if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o077:
-            raise QemuError(str(path), "run directory exists and is not private to us") from None
 
 
 def _create_overlay(drive: QemuDrive, path: Path) -> None:

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 from txnbackup.action import BitmapAction
 from txnbackup.bitmap import TxnState
 from txnbackup.errors import QmpUnavailable
+from txnbackup.qemu import dirs as qemu_dirs
 from txnbackup.qemu import naming
 from txnbackup.qemu.discover import QemuDrive
 from txnbackup.qemu.fleece import DriveView, FleeceSession
@@ -25,6 +26,7 @@ from txnbackup.qemu.nbd_drive import NbdDrive
 from txnbackup.qemu.qmp import QmpClient
 from txnbackup.qemu.vm import QemuVM, block_node
 from txnbackup.repository import Repository
+from txnbackup.settings import QemuDirs
 from txnbackup.snapshot import SnapshotId
 from txnbackup.source import OpenDrive
 
@@ -39,20 +41,30 @@ def qemu_drive(d: DrivePlan) -> QemuDrive:
     return QemuDrive(d.name, block_node(d.path), d.size, "")
 
 
-def session(vm: QemuVM, qmp: QmpClient, backup: str, drives: list[QemuDrive]) -> FleeceSession:
-    return FleeceSession(qmp, backup, drives, nbd_socket=vm.nbd_socket or None)
+def session(
+    vm: QemuVM, qmp: QmpClient, backup: str, drives: list[QemuDrive], dirs: QemuDirs
+) -> FleeceSession:
+    return FleeceSession(
+        qmp,
+        backup,
+        drives,
+        nbd_socket=vm.nbd_socket or None,
+        scratch=dirs.scratch,
+        run_root=dirs.run,
+    )
 
 
 class QemuSource:
     """A drive's point-in-time view, read over NBD; a ``used`` drive's dirty bits are the
     frozen bitmap exported with it (the bitmap of the backup that made the base)."""
 
-    def __init__(self, vm: QemuVM) -> None:
+    def __init__(self, vm: QemuVM, dirs: QemuDirs) -> None:
         self.vm = vm
+        self.dirs = dirs
 
     @contextlib.contextmanager
     def open(self, repo: Repository, plan: BackupPlan, drive: DrivePlan) -> Iterator[OpenDrive]:
-        socket = self.vm.nbd_socket or str(naming.run_dir(plan.backup) / "nbd.sock")
+        socket = self.vm.nbd_socket or qemu_dirs.nbd_socket(self.dirs, plan.backup)
         bitmap = None
         if drive.action is BitmapAction.USED:
             base_backup = repo.manifest(SnapshotId.parse(drive.base)).backup
@@ -66,8 +78,9 @@ class QemuSource:
 class QemuKeeper:
     """FleeceSession's endings for a backup's plan."""
 
-    def __init__(self, vm: QemuVM) -> None:
+    def __init__(self, vm: QemuVM, dirs: QemuDirs) -> None:
         self.vm = vm
+        self.dirs = dirs
 
     def state(self, backup: str) -> TxnState | None:
         return None  # QEMU keeps no transaction record; the phase claims keep endings apart
@@ -84,7 +97,7 @@ class QemuKeeper:
         drives = [qemu_drive(d) for d in plan.drives]
         try:
             with QmpClient(self.vm.qmp) as qmp:
-                fleece = session(self.vm, qmp, plan.backup, drives)
+                fleece = session(self.vm, qmp, plan.backup, drives, self.dirs)
                 if ending == "commit":
                     fleece.commit()
                 else:
@@ -97,4 +110,5 @@ class QemuKeeper:
                 ending,
                 exc,
             )
-            shutil.rmtree(naming.run_dir(plan.backup), ignore_errors=True)
+            shutil.rmtree(qemu_dirs.run_dir(self.dirs, plan.backup), ignore_errors=True)
+            shutil.rmtree(qemu_dirs.scratch_dir(self.dirs, plan.backup), ignore_errors=True)

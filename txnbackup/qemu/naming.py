@@ -11,7 +11,6 @@ import hashlib
 from pathlib import Path
 
 PREFIX = "txnbackup-"
-RUN_ROOT = Path("/tmp")
 
 
 def bitmap_name(backup: str) -> str:
@@ -44,8 +43,9 @@ def filter_node(backup: str, drive: str) -> str:
     return f"{_node_stem(backup, drive)}-cbw"
 
 
-def run_dir(backup: str, root: Path = RUN_ROOT) -> Path:
-    """Private to the backup; short, since unix socket paths must stay under 108 bytes."""
+def run_dir(backup: str, root: Path) -> Path:
+    """Private to the backup (its NBD socket, its overlays); short, since unix socket paths
+    must stay under 108 bytes."""
     return root / f"{PREFIX}qemu-{backup}"
 
 
