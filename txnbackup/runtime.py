@@ -13,6 +13,7 @@ from redis import Redis
 from txnbackup.bitmap import RedisBitmaps
 from txnbackup.errors import RepositoryIdMismatch
 from txnbackup.keys import Keys
+from txnbackup.presence import Presence
 from txnbackup.record import BackupRecords
 from txnbackup.redisconn import connect
 from txnbackup.repository import Repository
@@ -36,6 +37,10 @@ class Runtime:
             BackupRecords(redis, keys, settings.state_ttl, settings.secret),
             RedisBitmaps(redis, keys, settings.state_ttl),
         )
+
+    def presence(self) -> Presence:
+        """Workers are announced for a few reaper passes: missing two of them is not yet death."""
+        return Presence(self.redis, self.records.keys, ttl=3 * self.settings.reaper_interval + 2)
 
     def repository(self, path: str) -> Repository:
         """The repository at ``path`` as it is now (one small file read; never cached: a
