@@ -25,12 +25,12 @@ from cli.options import json_option, repo_option
 from cli.output import print_json, print_renderable, print_table
 from cli.sizes import size_option_value
 from cli.status_view import backups_rows, status_table
-from cli.watch import follow_and_show, watch
+from cli.watch import follow_and_show, warn_unserved, watch
 from txnbackup.drive import Drive
 from txnbackup.errors import ConflictError, InvalidInput
 from txnbackup.names import check_node
 from txnbackup.qemu.vm import QemuVM
-from txnbackup.settings import Settings
+from txnbackup.settings import Settings, drive_roots
 from txnbackup.status import BackupStatus
 
 if TYPE_CHECKING:
@@ -97,6 +97,13 @@ def _parse_config(values: tuple[str, ...]) -> dict[str, Path]:
     help="Config file to keep with the snapshot.",
 )
 @click.option(
+    "--timeout",
+    type=click.IntRange(min=1),
+    metavar="SECONDS",
+    help="How long a drive may wait for a worker of its node before the backup fails. "
+    "[default: TXNBACKUP_QUEUE_TIMEOUT of the workers, 3600]",
+)
+@click.option(
     "--wait",
     is_flag=True,
     help="Show progress until the end, then the final status (see `txnbackup watch`).",
@@ -113,6 +120,7 @@ def backup(
     full: bool,
     speed_limit: int | None,
     configs: tuple[str, ...],
+    timeout: int | None,
     wait: bool,
     as_json: bool,
 ) -> None:
@@ -135,14 +143,30 @@ def backup(
         speed_limit=speed_limit,
         config=_parse_config(configs),
         qmp=vm,
+        queue_timeout=timeout,
     )
     if not wait:
         print_json({"uuid": uuid}) if as_json else click.echo(uuid)
+        warn_unserved(producer, uuid, _waiting(parsed, vm))
         return
     # First, so that a user can cancel or look it up while it runs (stdout stays one JSON
     # document with --json).
     click.echo(f"backup {uuid}", err=as_json)
-    raise SystemExit(follow_and_show(producer, uuid, as_json))
+    told = warn_unserved(producer, uuid, _waiting(parsed, vm))
+    raise SystemExit(follow_and_show(producer, uuid, as_json, told))
+
+
+def _waiting(drives: list[Drive], vm: QemuVM | None) -> dict[str, str]:
+    """What of the backup waits for each node's workers, as the warning names it."""
+    if vm is not None:
+        return {vm.node: "the VM's backup waits"}
+    names: dict[str, list[str]] = {}
+    for d in drives:
+        names.setdefault(d.node, []).append(d.name)
+    return {
+        node: f"drive {found[0]} waits" if len(found) == 1 else f"drives {', '.join(found)} wait"
+        for node, found in names.items()
+    }
 
 
 def _absolute(drive: Drive) -> Drive:
@@ -196,6 +220,14 @@ def backups(settings: Settings, limit: int, as_json: bool) -> None:
 @click.option("--concurrency", type=int, help="Pool processes. [default: CPU count]")
 @click.option("--loglevel", default="info", show_default=True)
 @click.option(
+    "--allow-drives",
+    "allow_drives",
+    multiple=True,
+    metavar="PATTERN",
+    help="A directory or device pattern (/dev/vg0/*) the drives this worker reads must lie "
+    "in; repeat for more. Replaces TXNBACKUP_DRIVE_ROOTS. [default: TXNBACKUP_DRIVE_ROOTS]",
+)
+@click.option(
     "--metrics-port",
     type=click.IntRange(1, 65535),
     help="Serve Prometheus metrics on this port (http://ADDRESS:PORT/metrics).",
@@ -218,6 +250,7 @@ def worker(
     name: str | None,
     concurrency: int | None,
     loglevel: str,
+    allow_drives: tuple[str, ...],
     metrics_port: int | None,
     metrics_address: str,
     metrics_dir: Path | None,
@@ -227,6 +260,8 @@ def worker(
 
     Further arguments go to `celery worker` unchanged.
     """
+    if allow_drives:
+        _allow_drives(allow_drives)
     with contextlib.ExitStack() as cleanup:
         if metrics_port is not None:
             if metrics_dir is None:
@@ -238,6 +273,16 @@ def worker(
             node, name=name, concurrency=concurrency, loglevel=loglevel, extra=celery_args
         )
         run_worker(argv)
+
+
+def _allow_drives(patterns: tuple[str, ...]) -> None:
+    """What the worker's processes read as their drive roots (txnbackup.trust)."""
+    for pattern in patterns:
+        if ":" in pattern or not pattern:
+            raise InvalidInput(f"--allow-drives {pattern!r}: a pattern cannot contain ':'")
+    value = ":".join(patterns)
+    drive_roots(value)  # the same checks as the variable's
+    os.environ["TXNBACKUP_DRIVE_ROOTS"] = value
 
 
 def _temporary_metrics_dir() -> tempfile.TemporaryDirectory[str]:
@@ -272,7 +317,8 @@ def reap(settings: Settings, nodes: tuple[str, ...], as_json: bool) -> None:
 
     producer = _producer(settings)
     served = frozenset(check_node(n) for n in nodes)
-    reaper = Reaper(producer.rt, producer.send_rollback, nodes=served)
+    stop = producer.terminate
+    reaper = Reaper(producer.rt, producer.send_rollback, nodes=served, stop_task=stop)
     acted = reaper.run_once()
     if as_json:
         print_json({backup: str(verdict) for backup, verdict in acted.items()})

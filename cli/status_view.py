@@ -24,6 +24,7 @@ def status_table(status: BackupStatus) -> Group:
         ("vm", status.vmid),
         ("status", f"[{style}]{status.status}[/]" + (" (finishing)" if status.finishing else "")),
         ("reason" if status.status == "cancelled" else "error", status.errmsg),
+        ("commit", status.commit_error if status.active else ""),
         ("started", status.start_time),
         ("ended", status.end_time),
         ("snapshot", status.snapshot),

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator, Mapping
 from typing import TYPE_CHECKING, Protocol
 
 import click
@@ -44,11 +44,16 @@ class View(Protocol):
     def resume(self) -> None: ...
 
 
-def follow_and_show(producer: Producer, uuid: str, as_json: bool) -> int:
-    """Follow the backup until it ends or the user stops watching; print it; the exit code."""
+def follow_and_show(
+    producer: Producer, uuid: str, as_json: bool, told: Collection[str] = ()
+) -> int:
+    """Follow the backup until it ends or the user stops watching; print it; the exit code.
+
+    ``told``: the nodes the user already heard have no worker (warn_unserved).
+    """
     console = Console()
     with _view(console, as_json) as view:
-        final = follow(producer, uuid, view)
+        final = follow(producer, uuid, view, told)
     status = final or producer.status(uuid)
     if as_json:
         print_json(status.to_dict())
@@ -60,14 +65,40 @@ def follow_and_show(producer: Producer, uuid: str, as_json: bool) -> int:
     return EXIT_FOR_STATUS.get(final.status, 1)
 
 
+def warn_unserved(producer: Producer, uuid: str, waiting: Mapping[str, str]) -> set[str]:
+    """Say, on stderr, which nodes no live worker serves; return them. ``waiting``: node ->
+    what waits for it ("drive scsi0 waits")."""
+    unserved = producer.nodes_without_worker(list(waiting))
+    for node in unserved:
+        _warn(producer, uuid, node, f"{waiting[node]} for one")
+    return set(unserved)
+
+
+def _warn(producer: Producer, uuid: str, node: str, what: str) -> None:
+    record = producer.rt.records.load_or_none(uuid)
+    timeout = record.queue_timeout if record and record.queue_timeout else None
+    limit = (
+        f"{timeout} s without one (backup --timeout)"
+        if timeout
+        else f"{producer.rt.settings.queue_timeout} s without one (TXNBACKUP_QUEUE_TIMEOUT)"
+    )
+    click.echo(
+        f"warning: no worker consumes the queue of node {node}; {what} "
+        f"(start `txnbackup worker --node {node}`); the backup fails after {limit}",
+        err=True,
+    )
+
+
 class WaitingDriveCheck:
     """Says once, on stderr, when the drive next in line waits on a node no worker serves."""
 
-    def __init__(self, producer: Producer, after: float = STARTING_GRACE) -> None:
+    def __init__(
+        self, producer: Producer, told: Collection[str] = (), after: float = STARTING_GRACE
+    ) -> None:
         self.producer = producer
         self.after = after
         self.since: dict[str, float] = {}
-        self.told: set[str] = set()
+        self.told: set[str] = set(told)
 
     def __call__(self, status: BackupStatus) -> None:
         waiting = _next_waiting(status)
@@ -78,13 +109,8 @@ class WaitingDriveCheck:
             return
         self.told.add(waiting.node)
         if self.producer.nodes_without_worker([waiting.node]):
-            timeout = self.producer.rt.settings.queue_timeout
-            click.echo(
-                f"warning: no worker consumes the queue of node {waiting.node}; drive "
-                f"{waiting.name} waits for one (start `txnbackup worker --node {waiting.node}`)"
-                f"; the backup fails after {timeout} s without one (TXNBACKUP_QUEUE_TIMEOUT)",
-                err=True,
-            )
+            what = f"drive {waiting.name} waits for one"
+            _warn(self.producer, status.uuid, waiting.node, what)
 
 
 def _next_waiting(status: BackupStatus) -> DriveStatus | None:
@@ -108,9 +134,11 @@ def _updates(check: WaitingDriveCheck, view: View | None) -> Callable[[BackupSta
     return on_update
 
 
-def follow(producer: Producer, uuid: str, view: View | None) -> BackupStatus | None:
+def follow(
+    producer: Producer, uuid: str, view: View | None, told: Collection[str] = ()
+) -> BackupStatus | None:
     """The final status, or None when the user chose to stop watching."""
-    on_update = _updates(WaitingDriveCheck(producer), view)
+    on_update = _updates(WaitingDriveCheck(producer, told), view)
     while True:
         try:
             return producer.wait(uuid, on_update=on_update)

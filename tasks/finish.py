@@ -12,16 +12,19 @@ from tasks.queues import finishing_queue
 from tasks.runtime import runtime
 from txnbackup import ending
 
-COMMIT_RETRIES = 5  # a published snapshot whose bitmap commit failed is retried, not undone
 
-
-@app.task(name=COMMIT, bind=True, max_retries=COMMIT_RETRIES)
+# A published snapshot whose bitmap commit failed is retried, not undone; a repository that
+# cannot be opened is left to the reaper, which resumes the commit. ending.commit counts the
+# attempts and ends the backup after TXNBACKUP_COMMIT_ATTEMPTS, so neither retries forever.
+@app.task(name=COMMIT, bind=True, max_retries=None)
 def commit(self: Task, /, backup: str) -> str:  # type: ignore[type-arg]
     resume = bool(self.request.retries)
     try:
         return ending.commit(runtime(), backup, send_rollback, resume=resume)
     except ending.PublishedButNotCommitted as exc:
         raise self.retry(exc=exc, countdown=1) from exc
+    except ending.RepositoryUnavailable as exc:
+        return f"retried later: {exc}"  # logged as a warning, counted in the record
 
 
 # One argument only: Celery then sends the errback as a task to the control queue. An errback

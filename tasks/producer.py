@@ -55,8 +55,12 @@ class Producer:
         speed_limit: int | None = None,
         config: Mapping[str, Path] | None = None,
         qmp: QemuVM | None = None,
+        queue_timeout: int | None = None,
     ) -> str:
         """Validate, lock the VM, freeze its bitmaps, dispatch; return the backup uuid.
+
+        ``queue_timeout``: seconds a drive may wait for a worker of its node before the
+        backup fails (None: the reapers' TXNBACKUP_QUEUE_TIMEOUT).
 
         With ``qmp`` the drives are a running QEMU VM's (``qemu:NODE-NAME`` paths, or none
         to back up every drive QEMU has): the freeze is the first task, on the VM's node.
@@ -64,10 +68,14 @@ class Producer:
         ServiceUnavailable when Redis stops answering for longer than a client rides out;
         what the submit had done by then expires (the lock) or the reaper returns (bits).
         """
+        if queue_timeout is not None and queue_timeout <= 0:
+            raise InvalidInput(f"timeout {queue_timeout} must be a positive number of seconds")
         with unavailable_as_error(self.rt.settings.redis_url):
             if qmp is not None:
-                return self._submit_qemu(vmid, qmp, drives, repository, full, speed_limit, config)
-            return self._submit(vmid, drives, repository, full, speed_limit, config)
+                return self._submit_qemu(
+                    vmid, qmp, drives, repository, full, speed_limit, config, queue_timeout
+                )
+            return self._submit(vmid, drives, repository, full, speed_limit, config, queue_timeout)
 
     def _submit_qemu(
         self,
@@ -78,6 +86,7 @@ class Producer:
         full: bool,
         speed_limit: int | None,
         config: Mapping[str, Path] | None,
+        queue_timeout: int | None,
     ) -> str:
         check_vmid(vmid)
         repo = self._repository(repository)
@@ -94,7 +103,7 @@ class Producer:
         except BaseException:
             self.rt.records.unlock(vmid, backup)
             raise
-        self._dispatch(repo, plan, blobs, speed_limit)
+        self._dispatch(repo, plan, blobs, speed_limit, queue_timeout)
         return backup
 
     def _submit(
@@ -105,6 +114,7 @@ class Producer:
         full: bool,
         speed_limit: int | None,
         config: Mapping[str, Path] | None,
+        queue_timeout: int | None,
     ) -> str:
         check_vmid(vmid)
         transaction.check_drives(drives)
@@ -124,7 +134,7 @@ class Producer:
         except BaseException:
             self.rt.records.unlock(vmid, backup)
             raise
-        self._dispatch(repo, plan, blobs, speed_limit)
+        self._dispatch(repo, plan, blobs, speed_limit, queue_timeout)
         return backup
 
     def _dispatch(
@@ -133,10 +143,12 @@ class Producer:
         plan: transaction.BackupPlan,
         blobs: Mapping[str, bytes],
         speed_limit: int | None,
+        queue_timeout: int | None,
     ) -> None:
         ids = TaskIds.new(len(plan.drives), begin=plan.qemu is not None)
+        repository = str(repo.path.resolve())
         try:
-            self.rt.records.create(plan, str(repo.path.resolve()), ids.all, speed_limit, blobs)
+            self.rt.records.create(plan, repository, ids.all, speed_limit, blobs, queue_timeout)
             build(plan, ids, self.app).apply_async()
             _unsubscribe(self.app, ids.all)
         except BaseException as exc:
@@ -179,6 +191,10 @@ class Producer:
         record = self.rt.records.load_or_none(backup)
         queue = finishing_queue(record.plan if record else None)
         self.app.send_task(ROLLBACK, (backup,), queue=queue)
+
+    def terminate(self, task_id: str) -> None:
+        """Stop a task wherever it runs (the reaper's answer to a stalled drive)."""
+        self.app.control.revoke(task_id, terminate=True)
 
     def wait(
         self,
@@ -228,10 +244,18 @@ class Producer:
             pubsub.close()
 
     def nodes_without_worker(self, nodes: Sequence[str], timeout: float = 1.0) -> list[str]:
-        """The nodes whose queue no live worker consumes (asks every worker; takes ``timeout``)."""
+        """The nodes whose queue no live worker consumes.
+
+        The workers' own announcements (txnbackup.presence) answer in one round trip; only a
+        node they do not cover is confirmed by asking every worker (``inspect``, which takes
+        ``timeout``), so a worker that cannot announce itself is never reported missing.
+        """
+        missing = self.rt.presence().unserved(nodes)
+        if not missing:
+            return []
         replies = self.app.control.inspect(timeout=timeout).active_queues() or {}
         served = {q["name"] for queues in replies.values() for q in queues}
-        return [n for n in dict.fromkeys(nodes) if node_queue(n) not in served]
+        return [n for n in missing if node_queue(n) not in served]
 
     def recent(self, limit: int = 20) -> list[BackupStatus]:
         found = []

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -62,10 +63,13 @@ def worker_command(node: str, name: str) -> list[str]:
     return [str(bindir / "txnbackup"), "worker", "--node", node, "--name", name]
 
 
-def start_worker(node: str, env: dict[str, str], logdir: Path) -> WorkerProcess:
+def start_worker(
+    node: str, env: dict[str, str], logdir: Path, args: Sequence[str] = ()
+) -> WorkerProcess:
+    """``args``: more options (for `txnbackup worker`, so not on the default node)."""
     name = f"{node}-{uuid.uuid4().hex[:6]}@test"
     log = logdir / f"worker-{name.partition('@')[0]}.log"
-    cmd = worker_command(node, name)
+    cmd = [*worker_command(node, name), *args]
     cmd += ["--concurrency", "2", "--without-gossip", "--without-mingle"]
     with open(log, "wb") as out:
         proc = subprocess.Popen(

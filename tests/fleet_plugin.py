@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -103,10 +103,13 @@ class Fleet:
         return self._producer
 
     def start(
-        self, node: str = "default", extra_env: dict[str, str] | None = None
+        self,
+        node: str = "default",
+        extra_env: dict[str, str] | None = None,
+        args: Sequence[str] = (),
     ) -> WorkerProcess:
         env = env_for_workers({**self.env, **(extra_env or {})})
-        self.workers[node] = start_worker(node, env, self.logdir)
+        self.workers[node] = start_worker(node, env, self.logdir, args)
         return self.workers[node]
 
     def stop(self) -> None:

@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Iterator
 
 from txnbackup import transaction, trust
-from txnbackup.errors import NotFound, Refused
+from txnbackup.errors import NotFound, Refused, TxnBackupError
 from txnbackup.failpoints import failpoint
 from txnbackup.lease import Heartbeat
 from txnbackup.record import BackupRecord, Field, LeaseRole, Phase
@@ -30,11 +30,23 @@ SendRollback = Callable[[str], None]
 
 
 class PublishedButNotCommitted(Exception):
-    """The snapshot is published; committing the bitmaps must be retried, never undone."""
+    """The snapshot is published; committing the bitmaps must be retried, never undone.
+
+    ``.args``: the cause, the snapshot.
+    """
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
 
 
 def commit(rt: Runtime, backup: str, send_rollback: SendRollback, *, resume: bool = False) -> str:
-    """Claim running -> committing (or resume a claimed commit) and complete it."""
+    """Claim running -> committing (or resume a claimed commit) and complete it.
+
+    A commit that fails without rolling back (the repository cannot be opened, the bitmaps
+    cannot be committed after the publishing rename) is retried: by the task, then by the
+    reaper, which resumes it. Each claimed attempt is counted in the record; the one that
+    reaches ``TXNBACKUP_COMMIT_ATTEMPTS`` ends the backup ``error`` instead (_give_up).
+    """
     allowed = [Phase.RUNNING, Phase.COMMITTING] if resume else [Phase.RUNNING]
     failpoint("commit.before_claim")
     claim = rt.records.claim(backup, Phase.COMMITTING, frm=allowed, unless_cancelled=True)
@@ -45,20 +57,34 @@ def commit(rt: Runtime, backup: str, send_rollback: SendRollback, *, resume: boo
         log.info("backup %s: commit skipped, backup is %s", backup, claim.previous)
         return f"skipped: {claim.previous}"
     with _finishing(rt, backup):
-        return _commit(rt, rt.records.load(backup))
+        attempt = rt.records.count(backup, Field.COMMIT_ATTEMPTS)
+        record = rt.records.load(backup)
+        try:
+            return _commit(rt, record)
+        except Exception as exc:
+            if rt.records.phase(backup) is not Phase.COMMITTING:
+                raise  # rolled back already (_commit)
+            if attempt < rt.settings.commit_attempts:
+                _retry_later(rt, record, attempt, exc)
+                raise
+            return _give_up(rt, record, attempt, exc)
 
 
 def _commit(rt: Runtime, record: BackupRecord) -> str:
     records, plan = rt.records, record.plan
     if (refused := trust.refusal(rt.settings, record)) is not None:
         return _refuse_commit(rt, record, refused)
-    repo = rt.repository(record.repository)
+    try:
+        repo = rt.repository(record.repository)
+    except TxnBackupError as exc:  # perhaps for a moment (a mount): the commit is retried
+        raise RepositoryUnavailable(f"cannot open repository: {exc}") from exc
     try:
         blobs = records.blobs(record.uuid)
         snapshot = transaction.commit(repo, rt.bitmaps, plan, blobs, rt.settings.qemu)
     except Exception as exc:
-        if repo.find_backup(plan.vmid, record.uuid) is not None:
-            raise PublishedButNotCommitted(str(exc)) from exc
+        published = repo.find_backup(plan.vmid, record.uuid)
+        if published is not None:
+            raise PublishedButNotCommitted(str(exc), str(published)) from exc
         records.record_error(record.uuid, f"commit: {exc}")
         if records.claim(record.uuid, Phase.ROLLING_BACK, frm=[Phase.COMMITTING]).won:
             _roll_back(rt, record)  # the lease of this commit covers it
@@ -68,6 +94,39 @@ def _commit(rt: Runtime, record: BackupRecord) -> str:
     records.finish(record, Phase.DONE)
     log.info("vm %s backup %s: done, snapshot %s", plan.vmid, record.uuid, snapshot)
     return str(snapshot)
+
+
+class RepositoryUnavailable(Exception):
+    """The repository could not be opened; committing may work later, so it is retried."""
+
+
+def _retry_later(rt: Runtime, record: BackupRecord, attempt: int, exc: Exception) -> None:
+    cap = rt.settings.commit_attempts
+    note = f"commit attempt {attempt} of {cap} failed: {exc}"
+    rt.records.note_commit_failure(record.uuid, note)
+    log.warning("vm %s backup %s: %s; retrying", record.vmid, record.uuid, note)
+
+
+def _give_up(rt: Runtime, record: BackupRecord, attempt: int, exc: Exception) -> str:
+    """The last attempt failed: end the backup ``error``, its bits back where they were."""
+    records, plan = rt.records, record.plan
+    message = f"commit failed after {attempt} attempts: {exc}"
+    if isinstance(exc, PublishedButNotCommitted):
+        snapshot = exc.args[1] if len(exc.args) > 1 else "the snapshot"
+        message += (
+            f" ({snapshot} is published and complete; its bitmaps were not committed, so the"
+            " next backup reads every drive in full)"
+        )
+    log.error("vm %s backup %s: %s; rolling back", plan.vmid, record.uuid, message)
+    records.note_commit_failure(record.uuid, message)
+    records.record_error(record.uuid, message)
+    if isinstance(exc, PublishedButNotCommitted):
+        with contextlib.suppress(TxnBackupError):
+            transaction.return_bits(rt.bitmaps, plan, rt.settings.qemu)
+        records.finish(records.load(record.uuid), Phase.ERROR)
+    elif records.claim(record.uuid, Phase.ROLLING_BACK, frm=[Phase.COMMITTING]).won:
+        _roll_back(rt, record)
+    return f"failed: {message}"
 
 
 def rollback(rt: Runtime, backup: str) -> str:
@@ -111,8 +170,7 @@ def _roll_back(rt: Runtime, record: BackupRecord, *, resumed: bool = False) -> s
     if (refused := trust.refusal(rt.settings, record)) is not None:
         _refuse_discard(rt, record, refused)
     else:
-        repo = rt.repository(record.repository)
-        transaction.rollback(repo, rt.bitmaps, record.plan, rt.settings.qemu)
+        _discard(rt, record)
     cancel = records.cancel_reason(record.uuid)
     if not cancel and not record.error:
         records.record_error(record.uuid, _unexplained(record))
@@ -121,6 +179,20 @@ def _roll_back(rt: Runtime, record: BackupRecord, *, resumed: bool = False) -> s
     records.finish(record, final, cancel or "cancelled" if final is Phase.CANCELLED else "")
     log.info("vm %s backup %s: rolled back (%s)", record.vmid, record.uuid, final)
     return str(final)
+
+
+def _discard(rt: Runtime, record: BackupRecord) -> None:
+    """Delete the staging area and return the bits; a repository that cannot be opened keeps
+    its staging area (the reaper sweeps it once the repository is back), the bits go back."""
+    try:
+        repo = rt.repository(record.repository)
+    except TxnBackupError as exc:
+        log.warning(
+            "vm %s backup %s: staging area left to the reaper: %s", record.vmid, record.uuid, exc
+        )
+        transaction.return_bits(rt.bitmaps, record.plan, rt.settings.qemu)
+        return
+    transaction.rollback(repo, rt.bitmaps, record.plan, rt.settings.qemu)
 
 
 def _unexplained(record: BackupRecord) -> str:

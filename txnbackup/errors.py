@@ -234,3 +234,7 @@ class DriveNotAllowed(Refused):
 
 class RepositoryNotAllowed(Refused):
     """repository {} is not this worker's repository (TXNBACKUP_REPOSITORY={})"""
+
+
+class RepositoryIdMismatch(Refused):
+    """the repository at {} has id {}, not this worker's {} (TXNBACKUP_REPOSITORY_ID)"""

@@ -46,10 +46,6 @@ class Keys:
         """String with a TTL: a reaper is acting on this backup; others keep off."""
         return f"{self.prefix}reaping:{backup}"
 
-    def repositories(self) -> str:
-        """Set: repository paths backups were made to (where the reaper looks for orphans)."""
-        return f"{self.prefix}repositories"
-
     def lock(self, vmid: str) -> str:
         """String: uuid of the VM's active backup; absent when none is active."""
         return f"{self.prefix}lock:{vmid}"
@@ -73,6 +69,11 @@ class Keys:
     def backups(self) -> str:
         """Sorted set: backup uuids scored by start time (seconds since the epoch)."""
         return f"{self.prefix}backups"
+
+    def serving(self, node: str) -> str:
+        """Sorted set: names of the workers consuming the node's queue, scored by when that
+        stops being true unless renewed (seconds since the epoch; txnbackup.presence)."""
+        return f"{self.prefix}serving:{node}"
 
     def pattern(self) -> str:
         return f"{self.prefix}*"

@@ -81,6 +81,10 @@ class Field(StrEnum):
     RUNNING_TASK = "running_task"
     BEGIN = "begin"  # who runs a QEMU backup's begin now (its lease says whether it lives)
     COMMIT_RUNS = "commit_runs"
+    COMMIT_ATTEMPTS = "commit_attempts"  # claimed commit attempts, capped (ending.commit)
+    COMMIT_ERROR = "commit_error"  # why the last commit attempt failed
+    PROGRESS_AT = "progress_at"  # when the running drive last reported progress
+    QUEUE_TIMEOUT = "queue_timeout"  # seconds the next drive may wait for a worker (0: default)
     ROLLBACK_RUNS = "rollback_runs"
     ROLLBACK_RESUMED = "rollback_resumed"
     OBSERVED = "metrics_observed"  # how many worker processes counted the ending
@@ -88,7 +92,15 @@ class Field(StrEnum):
 
 
 # What the producer decided, sealed at create: workers act on nothing else of the record.
-SEALED = (Field.UUID, Field.VMID, Field.PLAN, Field.REPOSITORY, Field.SPEED_LIMIT, Field.BLOBS)
+SEALED = (
+    Field.UUID,
+    Field.VMID,
+    Field.PLAN,
+    Field.REPOSITORY,
+    Field.SPEED_LIMIT,
+    Field.BLOBS,
+    Field.QUEUE_TIMEOUT,
+)
 
 
 DRIVE_FIELD = "drive:"  # + drive name: that drive's state and counters (JSON)
@@ -130,6 +142,10 @@ class BackupRecord:
     seal: str = ""
     sealed: tuple[str, ...] = ()  # the SEALED fields as stored, for txnbackup.trust
     beginning: str = ""  # the holder of a QEMU begin in progress
+    progress_at: float = 0.0
+    queue_timeout: int | None = None
+    commit_error: str = ""
+    commit_attempts: int = 0
 
     @classmethod
     def parse(cls, raw: Mapping[str, str]) -> BackupRecord:
@@ -160,6 +176,10 @@ class BackupRecord:
             seal=raw.get(Field.SEAL, ""),
             sealed=tuple(raw.get(f, "") for f in SEALED),
             beginning=raw.get(Field.BEGIN, ""),
+            progress_at=float(raw.get(Field.PROGRESS_AT) or 0),
+            queue_timeout=int(raw.get(Field.QUEUE_TIMEOUT) or 0) or None,
+            commit_error=raw.get(Field.COMMIT_ERROR, ""),
+            commit_attempts=int(raw.get(Field.COMMIT_ATTEMPTS) or 0),
         )
 
     def drive(self, name: str) -> DriveRecord:
@@ -228,11 +248,12 @@ return 1
 """
 
 # A drive's report, only while its backup has not ended. ARGV: field, value, how
-# ('start' marks it the running drive, 'end' unmarks it if it still is), drive, task id.
+# ('start' marks it the running drive, 'end' unmarks it if it still is), drive, task id,
+# the time (the running drive's progress stamp, for the reaper's stall judgement).
 _DRIVE = """
 local cur = redis.call('HGET', KEYS[1], 'phase')
 if not cur or cur == 'done' or cur == 'error' or cur == 'cancelled' then return 0 end
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2], 'progress_at', ARGV[6])
 if ARGV[3] == 'start' then
   redis.call('HSET', KEYS[1], 'running', ARGV[4], 'running_task', ARGV[5])
 elseif ARGV[3] == 'end' and redis.call('HGET', KEYS[1], 'running') == ARGV[4] then
@@ -320,7 +341,10 @@ class BackupRecords:
         task_ids: Iterable[str],
         speed_limit: int | None = None,
         blobs: Mapping[str, bytes] | None = None,
+        queue_timeout: int | None = None,
     ) -> None:
+        """Record a new backup; ``queue_timeout`` (seconds, None: the reaper's default) is how
+        long its next drive may wait for a worker of its node."""
         ids = list(task_ids)
         now = time.time()
         fields: dict[str, str] = {
@@ -337,6 +361,7 @@ class BackupRecords:
             Field.BLOBS: json.dumps(
                 {k: base64.b64encode(v).decode() for k, v in (blobs or {}).items()}
             ),
+            Field.QUEUE_TIMEOUT: str(queue_timeout or 0),
         }
         for d in plan.drives:
             stats = DriveStats(size=d.size, dirty=d.dirty)
@@ -349,7 +374,6 @@ class BackupRecords:
         for task_id in ids:
             pipe.set(self.keys.task(task_id), plan.backup, ex=self.ttl)
         pipe.sadd(self.keys.active(), plan.backup)
-        pipe.sadd(self.keys.repositories(), repository)
         pipe.zadd(self.keys.backups(), {plan.backup: now})
         pipe.zremrangebyscore(self.keys.backups(), "-inf", now - self.ttl)
         pipe.execute()
@@ -502,6 +526,10 @@ class BackupRecords:
         """Keep the first real error only; True when this one was the first."""
         return bool(self.redis.hsetnx(self.keys.backup(backup), Field.ERROR, message))
 
+    def note_commit_failure(self, backup: str, message: str) -> None:
+        """Why the last commit attempt failed (shown while the commit is retried)."""
+        self.redis.hset(self.keys.backup(backup), Field.COMMIT_ERROR, message)
+
     def set_snapshot(self, backup: str, snapshot: str) -> None:
         self.redis.hset(self.keys.backup(backup), Field.SNAPSHOT, snapshot)
 
@@ -521,7 +549,7 @@ class BackupRecords:
     ) -> bool:
         """A drive's state and counters; ignored (False) once the backup has ended."""
         value = _drive_json(state, stats, worker)
-        args = [DRIVE_FIELD + drive, value, mark, drive, task_id]
+        args = [DRIVE_FIELD + drive, value, mark, drive, task_id, str(time.time())]
         return bool(self._drive(keys=[self.keys.backup(backup)], args=args))
 
     def touch(self, backup: str, role: LeaseRole, holder: str, ttl: float) -> None:
@@ -552,9 +580,6 @@ class BackupRecords:
     def forget_active(self, backup: str) -> None:
         """Stop watching a backup whose record is gone (expired or never written)."""
         self.redis.srem(self.keys.active(), backup)
-
-    def repositories(self) -> list[str]:
-        return sorted(_text(p) for p in self.redis.smembers(self.keys.repositories()))
 
     def exists(self, backup: str) -> bool:
         return bool(self.redis.exists(self.keys.backup(backup)))

@@ -1,5 +1,5 @@
 """The seal of a backup record: an HMAC-SHA256, with the fleet secret, over what the producer
-decided (the plan, the repository, the speed limit, the config blobs).
+decided (the plan, the repository, the speed limit, the config blobs, the queue timeout).
 
 Redis and the broker are shared infrastructure: whoever can write to them could otherwise make
 a worker read any file or write any directory. A worker configured with the secret acts only on

@@ -49,8 +49,14 @@ class Settings:
     queue_timeout: int = 3600
     reaper_interval: int = 5
     orphan_grace: int = 300
+    # Attempts a commit gets (its own and the reaper's) before the backup is rolled back.
+    commit_attempts: int = 5
+    # Seconds a running drive may report no progress before the reaper ends the backup.
+    stall_timeout: int = 300
     # What this worker may read; empty: anything (the worker warns at start).
     drive_roots: tuple[str, ...] = ()
+    # The id the worker's repository must have (else: the id it has when the worker starts).
+    repository_id: str | None = None
     # The fleet secret sealing records (txnbackup.seal); None: records are not authenticated.
     secret: bytes | None = field(default=None, repr=False)
     # The passphrase of an encrypted repository's key (txnbackup.keyfile); None: not given.
@@ -85,7 +91,10 @@ class Settings:
             queue_timeout=_positive_int(env, "TXNBACKUP_QUEUE_TIMEOUT", 3600),
             reaper_interval=_positive_int(env, "TXNBACKUP_REAPER_INTERVAL", 5),
             orphan_grace=_positive_int(env, "TXNBACKUP_ORPHAN_GRACE", 300),
-            drive_roots=tuple(r for r in env.get("TXNBACKUP_DRIVE_ROOTS", "").split(":") if r),
+            commit_attempts=_positive_int(env, "TXNBACKUP_COMMIT_ATTEMPTS", 5),
+            stall_timeout=_positive_int(env, "TXNBACKUP_STALL_TIMEOUT", 300),
+            drive_roots=drive_roots(env.get("TXNBACKUP_DRIVE_ROOTS", "")),
+            repository_id=env.get("TXNBACKUP_REPOSITORY_ID") or None,
             secret=_secret(env),
             passphrase=passphrase_from(env, "TXNBACKUP_PASSPHRASE"),
             new_passphrase=passphrase_from(env, "TXNBACKUP_NEW_PASSPHRASE"),
@@ -96,6 +105,18 @@ class Settings:
                 _absolute(env, "TXNBACKUP_QEMU_SCRATCH_DIR"),
             ),
         )
+
+
+def drive_roots(value: str) -> tuple[str, ...]:
+    """``TXNBACKUP_DRIVE_ROOTS`` (or ``worker --allow-drives``): colon-separated absolute
+    directories or patterns; a relative one would depend on the worker's directory."""
+    roots = tuple(r for r in value.split(":") if r)
+    for root in roots:
+        if not root.startswith("/"):
+            raise InvalidInput(
+                f"drive root {root!r} must be an absolute directory or pattern (/dev/vg0/*)"
+            )
+    return roots
 
 
 def _positive_int(env: Mapping[str, str], name: str, default: int) -> int:

@@ -57,6 +57,8 @@ class BackupStatus:
     reused: int
     drives: tuple[DriveStatus, ...]
     commit_task: str  # the Celery task id of the commit (the chord callback)
+    commit_attempts: int  # how many times the commit was tried (TXNBACKUP_COMMIT_ATTEMPTS)
+    commit_error: str  # why the last commit attempt failed ("" when none did)
 
     @property
     def active(self) -> bool:
@@ -85,6 +87,8 @@ def from_record(record: BackupRecord) -> BackupStatus:
         reused=sum(d.reused for d in drives),
         drives=drives,
         commit_task=record.commit_task,
+        commit_attempts=record.commit_attempts,
+        commit_error=record.commit_error,
     )
 
 

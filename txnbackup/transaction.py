@@ -255,3 +255,14 @@ def rollback(
     Staging(repo, plan.backup).discard()
     failpoint("rollback.after_discard")
     return keeper.rollback(plan)
+
+
+def return_bits(
+    bitmaps: RedisBitmaps, plan: BackupPlan, qemu_dirs: QemuDirs = DEFAULT_QEMU_DIRS
+) -> bool:
+    """Return the frozen bits without touching the repository (it cannot be opened, or the
+    snapshot is already published and only its bitmaps failed). Safe to repeat."""
+    keeper = keeper_for(plan, bitmaps, qemu_dirs)
+    if keeper.state(plan.backup) is TxnState.COMMITTED:
+        raise TransactionStateError(plan.backup, "committed", "roll back")
+    return keeper.rollback(plan)

@@ -109,6 +109,11 @@ def warnings(settings: Settings) -> list[str]:
     found = []
     if not settings.drive_roots:
         found.append("drives are not restricted: set TXNBACKUP_DRIVE_ROOTS")
+    if settings.repository is None:
+        found.append(
+            "the repository is not pinned and orphaned staging areas are not swept:"
+            " set TXNBACKUP_REPOSITORY"
+        )
     if settings.secret is None:
         found.append(
             "records are not authenticated: set TXNBACKUP_SECRET_FILE (or TXNBACKUP_SECRET)"

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import logging
+import os
+import socket
 from typing import Any
 
 from celery.signals import task_revoked, worker_ready, worker_shutdown
 from celery.worker import state as worker_state
 
+from tasks.celeryapp import app
 from tasks.finish import send_rollback
 from tasks.queues import NODE_QUEUE_PREFIX
 from tasks.runtime import runtime
 from txnbackup import trust
+from txnbackup.presence import Presence
 from txnbackup.redisconn import eviction_warning_at
 from workers.metrics import count_reaper_action
 from workers.reaper import Reaper, ReaperThread
@@ -19,6 +23,7 @@ from workers.revocation import RevokeWatcher, handle_revoked
 
 log = logging.getLogger(__name__)
 _threads: list[RevokeWatcher | ReaperThread] = []
+_announced: list[tuple[Presence, str, frozenset[str]]] = []
 
 
 def _on_revoked(task_id: str) -> object:
@@ -30,16 +35,26 @@ def start_background_threads(sender: Any = None, **_: Any) -> None:
     rt = runtime()
     if warning := eviction_warning_at(rt.settings.redis_url):
         log.warning("txnbackup: %s", warning)
+    nodes = _served_nodes(sender)
+    presence = rt.presence()
+    name = _worker_name(sender)
     reaper = ReaperThread(
-        Reaper(rt, send_rollback, on_action=count_reaper_action, nodes=_served_nodes(sender)),
+        Reaper(rt, send_rollback, on_action=count_reaper_action, nodes=nodes, stop_task=_terminate),
         rt.settings.reaper_interval,
+        heartbeat=lambda: presence.announce(name, nodes),
     )
+    _announced.append((presence, name, nodes))
     reaper.start()
     watcher = RevokeWatcher(lambda: list(worker_state.revoked), _on_revoked)
     watcher.start()
     _threads.extend([reaper, watcher])
     log.info("txnbackup reaper started (every %s s)", rt.settings.reaper_interval)
     log.info("txnbackup revoke watcher started")
+
+
+def _terminate(task_id: str) -> None:
+    """Stop a stalled drive's task, on whichever worker runs it, freeing its pool slot."""
+    app.control.revoke(task_id, terminate=True)
 
 
 def _served_nodes(consumer: Any) -> frozenset[str]:
@@ -58,6 +73,15 @@ def _served_nodes(consumer: Any) -> frozenset[str]:
 def stop_background_threads(**_: Any) -> None:
     for thread in _threads:
         thread.stopping.set()
+    for presence, name, nodes in _announced:
+        try:
+            presence.withdraw(name, nodes)
+        except Exception:  # Redis gone: the announcement expires on its own
+            log.warning("txnbackup worker: could not withdraw %s from %s", name, sorted(nodes))
+
+
+def _worker_name(consumer: Any) -> str:
+    return str(getattr(consumer, "hostname", None) or f"{socket.gethostname()}:{os.getpid()}")
 
 
 @task_revoked.connect

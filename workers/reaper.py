@@ -4,13 +4,17 @@ Every worker runs one in its main process (a thread, every TXNBACKUP_REAPER_INTE
 `txnbackup reap` runs one pass by hand. For each active backup without a live lease
 (txnbackup.lease) it decides, from the record alone, what the dead worker left:
 
-| phase        | what it finds                          | what it does                        |
-|--------------|----------------------------------------|-------------------------------------|
-| running      | a drive marked running, no lease       | roll back: worker lost              |
-| running      | a QEMU begin marked, no lease          | roll back: worker lost during begin |
-| running      | no drive running, idle > queue timeout | roll back: no worker took the drive |
-| committing   | no lease                               | finish the commit (or roll back)    |
-| rolling_back | no lease                               | finish the rollback                 |
+| phase        | what it finds                                 | what it does                  |
+|--------------|-----------------------------------------------|-------------------------------|
+| running      | a drive marked running, no lease              | roll back: worker lost        |
+| running      | a QEMU begin marked, no lease                 | roll back: lost during begin  |
+| running      | a leased drive, no progress > stall timeout   | roll back: stalled; terminate |
+| running      | no drive running, idle > the queue timeout    | roll back: no worker took it  |
+| committing   | no lease                                      | finish the commit (capped)    |
+| rolling_back | no lease                                      | finish the rollback           |
+
+The queue timeout is the backup's own (``backup --timeout``), else TXNBACKUP_QUEUE_TIMEOUT; the
+stall timeout is TXNBACKUP_STALL_TIMEOUT; a commit gets TXNBACKUP_COMMIT_ATTEMPTS attempts.
 
 Only one reaper acts on a backup at a time, and every action is a claim on the record, so a
 reaper racing a slow but live worker changes nothing the worker did not already decide.
@@ -24,6 +28,7 @@ queue, and leaves a commit or rollback to resume to that node's reapers.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import shutil
 import threading
@@ -50,6 +55,7 @@ class Verdict(StrEnum):
     ALIVE = "alive"
     FORGET = "forget"
     ABANDON = "abandon"
+    STALLED = "stalled"
     RESUME_COMMIT = "resume-commit"
     RESUME_ROLLBACK = "resume-rollback"
 
@@ -60,12 +66,23 @@ class Judgement:
     reason: str = ""
 
 
-def judge(record: BackupRecord | None, leased: bool, now: float, queue_timeout: float) -> Judgement:
-    """What the reaper must do with one backup; a pure function of what Redis holds."""
+def judge(
+    record: BackupRecord | None,
+    leased: bool,
+    now: float,
+    queue_timeout: float,
+    stall_timeout: float = math.inf,
+) -> Judgement:
+    """What the reaper must do with one backup; a pure function of what Redis holds.
+
+    A lease proves the worker lives, not that its drive moves: a read stuck in the kernel or
+    on a dead NFS server renews it forever. A running drive must also report progress at
+    least every ``stall_timeout`` s.
+    """
     if record is None or record.phase.final:
         return Judgement(Verdict.FORGET)
     if leased:
-        return Judgement(Verdict.ALIVE)
+        return _stall(record, now, stall_timeout)
     if record.phase is Phase.COMMITTING:
         return Judgement(Verdict.RESUME_COMMIT, "commit lost its worker")
     if record.phase is Phase.ROLLING_BACK:
@@ -75,9 +92,20 @@ def judge(record: BackupRecord | None, leased: bool, now: float, queue_timeout: 
     if record.beginning:
         return Judgement(Verdict.ABANDON, "worker lost during begin in QEMU")
     idle = now - (record.last_activity or now)
-    if idle > queue_timeout:
+    if idle > (record.queue_timeout or queue_timeout):
         return Judgement(Verdict.ABANDON, f"no worker took the next drive for {idle:.0f} s")
     return Judgement(Verdict.ALIVE)
+
+
+def _stall(record: BackupRecord, now: float, stall_timeout: float) -> Judgement:
+    if record.phase is not Phase.RUNNING or not record.running or not record.progress_at:
+        return Judgement(Verdict.ALIVE)
+    still = now - record.progress_at
+    if still <= stall_timeout:
+        return Judgement(Verdict.ALIVE)
+    return Judgement(
+        Verdict.STALLED, f"drive {record.running} stalled: no progress for {still:.0f} s"
+    )
 
 
 class ActionSink(Protocol):
@@ -93,11 +121,17 @@ class Reaper:
         send_rollback: SendRollback,
         on_action: ActionSink | None = None,
         nodes: frozenset[str] = frozenset(),
+        stop_task: Callable[[str], None] | None = None,
     ) -> None:
         """``nodes``: the nodes whose queues this worker serves, the only ones whose QEMU it
-        may reach; a file backup is anyone's to end."""
+        may reach; a file backup is anyone's to end. ``stop_task``: terminates a Celery
+        task, wherever it runs (a stalled drive's)."""
         self.rt = rt
         self.send_rollback = send_rollback
+        self.stop_task = stop_task or (lambda task_id: None)
+        self.expected_id = rt.settings.repository_id
+        self._told: set[str] = set()
+        self._own_repository()  # pins the expected id as the repository is now
         self.on_action: ActionSink = on_action or (lambda kind, backup=None: None)
         self.nodes = nodes
 
@@ -111,7 +145,9 @@ class Reaper:
     def _reap(self, backup: str) -> Verdict | None:
         records, s = self.rt.records, self.rt.settings
         record = records.load_or_none(backup)
-        judgement = judge(record, records.leased(backup), time.time(), s.queue_timeout)
+        judgement = judge(
+            record, records.leased(backup), time.time(), s.queue_timeout, s.stall_timeout
+        )
         if judgement.verdict is Verdict.ALIVE:
             return None
         if judgement.verdict is Verdict.FORGET:
@@ -119,17 +155,28 @@ class Reaper:
                 records.forget_active(backup)
             return None
         foreign = self._foreign(record)
-        if foreign and judgement.verdict is not Verdict.ABANDON:
+        if foreign and judgement.verdict not in (Verdict.ABANDON, Verdict.STALLED):
             return None  # a commit or rollback to resume: the VM's node's reapers do it
         if not records.start_reaping(backup, s.lease_ttl):
             return None
         log.warning("reaper: backup %s: %s -> %s", backup, judgement.reason, judgement.verdict)
-        if foreign:
-            self._abandon_elsewhere(backup, judgement.reason)
-        else:
-            self._actions()[judgement.verdict](backup, judgement.reason)
+        self._act(backup, record, judgement, foreign)
         self.on_action(str(judgement.verdict), backup)
         return judgement.verdict
+
+    def _act(
+        self, backup: str, record: BackupRecord | None, judgement: Judgement, foreign: bool
+    ) -> None:
+        try:
+            if foreign:
+                self._abandon_elsewhere(backup, judgement.reason)
+            else:
+                self._actions()[judgement.verdict](backup, judgement.reason)
+        except (ending.RepositoryUnavailable, ending.PublishedButNotCommitted) as exc:
+            # One more counted commit attempt (ending.commit logged it); the next pass resumes.
+            log.debug("reaper: backup %s: %s", backup, exc)
+        if judgement.verdict is Verdict.STALLED and record is not None and record.running_task:
+            self.stop_task(record.running_task)  # after the error is recorded: it is the cause
 
     def _foreign(self, record: BackupRecord | None) -> bool:
         """A QEMU VM's backup on a node this worker does not serve: it cannot reach QEMU."""
@@ -145,6 +192,7 @@ class Reaper:
         rt = self.rt
         return {
             Verdict.ABANDON: lambda b, why: ending.abandon(rt, b, why),
+            Verdict.STALLED: lambda b, why: ending.abandon(rt, b, why),
             Verdict.RESUME_COMMIT: lambda b, why: ending.commit(
                 rt, b, self.send_rollback, resume=True
             ),
@@ -166,13 +214,15 @@ class Reaper:
     def _orphan_staging(self) -> None:
         """Delete staging areas of backups that ended or never started (I1).
 
-        The ``repositories`` set is in Redis, which anyone with access to it can write: only
-        uuid-named directories in the ``staging`` directory of a path that opens as a
-        repository (this worker's own, when it has one) are candidates, and no link is followed.
+        Only in this worker's own repository (``TXNBACKUP_REPOSITORY``; nothing in Redis
+        names where to delete), only when the path opens as a repository with the expected
+        id (_own_repository), only uuid-named directories in its ``staging`` directory, and
+        no link is followed.
         """
         records = self.rt.records
         cutoff = time.time() - self.rt.settings.orphan_grace
-        for repo in self._repositories():
+        repo = self._own_repository()
+        if repo is not None:
             for staging in _staging_dirs(repo):
                 phase = records.phase(staging.name)
                 ended = phase is None or phase.final
@@ -181,16 +231,27 @@ class Reaper:
                     shutil.rmtree(staging, ignore_errors=True)  # refuses a link itself
                     self.on_action("orphan-staging")
 
-    def _repositories(self) -> list[Repository]:
+    def _own_repository(self) -> Repository | None:
+        """The worker's repository, if the path opens as one with the expected id: the
+        ``TXNBACKUP_REPOSITORY_ID``, else the id it had when this reaper first opened it."""
         own = self.rt.settings.repository
-        paths = [str(own)] if own is not None else self.rt.records.repositories()
-        found = []
-        for path in paths:
-            try:
-                found.append(Repository.open(Path(path)))
-            except TxnBackupError as exc:
-                log.debug("reaper: not sweeping %s: %s", path, exc)
-        return found
+        if own is None:
+            return None
+        try:
+            repo = Repository.open(own)
+        except TxnBackupError as exc:
+            log.debug("reaper: not sweeping %s: %s", own, exc)
+            return None
+        if self.expected_id is None:
+            self.expected_id = repo.id
+        if repo.id != self.expected_id:
+            if repo.id not in self._told:
+                log.warning(
+                    "reaper: not sweeping %s: its id is %s, not %s", own, repo.id, self.expected_id
+                )
+                self._told.add(repo.id)
+            return None
+        return repo
 
 
 def _staging_dirs(repo: Repository) -> list[Path]:
@@ -216,15 +277,27 @@ def _is_backup_id(name: str) -> bool:
 
 
 class ReaperThread(threading.Thread):
-    def __init__(self, reaper: Reaper, interval: float) -> None:
+    def __init__(
+        self, reaper: Reaper, interval: float, heartbeat: Callable[[], None] | None = None
+    ) -> None:
+        """``heartbeat``: run at start and before every pass (the worker's presence)."""
         super().__init__(name="txnbackup-reaper", daemon=True)
         self.reaper = reaper
         self.interval = interval
+        self.heartbeat = heartbeat or (lambda: None)
         self.stopping = threading.Event()
 
     def run(self) -> None:
+        self._beat()
         while not self.stopping.wait(self.interval):
+            self._beat()
             try:
                 self.reaper.run_once()
             except Exception:
                 log.exception("reaper: pass failed; retrying in %s s", self.interval)
+
+    def _beat(self) -> None:
+        try:
+            self.heartbeat()
+        except Exception:
+            log.warning("reaper: announcing this worker failed; retrying in %s s", self.interval)

@@ -16,6 +16,13 @@ Rows that exist elsewhere are not repeated here:
   unknown uuid, ``cancel`` with an unknown uuid; Redis unreachable at submit.
 - tests/faults/test_tampered_repository.py: hand-edited manifests and indexes, truncated and
   symlinked chunks, links planted for gc, file modes, restore to a block device.
+- tests/faults/test_trust.py: forged records (a plan edited in Redis, an unsealed record, a
+  drive outside the worker's roots or ``--allow-drives``, another repository, an escaping
+  drive name), directories planted for the reaper, a repository swapped under a worker.
+- tests/faults/test_redis_bitmaps.py: an evicted bits key or meta hash, older bitmap keys
+  put back (a stale dump), frozen bits evicted mid-backup.
+- tests/faults/test_bounds.py: a repository gone at commit, a stalled drive, a node without
+  worker (``--timeout``), a drive path relative to the shell.
 No worker runs here: every row is refused before anything is sent to the broker.
 """
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -49,10 +50,26 @@ def record_of(fields: dict[str, str] | None) -> BackupRecord | None:
         ({"phase": "committing"}, False, Verdict.RESUME_COMMIT),
         ({"phase": "committing"}, True, Verdict.ALIVE),
         ({"phase": "rolling_back"}, False, Verdict.RESUME_ROLLBACK),
+        # a live worker whose drive has not moved for longer than the stall timeout
+        ({"phase": "running", "running": "scsi0", "progress_at": str(NOW - 10)}, True, "alive"),
+        ({"phase": "running", "running": "scsi0", "progress_at": str(NOW - 100)}, True, "stalled"),
+        ({"phase": "committing", "progress_at": str(NOW - 100)}, True, Verdict.ALIVE),
+        # the backup's own queue timeout (backup --timeout) rules over the reaper's default
+        (
+            {"phase": "running", "last_activity": str(NOW - 100), "queue_timeout": "200"},
+            False,
+            "alive",
+        ),
+        (
+            {"phase": "running", "last_activity": str(NOW - 30), "queue_timeout": "20"},
+            False,
+            "abandon",
+        ),
     ],
 )
 def test_judge(fields: dict[str, str] | None, leased: bool, verdict: Verdict) -> None:
-    assert judge(record_of(fields), leased, NOW, queue_timeout=60).verdict is verdict
+    judged = judge(record_of(fields), leased, NOW, queue_timeout=60, stall_timeout=60)
+    assert judged.verdict == verdict
 
 
 @pytest.fixture
@@ -127,8 +144,9 @@ def test_bits_frozen_by_a_producer_that_died_are_returned(
     old = time.time() - 10
     os.utime(repo.path / "staging" / orphan, (old, old))
 
-    # When the reaper runs
-    Reaper(rt, no_rollback).run_once()
+    # When the reaper of a worker of that repository runs
+    own = Runtime.from_settings(dataclasses.replace(rt.settings, repository=repo.path))
+    Reaper(own, no_rollback).run_once()
 
     # Then the frozen bit is back in the active bitmap and the staging area is gone
     assert rt.bitmaps.state(orphan) is TxnState.ROLLED_BACK
