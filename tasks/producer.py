@@ -247,10 +247,18 @@ class Producer:
             pubsub.close()
 
     def nodes_without_worker(self, nodes: Sequence[str], timeout: float = 1.0) -> list[str]:
-        """The nodes whose queue no live worker consumes (asks every worker; takes ``timeout``)."""
+        """The nodes whose queue no live worker consumes.
+
+        The workers' own announcements (txnbackup.presence) answer in one round trip; only a
+        node they do not cover is confirmed by asking every worker (``inspect``, which takes
+        ``timeout``), so a worker that cannot announce itself is never reported missing.
+        """
+        missing = self.rt.presence().unserved(nodes)
+        if not missing:
+            return []
         replies = self.app.control.inspect(timeout=timeout).active_queues() or {}
         served = {q["name"] for queues in replies.values() for q in queues}
-        return [n for n in dict.fromkeys(nodes) if node_queue(n) not in served]
+        return [n for n in missing if node_queue(n) not in served]
 
     def recent(self, limit: int = 20) -> list[BackupStatus]:
         found = []

@@ -70,5 +70,10 @@ class Keys:
         """Sorted set: backup uuids scored by start time (seconds since the epoch)."""
         return f"{self.prefix}backups"
 
+    def serving(self, node: str) -> str:
+        """Sorted set: names of the workers consuming the node's queue, scored by when that
+        stops being true unless renewed (seconds since the epoch; txnbackup.presence)."""
+        return f"{self.prefix}serving:{node}"
+
     def pattern(self) -> str:
         return f"{self.prefix}*"

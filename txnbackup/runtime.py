@@ -16,6 +16,7 @@ from txnbackup.catalog import Catalog
 from txnbackup.errors import RepositoryIdMismatch
 from txnbackup.keys import Keys
 from txnbackup.lease import Leases
+from txnbackup.presence import Presence
 from txnbackup.record_store import RecordStore
 from txnbackup.redisconn import connect
 from txnbackup.repository import Repository
@@ -52,6 +53,10 @@ class Runtime:
             Catalog(redis, keys),
             RedisBitmaps(redis, keys, ttl),
         )
+
+    def presence(self) -> Presence:
+        """Workers are announced for a few reaper passes: missing two of them is not yet death."""
+        return Presence(self.redis, self.records.keys, ttl=3 * self.settings.reaper_interval + 2)
 
     def repository(self, path: str) -> Repository:
         """The repository at ``path`` as it is now (one small file read; never cached: a

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import socket
 from collections.abc import Callable
 from typing import Any
 
@@ -16,6 +18,7 @@ from tasks.finish import send_rollback
 from tasks.queues import NODE_QUEUE_PREFIX
 from tasks.runtime import runtime
 from txnbackup import trust
+from txnbackup.presence import Presence
 from txnbackup.redisconn import eviction_warning_at
 from workers.metrics import count_reaper_action
 from workers.reaper import Reaper, ReaperThread
@@ -23,6 +26,7 @@ from workers.revocation import RevokeWatcher, handle_revoked
 
 log = logging.getLogger(__name__)
 _threads: list[RevokeWatcher | ReaperThread] = []
+_announced: list[tuple[Presence, str, frozenset[str]]] = []
 
 
 def _on_revoked(task_id: str) -> object:
@@ -33,16 +37,21 @@ def start_background_threads(sender: Any = None, **_: Any) -> None:
     rt = runtime()
     if warning := eviction_warning_at(rt.settings.redis_url):
         log.warning("txnbackup: %s", warning)
+    nodes = _served_nodes(sender)
+    presence = rt.presence()
+    name = _worker_name(sender)
     reaper = ReaperThread(
         Reaper(
             rt,
             send_rollback,
             on_action=count_reaper_action,
-            nodes=_served_nodes(sender),
+            nodes=nodes,
             stop_task=_terminator(getattr(sender, "app", None) or current_app),
         ),
         rt.settings.reaper_interval,
+        heartbeat=lambda: presence.announce(name, nodes),
     )
+    _announced.append((presence, name, nodes))
     reaper.start()
     watcher = RevokeWatcher(lambda: list(worker_state.revoked), _on_revoked)
     watcher.start()
@@ -74,6 +83,15 @@ def _served_nodes(consumer: Any) -> frozenset[str]:
 def stop_background_threads(**_: Any) -> None:
     for thread in _threads:
         thread.stopping.set()
+    for presence, name, nodes in _announced:
+        try:
+            presence.withdraw(name, nodes)
+        except Exception:  # Redis gone: the announcement expires on its own
+            log.warning("txnbackup worker: could not withdraw %s from %s", name, sorted(nodes))
+
+
+def _worker_name(consumer: Any) -> str:
+    return str(getattr(consumer, "hostname", None) or f"{socket.gethostname()}:{os.getpid()}")
 
 
 def on_task_revoked(request: Any = None, terminated: bool = False, **_: Any) -> None:

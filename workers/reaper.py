@@ -277,15 +277,27 @@ def _is_backup_id(name: str) -> bool:
 
 
 class ReaperThread(threading.Thread):
-    def __init__(self, reaper: Reaper, interval: float) -> None:
+    def __init__(
+        self, reaper: Reaper, interval: float, heartbeat: Callable[[], None] | None = None
+    ) -> None:
+        """``heartbeat``: run at start and before every pass (the worker's presence)."""
         super().__init__(name="txnbackup-reaper", daemon=True)
         self.reaper = reaper
         self.interval = interval
+        self.heartbeat = heartbeat or (lambda: None)
         self.stopping = threading.Event()
 
     def run(self) -> None:
+        self._beat()
         while not self.stopping.wait(self.interval):
+            self._beat()
             try:
                 self.reaper.run_once()
             except Exception:
                 log.exception("reaper: pass failed; retrying in %s s", self.interval)
+
+    def _beat(self) -> None:
+        try:
+            self.heartbeat()
+        except Exception:
+            log.warning("reaper: announcing this worker failed; retrying in %s s", self.interval)

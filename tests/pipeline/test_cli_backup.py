@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tasks.producer import Producer
-from tests.fleet import SampleVM, env_for_workers, wait_for
+from tests.fleet import SampleVM, WorkerProcess, env_for_workers, wait_for
 from tests.fleet_plugin import FLEET_ENV
 from txnbackup.names import new_backup_id
 from txnbackup.repository import Repository
@@ -201,3 +201,15 @@ def test_a_drive_whose_node_has_no_worker_is_told_while_waiting(
     finally:
         waiter.kill()
         waiter.wait()
+
+
+def test_the_fleets_workers_announce_their_nodes_and_a_ghost_node_is_missing(
+    producer: Producer, fleet: dict[str, WorkerProcess]
+) -> None:
+    # Given the running fleet, whose workers announce the nodes they serve
+    nodes = list(fleet)
+    # When the producer asks which nodes lack a worker
+    missing = producer.nodes_without_worker([*nodes, "ghost"])
+    # Then only the node nobody serves is named, and the fleet's are answered by the announcements
+    assert missing == ["ghost"]
+    assert producer.rt.presence().unserved(nodes) == []
