@@ -74,6 +74,25 @@ class KeyAccess:
             raise InvalidInput("no key directory: set TXNBACKUP_KEY_FILE or HOME")
         return self.key_dir / repo_id
 
+    def expects_encryption(self, repo_id: str) -> str | None:
+        """Why this process expects repository ``repo_id`` to be encrypted (a passphrase is
+        configured, or it holds a keyfile-mode key of that id), or None: what refuses a
+        repository whose config.json was set back to plain text (Repository.open)."""
+        if self.passphrase is not None:
+            return "a passphrase is configured (TXNBACKUP_PASSPHRASE[_FILE])"
+        for path in (self.key_file, self.key_dir / repo_id if self.key_dir else None):
+            if path is not None and _is_key_of(path, repo_id):
+                return f"the key {path} is of that repository"
+        return None
+
+
+def _is_key_of(path: Path, repo_id: str) -> bool:
+    try:
+        doc = json.loads(path.read_bytes())
+    except (OSError, ValueError):
+        return False
+    return isinstance(doc, dict) and doc.get("repository") == repo_id
+
 
 @dataclass(frozen=True)
 class NewKey:
