@@ -364,6 +364,6 @@ def _is_time(name: str) -> bool:
 
 
 def _refuse_downgrade(path: Path, config: RepositoryConfig, keys: KeyAccess | None) -> None:
-    why = keys.expects_encryption(config.id) if keys is not None else None
+    why = keys.expects_encryption(path, config.id) if keys is not None else None
     if why is not None:
         raise EncryptionDowngrade(str(path), why)

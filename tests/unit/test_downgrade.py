@@ -71,3 +71,15 @@ def test_a_plain_repository_still_opens_without_a_key_or_with_another_ones(
     assert not Repository.open(
         plain.path, KeyAccess(key_file=keys.location(other.path, other.id, KeyMode.KEYFILE))
     ).encrypted
+
+
+def test_repositories_named_plain_are_opened_despite_a_passphrase(tmp_path: Path) -> None:
+    # Given a process with a passphrase that also uses plain repositories below one directory
+    repos = tmp_path / "repos"
+    plain = Repository.init(repos / "plain", CS)
+    elsewhere = Repository.init(tmp_path / "elsewhere", CS)
+    keys = KeyAccess(PASSPHRASE, plain_ok=(repos.resolve(),))
+    # Then those open, and a plain repository anywhere else is still refused
+    assert not Repository.open(plain.path, keys).encrypted
+    with pytest.raises(EncryptionDowngrade):
+        Repository.open(elsewhere.path, keys)
