@@ -152,8 +152,9 @@ def restore(
     place, opened exclusively, only with --overwrite; it must be at least as large as the
     drive). `restore SNAPSHOT --all DIR` writes every drive to DIR/<drive>.raw (DIR must
     exist; existing files are replaced only with --overwrite, and nothing is written when
-    one is refused). `restore SNAPSHOT --config NAME TARGET` writes the config blob NAME to
-    the file TARGET instead.
+    one is refused; all or nothing: a drive that fails leaves every file in DIR as it was).
+    `restore SNAPSHOT --config NAME TARGET` writes the config blob NAME to the file TARGET
+    instead.
     """
     repository = open_repository(settings, repo)
     snap = resolve(repository, snapshot)

@@ -296,7 +296,9 @@ def _plan(
         return
     base_index = IndexReader(incremental.base_index, codec, incremental.base_identity)
     with base_index as base:
-        if base.count != count or base.chunk_size != cs:
+        # The size too: a drive that changed within its last chunk keeps its chunk count, and
+        # the base's last chunk would be the wrong length for it.
+        if (base.size, base.count, base.chunk_size) != (size, count, cs):
             raise IntegrityError(f"base index of {incremental.base_index} has another geometry")
         for i, (bit, digest) in enumerate(zip(incremental.bits, base, strict=True)):
             yield *extent(i, size, cs), None if bit else digest

@@ -78,22 +78,41 @@ def restore_all(
     """Restore every drive of the snapshot to ``directory/<drive>.raw``, in manifest order.
 
     Every target is checked before anything is written: a missing directory, or files that
-    exist without ``overwrite`` (all of them are named), refuse the whole restore.
+    exist without ``overwrite`` (all of them are named), refuse the whole restore. All or
+    nothing: every drive is written to a temporary file first, and only when all are
+    complete do they replace their targets, so a drive that fails (a damaged chunk, a full
+    disk) leaves every file in ``directory`` as it was. With ``overwrite`` the old files and
+    the new ones take space together until the end.
     """
     if not directory.is_dir():
         raise NotFound(f"directory {directory}")
     manifest = repo.manifest(snapshot)
-    targets = [(d.name, directory / f"{d.name}{DRIVE_FILE_SUFFIX}") for d in manifest.drives]
-    there = [str(t) for _, t in targets if os.path.lexists(t)]
+    targets = [(d, directory / f"{d.name}{DRIVE_FILE_SUFFIX}") for d in manifest.drives]
+    _check_targets([t for _, t in targets], overwrite)
+    written: list[tuple[Path, RestoredDrive]] = []
+    try:
+        for entry, target in targets:
+            with repo.open_index(snapshot, entry, manifest.backup) as index:
+                tmp, result = _write_temp(repo, entry, index, target)
+            written.append((tmp, RestoredDrive(entry.name, target, result)))
+        for tmp, done in written:
+            os.rename(tmp, done.target)
+        fsync_dir(directory)
+    except OSError as exc:
+        raise TargetWriteError(str(directory), os_reason(exc)) from exc
+    finally:
+        for tmp, _ in written:
+            tmp.unlink(missing_ok=True)
+    return [done for _, done in written]
+
+
+def _check_targets(targets: list[Path], overwrite: bool) -> None:
+    there = [str(t) for t in targets if os.path.lexists(t)]
     if there and not overwrite:
         raise InvalidInput(f"{', '.join(there)} exist(s); pass --overwrite to replace")
-    for _, target in targets:
+    for target in targets:
         if os.path.lexists(target) and not (target.is_file() and not target.is_symlink()):
             raise InvalidInput(f"{target} is not a regular file; not replacing it")
-    return [
-        RestoredDrive(name, target, restore_drive(repo, snapshot, name, target, overwrite=True))
-        for name, target in targets
-    ]
 
 
 def _restore_to_file(
@@ -105,6 +124,21 @@ def _restore_to_file(
         raise InvalidInput(f"{target} exists; pass --overwrite to replace it")
     if not target.parent.is_dir():
         raise NotFound(f"directory {target.parent}")
+    tmp, result = _write_temp(repo, entry, index, target)
+    try:
+        os.rename(tmp, target)
+        fsync_dir(target.parent)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise TargetWriteError(str(target), os_reason(exc)) from exc
+    return result
+
+
+def _write_temp(
+    repo: Repository, entry: DriveEntry, index: IndexReader, target: Path
+) -> tuple[Path, RestoreResult]:
+    """The drive written, fsynced, to a new temporary file beside ``target``; removed again
+    on any failure."""
     tmp = temp_name(target)
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
@@ -114,15 +148,13 @@ def _restore_to_file(
             os.fsync(fd)
         finally:
             os.close(fd)
-        os.rename(tmp, target)
-        fsync_dir(target.parent)
     except OSError as exc:
         tmp.unlink(missing_ok=True)
         raise TargetWriteError(str(target), os_reason(exc)) from exc
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    return result
+    return tmp, result
 
 
 def _is_block_device(path: Path) -> bool:

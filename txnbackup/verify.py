@@ -1,4 +1,5 @@
-"""Verify a snapshot: every referenced chunk is present, decodes and matches its digest.
+"""Verify a snapshot: every referenced chunk is present, decodes, matches its digest and has
+the length of the drive's slice it fills: every check a restore makes of it.
 
 As Proxmox Backup Server does, verify also acts on what it finds. A chunk file that does not
 decode is moved aside (``ChunkStore.quarantine``): its digest then reads as not stored, so
@@ -19,6 +20,7 @@ from txnbackup.blob import load_blob
 from txnbackup.constants import ZERO_DIGEST
 from txnbackup.errors import CorruptChunk, IntegrityError
 from txnbackup.fsutil import fsync_dir, write_atomic, write_error
+from txnbackup.geometry import extent
 from txnbackup.index import IndexReader
 from txnbackup.manifest import DriveEntry
 from txnbackup.repository import Repository
@@ -51,7 +53,7 @@ class VerifyReport:
 def verify_snapshot(repo: Repository, snapshot: SnapshotId) -> VerifyReport:
     manifest = repo.manifest(snapshot)
     problems: list[Problem] = []
-    checked: dict[str, str | None] = {}  # digest -> reason it is bad, None when good
+    checked: dict[str, str | int] = {}  # digest -> its length, or why it is bad
     chunks = 0
     for entry in manifest.drives:
         n, drive_problems = _verify_drive(repo, snapshot, entry, manifest.backup, checked)
@@ -100,7 +102,7 @@ def _verify_drive(
     snapshot: SnapshotId,
     entry: DriveEntry,
     backup: str,
-    checked: dict[str, str | None],
+    checked: dict[str, str | int],
 ) -> tuple[int, list[Problem]]:
     try:
         reader: IndexReader = repo.open_index(snapshot, entry, backup)
@@ -114,17 +116,25 @@ def _verify_drive(
             digest = raw.hex()
             if digest not in checked:
                 checked[digest] = _check_chunk(repo, digest)
-            if (reason := checked[digest]) is not None:
-                problems.append(Problem(entry.name, i * entry.chunk_size, digest, reason))
+            offset, length = extent(i, entry.size, entry.chunk_size)
+            if (reason := _problem(checked[digest], length)) is not None:
+                problems.append(Problem(entry.name, offset, digest, reason))
         return reader.count, problems
 
 
-def _check_chunk(repo: Repository, digest: str) -> str | None:
+def _problem(checked: str | int, length: int) -> str | None:
+    """Why the chunk cannot fill a slice of ``length`` bytes (restore checks the same)."""
+    if isinstance(checked, str):
+        return checked
+    return None if checked == length else f"length {checked}, expected {length}"
+
+
+def _check_chunk(repo: Repository, digest: str) -> str | int:
+    """The chunk's plaintext length, or why it does not decode."""
     try:
-        repo.chunks.get(digest)
+        return len(repo.chunks.get(digest))
     except CorruptChunk as exc:
         reason = str(exc.args[1])
         if repo.chunks.present(digest) and repo.chunks.quarantine(digest):
             reason += "; file moved aside (.bad)"
         return reason
-    return None

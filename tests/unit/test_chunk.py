@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 
 import pytest
 
@@ -145,3 +146,54 @@ def test_a_truncated_chunk_file_is_detected(repo: Repository) -> None:
 
     with pytest.raises(CorruptChunk, match="truncated"):
         repo.chunks.get(digest)
+
+
+def set_compression(raw: bytearray, method: int) -> None:
+    raw[5] = method
+
+
+def set_length(raw: bytearray, length: int) -> None:
+    raw[8:12] = length.to_bytes(4, "big")
+
+
+def plaintext_length(raw: bytearray) -> int:
+    return int.from_bytes(raw[8:12], "big")
+
+
+DAMAGE: dict[str, tuple[str, Callable[[bytearray], object]]] = {
+    "raw-flagged-zstd": ("random", lambda raw: set_compression(raw, Compression.ZSTD)),
+    "zstd-flagged-raw": ("text", lambda raw: set_compression(raw, Compression.RAW)),
+    "unknown-compression": ("random", lambda raw: set_compression(raw, 2)),
+    "raw-one-byte-short": ("random", lambda raw: raw.pop()),
+    "raw-one-byte-long": ("random", lambda raw: raw.append(0)),
+    "raw-length-field-minus-one": (
+        "random",
+        lambda raw: set_length(raw, plaintext_length(raw) - 1),
+    ),
+    "zstd-length-field-at-payload": ("text", lambda raw: set_length(raw, len(raw) - HEADER.size)),
+}
+
+
+@pytest.mark.parametrize("damage", DAMAGE)
+def test_a_chunk_file_with_a_damaged_header_or_length_is_not_reused(
+    repo: Repository, damage: str
+) -> None:
+    # Given a stored chunk (raw or compressed) whose file was then damaged in its header or
+    # its length, with the payload's CRC left as it was
+    kind, change = DAMAGE[damage]
+    rng = random.Random(8)
+    data = random_bytes(rng, CS) if kind == "random" else text_bytes(rng, CS)
+    digest = chunk.digest_of(data)
+    repo.chunks.put(digest, chunk.encode(data))
+    path = repo.chunks.path_for(digest)
+    raw = bytearray(path.read_bytes())
+    assert compression_of(bytes(raw)) == (Compression.RAW if kind == "random" else Compression.ZSTD)
+    change(raw)
+    path.write_bytes(bytes(raw))
+
+    # When a backup looks for it, Then it reads as not stored, and storing it replaces the file
+    assert not repo.chunks.has(digest)
+    assert repo.chunks.put(digest, chunk.encode(data)) is True
+    assert repo.chunks.get(digest) == data
+    with pytest.raises(CorruptChunk):  # and the damaged file would never have decoded
+        chunk.decode(bytes(raw), digest)

@@ -94,14 +94,12 @@ class QemuKeeper:
         return True
 
     def _end(self, plan: BackupPlan, ending: str) -> None:
+        """Only a monitor that refuses the connection means QEMU is gone. A connection lost
+        once made (QEMU ran some of our commands) raises: the ending fails and is resumed
+        (commit retried, rollback by the reaper) until QEMU answers or is really gone."""
         drives = [qemu_drive(d) for d in plan.drives]
         try:
-            with QmpClient(self.vm.qmp) as qmp:
-                fleece = session(self.vm, qmp, plan.backup, drives, self.dirs)
-                if ending == "commit":
-                    fleece.commit()
-                else:
-                    fleece.rollback()
+            qmp = QmpClient(self.vm.qmp)
         except QmpUnavailable as exc:
             log.warning(
                 "vm %s backup %s: %s: QEMU is gone (%s); its bitmaps went with it",
@@ -112,3 +110,10 @@ class QemuKeeper:
             )
             shutil.rmtree(qemu_dirs.run_dir(self.dirs, plan.backup), ignore_errors=True)
             shutil.rmtree(qemu_dirs.scratch_dir(self.dirs, plan.backup), ignore_errors=True)
+            return
+        with qmp:
+            fleece = session(self.vm, qmp, plan.backup, drives, self.dirs)
+            if ending == "commit":
+                fleece.commit()
+            else:
+                fleece.rollback()

@@ -23,7 +23,10 @@ DIRTY_PREFIX = "qemu:dirty-bitmap:"
 MAX_REQUEST = 32 * 1024 * 1024  # QEMU's NBD server refuses larger reads
 MAX_STATUS = 1 << 30  # block status asks at most this much at a time
 STATE_DIRTY = 1
-READS_ZERO = 1 | 2  # base:allocation's hole and zero flags: either reads as zeros
+# base:allocation's zero flag. Its hole flag (1) says only that the extent is not allocated:
+# the content of a hole is not known (NBD protocol), and a drive on NBD or iSCSI storage
+# reports holes that hold data. Only an extent that reads as zeros may go unread.
+STATE_ZERO = 2
 
 Extents = list[tuple[int, int, int]]  # (offset, length, flags)
 
@@ -77,7 +80,7 @@ class NbdDrive:
             return offset
         extents = self._status(ALLOCATION, offset, self._size - offset)
         for start, _length, flags in extents:
-            if not flags & READS_ZERO:
+            if not flags & STATE_ZERO:
                 return start
         return min(extents[-1][0] + extents[-1][1], self._size)
 
@@ -88,9 +91,18 @@ class NbdDrive:
             raise DriveUnreadable(self.name, self.uri, "no dirty bitmap was asked for")
         bits = [False] * chunk_count(self._size, chunk_size)
         for start, length, flags in self._extents(self.context, 0, self._size):
-            if flags & STATE_DIRTY:
-                first, last = start // chunk_size, (start + length - 1) // chunk_size
-                bits[first : last + 1] = [True] * (last - first + 1)
+            if not flags & STATE_DIRTY:
+                continue
+            if start + length > self._size:
+                # Bits for bytes the drive does not have: the bitmap is not this drive's.
+                raise DriveReadError(
+                    self.name,
+                    start,
+                    f"{self.context} reaches past the end of the drive "
+                    f"({start + length} > {self._size} bytes)",
+                )
+            first, last = start // chunk_size, (start + length - 1) // chunk_size
+            bits[first : last + 1] = [True] * (last - first + 1)
         return bits
 
     def dirty_bytes(self, chunk_size: int) -> int:
@@ -144,6 +156,9 @@ class NbdDrive:
             raise DriveReadError(self.name, offset, exc.string) from None
         if not got:
             raise DriveReadError(self.name, offset, f"no {context} status from the server")
+        if any(length == 0 for _, length, _ in got):
+            # An extent that covers nothing would never let a walk over the drive advance.
+            raise DriveReadError(self.name, offset, f"empty extent in {context} status")
         return got
 
 

@@ -1,0 +1,211 @@
+"""The faults of a QEMU backup that are not a stop mid-drive, through real workers: a drive
+resized between two backups, the base snapshot forgotten, and the worker's QMP connection
+dropped while QEMU keeps running. One fleet for the module, one qemu-storage-daemon per test.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.fleet_plugin import Fleet
+from tests.qemu.qmp_proxy import QmpProxy
+from tests.qemu.qsd import CS, DRIVES, MIB, Guest, Qsd, missing_tools
+from tests.qemu.test_endings import EXPLICIT, SETTINGS, Rig, assert_next_covers, wait_until
+from tests.qemu.test_pipeline import NODE, assert_nothing_left, begun, our_bitmaps, restores
+from txnbackup.prune import Pruner
+from txnbackup.qemu.leftovers import find_leftovers
+from txnbackup.qemu.naming import bitmap_name, export_name
+from txnbackup.qemu.vm import QemuVM
+from txnbackup.repository import Repository
+from txnbackup.snapshot import SnapshotId
+from txnbackup.status import BackupStatus
+
+pytestmark = pytest.mark.skipif(missing_tools() is not None, reason=str(missing_tools()))
+
+
+@pytest.fixture(scope="module")
+def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
+    """One fleet with a quick reaper (lease 2 s), as test_endings.py has."""
+    logdir = tmp_path_factory.mktemp("qemu-faults")
+    fleet = Fleet(logdir, SETTINGS)
+    try:
+        fleet.start(NODE)
+        yield Rig(fleet, logdir)
+    finally:
+        fleet.stop()
+
+
+def read_drive(qsd: Qsd, drive: str) -> bytes:
+    """The drive as QEMU shows it now (a new connection: NBD fixes the size at connect)."""
+    import nbd  # noqa: PLC0415
+
+    h = nbd.NBD()
+    h.connect_uri(qsd.guest_uri(drive))
+    try:
+        data: bytes = h.pread(h.get_size(), 0)
+        return data
+    finally:
+        h.shutdown()
+
+
+def resize(qsd: Qsd, guest: Guest, drive: str, size: int) -> None:
+    """``block_resize`` the running drive; the guest's export (which does not share resize,
+    as a VM's device does) is detached around it and comes back at the new size."""
+    import nbd  # noqa: PLC0415
+
+    export = f"guest-{drive}"
+    guest.handles[drive].shutdown()
+    with qsd.harness() as qmp:
+        qmp.execute("block-export-del", {"id": export})
+        qmp.wait_absent("query-block-exports", "id", export)
+        qmp.execute("block_resize", {"node-name": drive, "size": size})
+        qmp.execute(
+            "block-export-add",
+            {"type": "nbd", "id": export, "node-name": drive, "name": export, "writable": True},
+        )
+    guest.handles[drive] = nbd.NBD()
+    guest.handles[drive].connect_uri(qsd.guest_uri(drive))
+
+
+def backup(rig: Rig, qsd: Qsd, repo: Repository, qmp: str | None = None) -> BackupStatus:
+    producer = rig.fleet.producer
+    vm = QemuVM(qmp or qsd.qmp_path, NODE, qsd.nbd_socket)
+    status = producer.wait(producer.submit("100", EXPLICIT, repository=repo.path, qmp=vm), 60)
+    assert status.status == "done", status.errmsg
+    return status
+
+
+def test_a_resized_drive_is_read_in_full_and_the_other_stays_incremental(
+    rig: Rig, qsd: Qsd, guest: Guest, tmp_path: Path
+) -> None:
+    repo = Repository.init(tmp_path / "repo", CS)
+    guest.fill()
+    full = backup(rig, qsd, repo)
+    # Given drive0 grown by 4 MiB while the VM runs (QEMU resizes its bitmaps with it) and
+    # three blocks of drive1 written
+    grown = qsd.size + 4 * MIB
+    resize(qsd, guest, "drive0", grown)
+    for c in (1, 2, 3):
+        guest.write("drive1", c)
+    expected = {d: read_drive(qsd, d) for d in DRIVES}
+    assert len(expected["drive0"]) == grown
+
+    # When the next backup runs
+    after = backup(rig, qsd, repo)
+
+    # Then drive0 is read in full, saying why; drive1 stays incremental (decided per drive)
+    assert [d.action for d in after.drives] == ["invalid", "used"]
+    assert after.drives[0].reason == f"drive size changed ({qsd.size} -> {grown} bytes)"
+    assert [d.size for d in after.drives] == [grown, qsd.size]
+    assert [d.dirty for d in after.drives] == [grown, 3 * CS]
+    assert restores(repo, after.snapshot, expected, tmp_path)
+    assert_nothing_left(qsd)
+    assert our_bitmaps(qsd) == {d: [bitmap_name(after.uuid)] for d in DRIVES}
+    assert full.uuid != after.uuid
+    # and the one after is incremental on both, at the new size
+    guest.write("drive1", 7)
+    last = backup(rig, qsd, repo)
+    assert [d.action for d in last.drives] == ["used", "used"]
+    assert [d.dirty for d in last.drives] == [0, CS]
+    assert restores(repo, last.snapshot, {d: read_drive(qsd, d) for d in DRIVES}, tmp_path)
+
+
+def test_a_forgotten_base_snapshot_makes_the_next_backup_a_full_read(
+    rig: Rig, qsd: Qsd, guest: Guest, tmp_path: Path
+) -> None:
+    repo = Repository.init(tmp_path / "repo", CS)
+    rt = rig.fleet.producer.rt
+    guest.fill()
+    full = backup(rig, qsd, repo)
+    guest.write("drive0", 0)
+    incremental = backup(rig, qsd, repo)
+    assert [d.action for d in incremental.drives] == ["used", "used"]
+    # Given the snapshot QEMU's bitmaps are relative to forgotten (and its chunks collected)
+    Pruner(repo, rt.redis, rt.records.keys, rt.records).forget(
+        [SnapshotId.parse(incremental.snapshot)]
+    )
+    assert repo.snapshots("100") == [SnapshotId.parse(full.snapshot)]
+    guest.write("drive0", 5)
+    expected = {d: guest.content(d) for d in DRIVES}
+
+    # When the next backup runs
+    after = backup(rig, qsd, repo)
+
+    # Then every drive is read in full, naming the missing base, and restores
+    assert [d.action for d in after.drives] == ["invalid", "invalid"]
+    why = f"base missing: backup {incremental.uuid} has no snapshot in this repository"
+    assert [d.reason for d in after.drives] == [why, why]
+    assert [d.dirty for d in after.drives] == [qsd.size, qsd.size]
+    assert restores(repo, after.snapshot, expected, tmp_path)
+    assert_nothing_left(qsd)
+    # and the next one is incremental again, relative to it
+    guest.write("drive1", 9)
+    assert_next_covers(rig, qsd, guest, repo, [0, CS], tmp_path)
+
+
+DROPS = {
+    # where the worker's QMP connection drops: (command, the error the backup ends with)
+    "in-begin-transaction": ("transaction", "begin: cannot talk to QEMU's monitor"),
+    "in-rollback-teardown": ("block-export-del", "drive drive0: "),  # the rollback is resumed
+}
+
+
+@pytest.mark.parametrize("where", list(DROPS))
+def test_a_dropped_qmp_connection_while_qemu_runs_loses_no_bit(
+    rig: Rig, qsd: Qsd, guest: Guest, tmp_path: Path, where: str
+) -> None:
+    command, error = DROPS[where]
+    producer = rig.fleet.producer
+    repo = Repository.init(tmp_path / "repo", CS)
+    proxy = QmpProxy(qsd.qmp_path, qsd.dir / "relay.sock")
+    try:
+        vm = QemuVM(proxy.path, NODE, qsd.nbd_socket)
+        guest.fill()
+        full = backup(rig, qsd, repo, proxy.path)
+        for c in range(0, 64, 2):
+            guest.write("drive0", c)
+        guest.write("drive1", 0)
+        # Given the worker's monitor connection cut right after QEMU ran `command` (in begin's
+        # transaction, or in the rollback after drive0 failed), QEMU still running
+        if command == "transaction":
+            proxy.drop_at(command)
+            failing = producer.submit("100", EXPLICIT, repository=repo.path, qmp=vm)
+        else:
+            failing = producer.submit(
+                "100", EXPLICIT, repository=repo.path, qmp=vm, speed_limit=CS * 4
+            )
+            begun(producer, failing)
+            wait_until(lambda: producer.status(failing).drives[0].transferred > 0, "copying")
+            proxy.drop_at(command)
+            with qsd.harness() as qmp:  # drive0's disk fails under the reader
+                qmp.execute(
+                    "block-export-del", {"id": export_name(failing, "drive0"), "mode": "hard"}
+                )
+        guest.write("drive1", 5)  # during the failing backup
+
+        # Then the backup ends in error, saying why
+        status = producer.wait(failing, 40)
+        assert proxy.dropped.is_set()
+        assert status.status == "error"
+        assert status.errmsg.startswith(error), status.errmsg
+        raw = producer.rt.records.raw(failing)
+        resumed = "1" if command == "block-export-del" else None  # by the reaper, once
+        assert (raw.get("rollback_runs"), raw.get("rollback_resumed")) == ("1", resumed)
+        # and once a worker reached QMP again, nothing of ours is left in QEMU, the full
+        # backup's bitmap records again holding the frozen bits, nothing was published
+        wait_until(lambda: not _leftovers(qsd), "the rollback to reach QEMU")
+        assert_nothing_left(qsd)
+        assert our_bitmaps(qsd) == {d: [bitmap_name(full.uuid)] for d in DRIVES}
+        assert repo.snapshots("100") == [SnapshotId.parse(full.snapshot)]
+        # and the next incremental reads exactly what was written since the full backup
+        assert_next_covers(rig, qsd, guest, repo, [32 * CS, 2 * CS], tmp_path)
+    finally:
+        proxy.close()
+
+
+def _leftovers(qsd: Qsd) -> bool:
+    with qsd.harness() as qmp:
+        return bool(find_leftovers(qmp))
