@@ -61,6 +61,8 @@ def bench_fleet(workdir: Path, redis_url: str) -> Iterator[Fleet]:
             "TXNBACKUP_STATE_TTL": "3600",
             # Unlocks the encrypted case's repositories (bench.tools.TxnbackupEncrypted).
             "TXNBACKUP_PASSPHRASE": BENCH_PASSPHRASE,
+            # and the plain cases' repositories, anywhere below the workdir, are plain on purpose.
+            "TXNBACKUP_PLAIN_REPOSITORIES": str(workdir.resolve()),
         }
         settings = Settings.from_env(env)
         producer = Producer.from_settings(settings)

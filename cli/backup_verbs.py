@@ -8,6 +8,8 @@ JSON shapes (``--json``), stable (docs/json.md has them all):
   name, node, action, reason, state, size, dirty, transferred, zero_bytes, reused.
 - ``backups``: a list of such objects, newest first.
 - ``backup`` without ``--wait``: ``{"uuid": "..."}``.
+- ``backup --wait --verify``: the status object plus ``verify``, the object ``verify --json``
+  prints (snapshot, ok, chunks, problems), when the backup is done.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import dataclasses
 import os
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -25,14 +28,18 @@ from cli.options import json_option, repo_option
 from cli.output import print_json, print_renderable, print_table
 from cli.sizes import size_option_value
 from cli.status_view import backups_rows, status_table
+from cli.verify_view import report_json, show_report
 from cli.watch import follow_and_show, warn_unserved, watch
 from txnbackup.drive import Drive
-from txnbackup.errors import ConflictError, InvalidInput
+from txnbackup.errors import ConflictError, InvalidInput, VerifyFailed
 from txnbackup.names import check_node
 from txnbackup.qemu.vm import QemuVM
 from txnbackup.settings import Settings, drive_roots
 from txnbackup.status import BackupStatus
 from workers.reaper import Reaper
+
+if TYPE_CHECKING:
+    from tasks.producer import Producer
 
 
 def _show(status: BackupStatus, as_json: bool) -> None:
@@ -100,6 +107,12 @@ def _parse_config(values: tuple[str, ...]) -> dict[str, Path]:
     is_flag=True,
     help="Show progress until the end, then the final status (see `txnbackup watch`).",
 )
+@click.option(
+    "--verify",
+    is_flag=True,
+    help="With --wait: then read back every chunk of the new snapshot and check it "
+    "(see `txnbackup verify`); exit 5 when it fails.",
+)
 @json_option
 @click.pass_obj
 def backup(
@@ -114,12 +127,16 @@ def backup(
     configs: tuple[str, ...],
     timeout: int | None,
     wait: bool,
+    verify: bool,
     as_json: bool,
 ) -> None:
     """Back up every drive of VMID in one transaction; print the backup uuid.
 
-    Exit code with --wait: 0 done, 1 error, 9 cancelled, 130 stopped watching (Ctrl-C).
+    Exit code with --wait: 0 done, 1 error, 9 cancelled, 130 stopped watching (Ctrl-C);
+    with --verify also 5 when the new snapshot fails verification.
     """
+    if verify and not wait:
+        raise InvalidInput("--verify needs --wait: the snapshot is verified once it is published")
     if not drives and not qmp:
         raise InvalidInput("give the drives (--drive NAME=PATH), or a QEMU VM (--qmp)")
     if nbd_socket and not qmp:
@@ -145,7 +162,27 @@ def backup(
     # document with --json).
     click.echo(f"backup {uuid}", err=as_json)
     told = warn_unserved(producer, uuid, _waiting(parsed, vm))
-    raise SystemExit(follow_and_show(producer, uuid, as_json, told))
+    after = _Verification(producer, repo) if verify else None
+    raise SystemExit(follow_and_show(producer, uuid, as_json, told, after))
+
+
+@dataclasses.dataclass(frozen=True)
+class _Verification:
+    """backup --verify: the new snapshot verified once the backup is done."""
+
+    producer: Producer
+    repo: Path | None
+
+    def __call__(self, status: BackupStatus, as_json: bool) -> tuple[dict[str, Any], int]:
+        if not as_json:
+            click.echo(f"verifying {status.snapshot}")
+        report = self.producer.verify(status.uuid, self.repo)
+        failed = VerifyFailed(str(report.snapshot), len(report.problems))
+        if not as_json:
+            show_report(report)
+            if not report.ok:
+                click.echo(f"txnbackup: error: {failed}", err=True)
+        return {"verify": report_json(report)}, 0 if report.ok else failed.exit_code
 
 
 def _waiting(drives: list[Drive], vm: QemuVM | None) -> dict[str, str]:

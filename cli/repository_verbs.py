@@ -11,6 +11,7 @@ import click
 from cli.options import ask_passphrase, json_option, open_repository, repo_option
 from cli.output import print_json, print_table, warn
 from cli.sizes import format_size, size_option_value
+from cli.verify_view import report_json, show_report
 from txnbackup.blob import restore_blob
 from txnbackup.errors import IntegrityError, PassphraseMissing, VerifyFailed
 from txnbackup.keyfile import KeyMode, NewKey
@@ -19,7 +20,7 @@ from txnbackup.names import check_drive_name
 from txnbackup.repository import Repository, check_chunk_size
 from txnbackup.restore import RestoreResult, restore_all, restore_drive
 from txnbackup.settings import Settings
-from txnbackup.verify import Problem, VerifyReport, verify_snapshot
+from txnbackup.verify import verify_snapshot
 
 
 @click.command()
@@ -206,35 +207,11 @@ def verify(settings: Settings, repo: Path | None, snapshot: str, as_json: bool) 
     snap = resolve(repository, snapshot)
     report = verify_snapshot(repository, snap)
     if as_json:
-        print_json(_report_json(report))
-    elif report.ok:
-        click.echo(f"{snap}: {report.chunks} chunks verified, all good")
+        print_json(report_json(report))
     else:
-        rows = [(p.drive, _offset_text(p), p.digest, p.reason) for p in report.problems]
-        print_table(("drive", "offset", "digest", "problem"), rows)
+        show_report(report)
     if not report.ok:
         raise VerifyFailed(str(snap), len(report.problems))
-
-
-def _report_json(report: VerifyReport) -> dict[str, Any]:
-    problems = [
-        {"drive": p.drive, "offset": _offset(p), "digest": p.digest, "reason": p.reason}
-        for p in report.problems
-    ]
-    return {
-        "snapshot": str(report.snapshot),
-        "ok": report.ok,
-        "chunks": report.chunks,
-        "problems": problems,
-    }
-
-
-def _offset(problem: Problem) -> int | None:
-    return problem.offset if problem.offset >= 0 else None
-
-
-def _offset_text(problem: Problem) -> str:
-    return str(problem.offset) if problem.offset >= 0 else "index"
 
 
 COMMANDS = (init, snapshots, restore, verify)

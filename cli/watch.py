@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Callable, Collection, Iterator, Mapping
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import click
 from rich.console import Console
@@ -45,8 +45,19 @@ class View(Protocol):
     def resume(self) -> None: ...
 
 
+class AfterDone(Protocol):
+    """Run once a followed backup is done (backup --verify): its JSON fields to add to the
+    status (with --json; else it prints its own lines) and an exit code (0: all good)."""
+
+    def __call__(self, status: BackupStatus, as_json: bool) -> tuple[dict[str, Any], int]: ...
+
+
 def follow_and_show(
-    producer: Producer, uuid: str, as_json: bool, told: Collection[str] = ()
+    producer: Producer,
+    uuid: str,
+    as_json: bool,
+    told: Collection[str] = (),
+    after_done: AfterDone | None = None,
 ) -> int:
     """Follow the backup until it ends or the user stops watching; print it; the exit code.
 
@@ -56,14 +67,18 @@ def follow_and_show(
     with _view(console, as_json) as view:
         final = follow(producer, uuid, view, told)
     status = final or producer.status(uuid)
-    if as_json:
-        print_json(status.to_dict())
-    else:
+    extra: dict[str, Any] = {}
+    code = 0
+    if not as_json:
         print_renderable(status_table(status))
+    if after_done is not None and final is not None and final.status == "done":
+        extra, code = after_done(status, as_json)
+    if as_json:
+        print_json(status.to_dict() | extra)
     if final is None:
         click.echo(f"stopped watching; backup {uuid} goes on (txnbackup watch {uuid})", err=True)
         return EXIT_INTERRUPTED
-    return EXIT_FOR_STATUS.get(final.status, 1)
+    return code or EXIT_FOR_STATUS.get(final.status, 1)
 
 
 def warn_unserved(producer: Producer, uuid: str, waiting: Mapping[str, str]) -> set[str]:

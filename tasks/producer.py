@@ -18,7 +18,7 @@ from tasks.names import ROLLBACK
 from tasks.queues import finishing_queue, node_queue
 from txnbackup import transaction
 from txnbackup.drive import Drive, drive_size
-from txnbackup.errors import InvalidInput, NotFound, ServiceUnavailable
+from txnbackup.errors import ConflictError, InvalidInput, NotFound, ServiceUnavailable
 from txnbackup.names import (
     check_backup_id,
     check_blob_name,
@@ -31,7 +31,9 @@ from txnbackup.redisconn import redacted, unavailable_as_error
 from txnbackup.repository import Repository
 from txnbackup.runtime import Runtime
 from txnbackup.settings import Settings
+from txnbackup.snapshot import SnapshotId
 from txnbackup.status import BackupStatus, from_record
+from txnbackup.verify import VerifyReport, verify_snapshot
 
 StatusSink = Callable[[BackupStatus], None]
 
@@ -170,6 +172,17 @@ class Producer:
         repo = Repository.open(path, self.rt.settings.key_access())
         repo.unlock()  # a wrong or missing key is refused before the VM is locked
         return repo
+
+    def verify(self, backup: str, repository: Path | None = None) -> VerifyReport:
+        """Verify the snapshot a done backup published (txnbackup.verify: every chunk it
+        refers to is read back and checked) in ``repository`` (None: the configured one)."""
+        status = self.status(backup)
+        if status.status != "done" or not status.snapshot:
+            raise ConflictError(f"backup {backup} published no snapshot: {status.status}")
+        snapshot = SnapshotId.parse(status.snapshot)
+        if snapshot.vmid != status.vmid:
+            raise InvalidInput(f"backup {backup} names {snapshot}, not a snapshot of its VM")
+        return verify_snapshot(self._repository(repository), snapshot)
 
     def status(self, backup: str) -> BackupStatus:
         return from_record(self.rt.records.load(check_backup_id(backup)))

@@ -109,6 +109,10 @@ class KeyInvalid(KeyProblem):
     """key {}: {}"""
 
 
+class EncryptionDowngrade(KeyProblem):
+    """repository {} says it is not encrypted but {}: refused (a downgraded config.json?)"""
+
+
 class ConflictError(TxnBackupError):
     """conflict: {}"""
 

@@ -64,6 +64,8 @@ class KeyAccess:
     passphrase: bytes | None = None
     key_file: Path | None = None  # TXNBACKUP_KEY_FILE: the key of the one repository used
     key_dir: Path | None = None  # keyfile-mode keys, one file per repository id
+    # TXNBACKUP_PLAIN_REPOSITORIES: where a plain repository is expected despite a key
+    plain_ok: tuple[Path, ...] = ()
 
     def location(self, repo_path: Path, repo_id: str, mode: KeyMode) -> Path:
         if mode is KeyMode.REPOKEY:
@@ -73,6 +75,28 @@ class KeyAccess:
         if self.key_dir is None:
             raise InvalidInput("no key directory: set TXNBACKUP_KEY_FILE or HOME")
         return self.key_dir / repo_id
+
+    def expects_encryption(self, repo_path: Path, repo_id: str) -> str | None:
+        """Why this process expects the repository to be encrypted (a passphrase is
+        configured, or it holds a keyfile-mode key of that id), or None: what refuses a
+        repository whose config.json was set back to plain text (Repository.open)."""
+        real = repo_path.resolve()
+        if any(real == p or p in real.parents for p in self.plain_ok):
+            return None
+        if self.passphrase is not None:
+            return "a passphrase is configured (TXNBACKUP_PASSPHRASE[_FILE])"
+        for path in (self.key_file, self.key_dir / repo_id if self.key_dir else None):
+            if path is not None and _is_key_of(path, repo_id):
+                return f"the key {path} is of that repository"
+        return None
+
+
+def _is_key_of(path: Path, repo_id: str) -> bool:
+    try:
+        doc = json.loads(path.read_bytes())
+    except (OSError, ValueError):
+        return False
+    return isinstance(doc, dict) and doc.get("repository") == repo_id
 
 
 @dataclass(frozen=True)

@@ -58,6 +58,7 @@ from txnbackup.crypto import (
     manifest_identity,
 )
 from txnbackup.errors import (
+    EncryptionDowngrade,
     FormatVersionMismatch,
     IntegrityError,
     InvalidInput,
@@ -172,13 +173,17 @@ class Repository:
     @classmethod
     def open(cls, path: Path, keys: KeyAccess | None = None) -> Repository:
         """The repository at ``path``; an encrypted one unlocks its key with ``keys`` on
-        first use (``unlock`` to fail early)."""
+        first use (``unlock`` to fail early). A plain one is refused when ``keys`` expect it
+        encrypted (EncryptionDowngrade): whoever can write config.json cannot make a process
+        configured with a key write plain text."""
         config = _read_config(path)
         for sub in SUBDIRS:
             if (path / sub).exists() and not is_real_dir(path / sub):
                 raise RepositoryError(f"{path / sub} is not a directory (or is a symbolic link)")
         codec: Codec = PLAIN
-        if config.encryption is not None:
+        if config.encryption is None:
+            _refuse_downgrade(path, config, keys)
+        else:
             codec = LazyCodec(functools.partial(_unlock, path, config, keys or KeyAccess()))
         return cls(path, config, codec)
 
@@ -356,3 +361,9 @@ def _is_time(name: str) -> bool:
     except InvalidInput:
         return False
     return not name.startswith(".") and os.sep not in name
+
+
+def _refuse_downgrade(path: Path, config: RepositoryConfig, keys: KeyAccess | None) -> None:
+    why = keys.expects_encryption(path, config.id) if keys is not None else None
+    if why is not None:
+        raise EncryptionDowngrade(str(path), why)

@@ -65,11 +65,13 @@ class Settings:
     new_passphrase: bytes | None = field(default=None, repr=False)
     key_file: Path | None = None  # a keyfile-mode key, when not in key_dir
     key_dir: Path | None = None  # keyfile-mode keys, one per repository id
+    # Repositories (or directories of them) used unencrypted although a key is configured.
+    plain_repositories: tuple[Path, ...] = ()
 
     qemu: QemuDirs = DEFAULT_QEMU_DIRS
 
     def key_access(self) -> KeyAccess:
-        return KeyAccess(self.passphrase, self.key_file, self.key_dir)
+        return KeyAccess(self.passphrase, self.key_file, self.key_dir, self.plain_repositories)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -100,6 +102,7 @@ class Settings:
             new_passphrase=passphrase_from(env, "TXNBACKUP_NEW_PASSPHRASE"),
             key_file=Path(env["TXNBACKUP_KEY_FILE"]) if env.get("TXNBACKUP_KEY_FILE") else None,
             key_dir=_key_dir(env),
+            plain_repositories=_plain_repositories(env.get("TXNBACKUP_PLAIN_REPOSITORIES", "")),
             qemu=QemuDirs(
                 _absolute(env, "TXNBACKUP_QEMU_RUN_DIR") or DEFAULT_QEMU_RUN_DIR,
                 _absolute(env, "TXNBACKUP_QEMU_SCRATCH_DIR"),
@@ -189,3 +192,12 @@ def _key_dir(env: Mapping[str, str]) -> Path | None:
         str(Path(env["HOME"]) / ".config") if env.get("HOME") else None
     )
     return Path(config) / "txnbackup" / "keys" if config else None
+
+
+def _plain_repositories(value: str) -> tuple[Path, ...]:
+    """TXNBACKUP_PLAIN_REPOSITORIES: colon-separated absolute directories (resolved)."""
+    paths = tuple(Path(p) for p in value.split(":") if p)
+    for path in paths:
+        if not path.is_absolute():
+            raise InvalidInput(f"TXNBACKUP_PLAIN_REPOSITORIES: {path} is not an absolute path")
+    return tuple(p.resolve() for p in paths)

@@ -11,8 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.fleet_plugin import FLEET_ENV
 from tests.unit.builders import CS
 from tests.unit.history import make_history
+from tests.unit.test_downgrade import downgrade
 from tests.unit.test_encryption import FAST_KDF, PASSPHRASE, chunk_files, flip
 from txnbackup.bitmap import RedisBitmaps
 from txnbackup.keyfile import KeyAccess, KeyMode, NewKey
@@ -36,6 +38,11 @@ def environment(
     if passphrase is not None:
         env["TXNBACKUP_PASSPHRASE_FILE"] = str(secret_file(tmp_path / "passphrase", passphrase))
     return env
+
+
+def redis_environment() -> dict[str, str]:
+    """The test Redis and this session's key prefix (a verb that reaches Redis)."""
+    return {k: v for k, v in FLEET_ENV.items() if k.startswith("TXNBACKUP_")}
 
 
 def run(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
@@ -167,3 +174,29 @@ def test_init_encrypted_from_the_command_line(tmp_path: Path) -> None:
     assert key.is_file() and str(key) in done.stdout
     assert not (tmp_path / "r1" / "key").exists()
     assert run(env, "snapshots").stdout.strip() == "no snapshots"
+
+
+def test_a_downgraded_repository_is_refused_by_a_client_with_the_passphrase(
+    tmp_path: Path, encrypted_repo: tuple[Repository, str]
+) -> None:
+    # Given an encrypted repository whose config.json someone set back to plain (format 1)
+    repo, snapshot = encrypted_repo
+    downgrade(repo)
+    env = environment(tmp_path, repo.path) | redis_environment()
+    drive = tmp_path / "disk.raw"
+    drive.write_bytes(b"secret guest data" * 10_000)
+    before = sorted(p.relative_to(repo.path) for p in repo.path.rglob("*"))
+
+    # When a client configured with the passphrase backs up to it, lists or restores it
+    for verb in (
+        ("backup", "100", f"--drive=scsi0={drive}"),
+        ("snapshots",),
+        ("restore", snapshot, "scsi0", str(tmp_path / "out.raw")),
+    ):
+        done = run(env, *verb)
+        # Then each is refused with the key errors' code, saying why, and writes nothing
+        assert done.returncode == 10, (verb, done.stdout, done.stderr)
+        assert "says it is not encrypted but a passphrase is configured" in done.stderr
+        assert "Traceback" not in done.stderr
+    assert sorted(p.relative_to(repo.path) for p in repo.path.rglob("*")) == before
+    assert not (tmp_path / "out.raw").exists()

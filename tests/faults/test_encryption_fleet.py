@@ -7,13 +7,16 @@ Fleets of their own (make_fleet, with the passphrase in their environment): test
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from tasks.producer import Producer
 from tests.fleet import SampleVM, new_vmid
 from tests.fleet_plugin import Fleet
+from tests.unit.test_downgrade import downgrade
 from tests.unit.test_encryption import FAST_KDF, PASSPHRASE
 from txnbackup.check import ALL, check_repository
 from txnbackup.errors import WrongPassphrase
@@ -130,3 +133,32 @@ def test_a_wrong_passphrase_at_submit_starts_nothing(
         fleet.producer.submit(vm.vmid, vm.drives, repository=repo.path)
     assert fleet.producer.rt.locks.holder(vm.vmid) is None
     assert list((repo.path / "staging").iterdir()) == []
+
+
+def test_workers_with_the_passphrase_refuse_a_downgraded_repository(
+    make_fleet: Callable[[dict[str, str]], Fleet], tmp_path: Path
+) -> None:
+    # Given workers configured with the passphrase, and an encrypted repository whose
+    # config.json someone set back to plain text
+    repo = encrypted_repo(tmp_path / "repo")
+    fleet = make_fleet({"TXNBACKUP_PASSPHRASE_FILE": secret_file(tmp_path / "pw", PASSPHRASE)})
+    fleet.start("default")
+    fleet.start("node2")
+    vm = two_drive_vm(fleet, tmp_path)
+    downgrade(repo)
+    # and a producer configured with no key (it cannot know better, so it submits)
+    keyless = Producer.from_settings(dataclasses.replace(fleet.settings, passphrase=None))
+
+    # When the VM is backed up
+    status = keyless.wait(keyless.submit(vm.vmid, vm.drives, repository=repo.path), 90)
+
+    # Then the workers refuse, saying why; nothing is published, no chunk is written in clear
+    assert status.status == "error"
+    assert "says it is not encrypted but a passphrase is configured" in status.errmsg
+    assert Repository.open(repo.path).snapshots() == []
+    # (the keyless producer made the empty staging directory; no worker wrote into it)
+    assert not any(p.is_file() for p in (repo.path / "chunks").rglob("*"))
+    assert not any(p.is_file() for p in (repo.path / "staging").rglob("*"))
+    assert keyless.rt.locks.holder(vm.vmid) is None
+    # and the guest's data is still to be copied by the next backup
+    assert [d.dirty for d in status.drives] == [d.size for d in status.drives]
