@@ -12,7 +12,7 @@ from bench.image import MIXES
 from bench.report import render, write
 from bench.run import Options, run
 from bench.tools import BenchError
-from cli.sizes import parse_size
+from txnbackup_cli.sizes import parse_size
 
 QUICK = {"size": "64M", "sparse_size": "1G", "runs": 1, "latency_samples": 3, "vms": 10}
 

@@ -23,7 +23,7 @@ from txnbackup.drive import Drive
 from txnbackup.repository import Repository
 
 TINY = 64 * 1024  # bytes per drive: one chunk
-STARTUP = "import cli.main, tasks.producer"  # what the command loads before it submits
+STARTUP = "import txnbackup_cli.main, tasks.producer"  # what the command loads before it submits
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """The benchmark's fleet: a Redis, one worker process for the node ``bench``, a producer, and
 on demand one worker per node of the multi-node VM.
 
-Built from the demo's service helpers (cli.demo.services): the Redis that answers, else a
+Built from the demo's service helpers (txnbackup_cli.demo.services): the Redis that answers, else a
 private one; keys under a prefix of the benchmark's own, deleted at the end. Each worker is
 the real ``txnbackup worker`` with two pool processes; the ``bench`` worker also loads
 bench.noop, so the bare canvas runs on the same broker and worker as the backups.
@@ -16,7 +16,10 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from cli.demo.services import (
+from tasks.producer import Producer
+from txnbackup.settings import Settings
+from txnbackup.tracker import Tracker
+from txnbackup_cli.demo.services import (
     Worker,
     delete_keys,
     redis_for_demo,
@@ -26,9 +29,6 @@ from cli.demo.services import (
     worker_fleet,
     worker_program,
 )
-from tasks.producer import Producer
-from txnbackup.settings import Settings
-from txnbackup.tracker import Tracker
 
 NODE = "bench"
 NODES = ("bench-a", "bench-b")  # the multi-node VM's nodes, one worker each

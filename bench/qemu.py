@@ -22,12 +22,12 @@ from bench.fleet import NODE, Fleet
 from bench.image import MIXES, Generator, Write
 from bench.measure import PageCache, timed
 from bench.tools import BACKUP_TIMEOUT, POLL, BenchError, run_backup
-from cli.demo.qemu.run import qemu_problem
 from txnbackup.constants import DEFAULT_CHUNK_SIZE
 from txnbackup.drive import Drive
 from txnbackup.qemu.vm import QemuVM
 from txnbackup.repository import Repository
 from txnbackup.status import BackupStatus
+from txnbackup_cli.demo.qemu.run import qemu_problem
 
 Say = Callable[[str], None]
 FILE_VMID, QEMU_VMID = "400", "401"

@@ -18,11 +18,11 @@ from pathlib import Path
 from typing import Protocol
 
 from bench.fleet import BENCH_PASSPHRASE, Fleet
-from cli.demo.services import worker_program
 from txnbackup.drive import Drive
 from txnbackup.keyfile import KdfParams, KeyAccess, KeyMode, NewKey
 from txnbackup.repository import Repository
 from txnbackup.restore import DRIVE_FILE_SUFFIX
+from txnbackup_cli.demo.services import worker_program
 
 BACKUP_TIMEOUT = 3600.0  # seconds a single backup may take before the benchmark gives up
 POLL = 0.005  # seconds between looks at a backup's status (the submit->done resolution)

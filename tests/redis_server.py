@@ -15,7 +15,7 @@ from redis.exceptions import AuthenticationError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.retry import Retry
 
-from cli.demo.services import find_redis_server, free_port, spawn, stop
+from txnbackup_cli.demo.services import find_redis_server, free_port, spawn, stop
 
 READY_TIMEOUT = 10.0  # seconds for the server to accept connections
 

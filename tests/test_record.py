@@ -170,4 +170,4 @@ def test_every_error_rebuilds_from_its_args_with_the_same_message(
     rebuilt = cls(*json.loads(json.dumps(original.args)))
     assert str(rebuilt) == str(original)
     assert "arg0" in str(original)
-    assert 1 <= cls.exit_code <= 10  # the table in README and cli.main
+    assert 1 <= cls.exit_code <= 10  # the table in README and txnbackup_cli.main

@@ -12,9 +12,12 @@ from pathlib import Path
 import pytest
 from redis import Redis
 
-from cli.demo import services
-from cli.demo.scenario import DRIVES
-from cli.demo.services import (
+from tests.conftest import TEST_REDIS_URL
+from txnbackup.bitmap import RedisBitmaps
+from txnbackup.tracker import Tracker
+from txnbackup_cli.demo import services
+from txnbackup_cli.demo.scenario import DRIVES
+from txnbackup_cli.demo.services import (
     DemoServiceError,
     delete_keys,
     find_redis_server,
@@ -23,11 +26,8 @@ from cli.demo.services import (
     redis_answers,
     redis_for_demo,
 )
-from cli.demo.vm import SampleVM, content
-from cli.main import main
-from tests.conftest import TEST_REDIS_URL
-from txnbackup.bitmap import RedisBitmaps
-from txnbackup.tracker import Tracker
+from txnbackup_cli.demo.vm import SampleVM, content
+from txnbackup_cli.main import main
 
 CHUNK = 64 * 1024
 

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from cli.demo.qemu.kit import guest_problem
-from cli.demo.qemu.run import qemu_problem
 from tests.conftest import TEST_REDIS_URL
+from txnbackup_cli.demo.qemu.kit import guest_problem
+from txnbackup_cli.demo.qemu.run import qemu_problem
 
 TXNBACKUP = str(Path(sys.executable).parent / "txnbackup")
 

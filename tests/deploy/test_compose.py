@@ -19,8 +19,8 @@ import click
 import pytest
 from ruamel.yaml import YAML
 
-from cli.main import txnbackup
 from txnbackup.drive import Drive
+from txnbackup_cli.main import txnbackup
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker-compose.yml"

@@ -25,7 +25,6 @@ import pytest
 from redis import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from cli.demo.services import find_redis_server
 from tasks.names import COPY_DRIVE
 from tasks.producer import Producer
 from tasks.queues import node_queue
@@ -39,6 +38,7 @@ from txnbackup.repository import Repository
 from txnbackup.runtime import Runtime
 from txnbackup.settings import Settings
 from txnbackup.tracker import Tracker
+from txnbackup_cli.demo.services import find_redis_server
 
 MIB = 1024 * 1024
 CHUNK = 64 * 1024

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from cli.demo.qemu.guest import GuestVM
-from cli.demo.qemu.kit import guest_problem
 from tests.fleet_plugin import Fleet
 from tests.qemu.qsd import missing_tools
+from txnbackup_cli.demo.qemu.guest import GuestVM
+from txnbackup_cli.demo.qemu.kit import guest_problem
 
 WHY = missing_tools() or guest_problem()
 NODE = "gnode"

@@ -1,7 +1,7 @@
 """A running guest backed up through a real fleet: full, incremental, and every way a backup
 can be stopped, each followed by the next incremental (issue 14).
 
-The guest writes record n to disk A then to disk B, round after round (cli/demo/qemu). A
+The guest writes record n to disk A then to disk B, round after round (txnbackup_cli/demo/qemu). A
 restore of both drives taken at one instant holds, on each, exactly the records written by
 then (``check_disk``: every block, so a restore missing changed chunks fails), and B's last
 record is A's or one behind: the cross-drive consistency a per-drive copy would not have.
@@ -15,8 +15,6 @@ from pathlib import Path
 
 import pytest
 
-from cli.demo.qemu.guest import DISKS, GuestVM
-from cli.demo.qemu.records import check_disk, consistent
 from tests.fleet import wait_for
 from tests.fleet_plugin import Fleet
 from tests.guest.conftest import NODE
@@ -28,6 +26,8 @@ from txnbackup.repository import Repository
 from txnbackup.restore import restore_drive
 from txnbackup.snapshot import SnapshotId
 from txnbackup.status import BackupStatus
+from txnbackup_cli.demo.qemu.guest import DISKS, GuestVM
+from txnbackup_cli.demo.qemu.records import check_disk, consistent
 
 CS = 64 * 1024
 VMID = "201"

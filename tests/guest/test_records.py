@@ -9,9 +9,16 @@ from pathlib import Path
 
 import pytest
 
-from cli.demo.qemu.initramfs import INIT, build_initramfs
-from cli.demo.qemu.kit import find_kit
-from cli.demo.qemu.records import RECORD, DiskMismatch, check_disk, consistent, record, slot
+from txnbackup_cli.demo.qemu.initramfs import INIT, build_initramfs
+from txnbackup_cli.demo.qemu.kit import find_kit
+from txnbackup_cli.demo.qemu.records import (
+    RECORD,
+    DiskMismatch,
+    check_disk,
+    consistent,
+    record,
+    slot,
+)
 
 SLOTS = 8
 

@@ -6,9 +6,9 @@ import dataclasses
 import json
 import re
 
-from cli.main import txnbackup
 from tests.operators.fleet import REPO_ROOT
 from txnbackup.status import BackupStatus, DriveStatus
+from txnbackup_cli.main import txnbackup
 
 DOC = (REPO_ROOT / "docs" / "json.md").read_text()
 

@@ -17,9 +17,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from cli.demo.qemu.initramfs import FIRST_RECORD, build_initramfs
-from cli.demo.qemu.kit import Accel, Kit, choose_accel, find_kit
 from txnbackup.qemu.qmp import QmpClient
+from txnbackup_cli.demo.qemu.initramfs import FIRST_RECORD, build_initramfs
+from txnbackup_cli.demo.qemu.kit import Accel, Kit, choose_accel, find_kit
 
 MIB = 1024 * 1024
 DISKS = {"virtio0": "disk-a", "virtio1": "disk-b"}  # drive name (its device id) -> node

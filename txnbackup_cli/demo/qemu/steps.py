@@ -7,16 +7,16 @@ from collections.abc import Callable
 
 from rich.table import Table
 
-from cli.demo.faults import STOP_WITHIN, copying
-from cli.demo.qemu.records import DiskMismatch, check_disk, consistent
-from cli.demo.qemu.scenario import QemuScenario
-from cli.sizes import format_size
 from txnbackup.qemu.naming import bitmap_name
 from txnbackup.repository import Repository
 from txnbackup.restore import restore_drive
 from txnbackup.snapshot import SnapshotId
 from txnbackup.status import BackupStatus
 from txnbackup.verify import verify_snapshot
+from txnbackup_cli.demo.faults import STOP_WITHIN, copying
+from txnbackup_cli.demo.qemu.records import DiskMismatch, check_disk, consistent
+from txnbackup_cli.demo.qemu.scenario import QemuScenario
+from txnbackup_cli.sizes import format_size
 
 
 def running_vm(s: QemuScenario) -> None:

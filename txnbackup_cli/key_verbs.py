@@ -14,12 +14,12 @@ from pathlib import Path
 
 import click
 
-from cli.options import ask_passphrase, repo_option
 from txnbackup.errors import InvalidInput
 from txnbackup.keyfile import KeyAccess
 from txnbackup.keyops import change_passphrase, export_key, import_key
 from txnbackup.repository import Repository
 from txnbackup.settings import Settings
+from txnbackup_cli.options import ask_passphrase, repo_option
 
 
 @click.group()

@@ -10,10 +10,10 @@ from __future__ import annotations
 import random
 import time
 
-from cli.demo.scenario import Scenario
-from cli.demo.vm import content
-from cli.sizes import format_size
 from txnbackup.status import BackupStatus
+from txnbackup_cli.demo.scenario import Scenario
+from txnbackup_cli.demo.vm import content
+from txnbackup_cli.sizes import format_size
 
 STOP_WITHIN = 10.0  # seconds from the revoke to the end of the whole backup (about 1 s is usual)
 

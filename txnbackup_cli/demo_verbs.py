@@ -6,11 +6,11 @@ from pathlib import Path
 
 import click
 
-from cli.demo.run import DemoOptions, run_demo
-from cli.sizes import size_option_value
 from txnbackup.errors import InvalidInput
 from txnbackup.repository import check_chunk_size
 from txnbackup.settings import Settings
+from txnbackup_cli.demo.run import DemoOptions, run_demo
+from txnbackup_cli.sizes import size_option_value
 
 MIN_CHUNKS = 8  # the steps write at eight different places of a drive
 

@@ -24,8 +24,8 @@ from rich.progress import (
 )
 from rich.text import Text
 
-from cli.sizes import format_size
 from txnbackup.status import BackupStatus, DriveStatus
+from txnbackup_cli.sizes import format_size
 
 MARK = {
     "pending": "[dim]  {}[/]",

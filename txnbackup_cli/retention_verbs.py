@@ -7,8 +7,6 @@ from typing import Any
 
 import click
 
-from cli.options import json_option, open_repository, repo_option
-from cli.output import print_json, print_table, warn
 from txnbackup.latest import resolve
 from txnbackup.names import check_vmid
 from txnbackup.protection import protect as protect_snapshot
@@ -16,6 +14,8 @@ from txnbackup.protection import unprotect as unprotect_snapshot
 from txnbackup.prune import Outcome, Pruner, PruneReport
 from txnbackup.retention import KeepPolicy, Rule
 from txnbackup.settings import Settings
+from txnbackup_cli.options import json_option, open_repository, repo_option
+from txnbackup_cli.output import print_json, print_table, warn
 
 dry_run_option = click.option(
     "--dry-run", is_flag=True, help="Only print what would be kept and removed."

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import click
 
-from cli.sizes import size_option_value
 from txnbackup.names import check_drive_name, check_vmid
 from txnbackup.settings import Settings
 from txnbackup.tracker import Tracker
+from txnbackup_cli.sizes import size_option_value
 
 
 # ignore_unknown_options lets "-4K" reach the size check (and its clear message) instead of

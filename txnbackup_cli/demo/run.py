@@ -21,23 +21,23 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
 
-from cli import fleet
-from cli.demo.narration import Narrator, StepResult
-from cli.demo.scenario import NODES, VMID, Scenario
-from cli.demo.services import (
+from txnbackup.errors import InvalidInput
+from txnbackup.redisconn import redacted
+from txnbackup.repository import Repository
+from txnbackup.settings import Settings
+from txnbackup.tracker import Tracker
+from txnbackup_cli import fleet
+from txnbackup_cli.demo.narration import Narrator, StepResult
+from txnbackup_cli.demo.scenario import NODES, VMID, Scenario
+from txnbackup_cli.demo.services import (
     DemoServiceError,
     RedisChoice,
     delete_keys,
     redis_for_demo,
     worker_fleet,
 )
-from cli.demo.steps import STEPS
-from cli.demo.vm import SampleVM
-from txnbackup.errors import InvalidInput
-from txnbackup.redisconn import redacted
-from txnbackup.repository import Repository
-from txnbackup.settings import Settings
-from txnbackup.tracker import Tracker
+from txnbackup_cli.demo.steps import STEPS
+from txnbackup_cli.demo.vm import SampleVM
 
 if TYPE_CHECKING:
     from tasks.producer import Producer
@@ -114,9 +114,9 @@ def run_qemu(
     prefix: str,
 ) -> list[StepResult]:
     """The --qemu scenario: a running VM on one node, its worker allowed only its sockets."""
-    from cli.demo.qemu.run import running_vm  # noqa: PLC0415
-    from cli.demo.qemu.scenario import NODE, QemuScenario  # noqa: PLC0415
-    from cli.demo.qemu.steps import STEPS as QEMU_STEPS  # noqa: PLC0415
+    from txnbackup_cli.demo.qemu.run import running_vm  # noqa: PLC0415
+    from txnbackup_cli.demo.qemu.scenario import NODE, QemuScenario  # noqa: PLC0415
+    from txnbackup_cli.demo.qemu.steps import STEPS as QEMU_STEPS  # noqa: PLC0415
 
     vm = stack.enter_context(
         running_vm(workdir, options.drive_size, narrator, daemon=options.qemu_daemon)

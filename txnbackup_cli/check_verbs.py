@@ -7,11 +7,11 @@ from typing import Any
 
 import click
 
-from cli.options import json_option, open_repository, repo_option
-from cli.output import print_json, print_table
 from txnbackup.check import ALL, CheckReport, Subset, check_repository
 from txnbackup.errors import CheckFailed, InvalidInput
 from txnbackup.settings import Settings
+from txnbackup_cli.options import json_option, open_repository, repo_option
+from txnbackup_cli.output import print_json, print_table
 
 
 @click.command()

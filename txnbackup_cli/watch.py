@@ -1,6 +1,6 @@
 """Following a backup to its end: ``txnbackup watch UUID`` and ``txnbackup backup --wait``.
 
-People get one live bar per drive (cli.progress_view), then the status table; without a
+People get one live bar per drive (txnbackup_cli.progress_view), then the status table; without a
 terminal each change of a drive's state is a line instead of bars; ``--json`` prints only
 the final status (the shape of ``status --json``). Ctrl-C asks whether to cancel the backup
 or just stop watching it; anything but an explicit ``cancel`` (Enter, end of input, a second
@@ -20,15 +20,15 @@ from typing import TYPE_CHECKING, Any, Protocol
 import click
 from rich.console import Console
 
-from cli import fleet
-from cli.errors import EXIT_INTERRUPTED
-from cli.options import json_option
-from cli.output import print_json, print_renderable
-from cli.progress_view import DriveBars, StateLines
-from cli.status_view import status_table
 from txnbackup.errors import Cancelled, TxnBackupError
 from txnbackup.settings import Settings
 from txnbackup.status import BackupStatus, DriveStatus
+from txnbackup_cli import fleet
+from txnbackup_cli.errors import EXIT_INTERRUPTED
+from txnbackup_cli.options import json_option
+from txnbackup_cli.output import print_json, print_renderable
+from txnbackup_cli.progress_view import DriveBars, StateLines
+from txnbackup_cli.status_view import status_table
 
 if TYPE_CHECKING:
     from tasks.producer import Producer

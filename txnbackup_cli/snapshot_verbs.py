@@ -7,9 +7,6 @@ from typing import Any
 
 import click
 
-from cli.options import json_option, open_repository, repo_option
-from cli.output import print_json, print_table
-from cli.sizes import format_size
 from txnbackup.blob import read_blob
 from txnbackup.latest import resolve
 from txnbackup.manifest import Manifest
@@ -18,6 +15,9 @@ from txnbackup.repository import Repository
 from txnbackup.settings import Settings
 from txnbackup.snapshot import SnapshotId
 from txnbackup.verify import failed_verification
+from txnbackup_cli.options import json_option, open_repository, repo_option
+from txnbackup_cli.output import print_json, print_table
+from txnbackup_cli.sizes import format_size
 
 
 @click.command()

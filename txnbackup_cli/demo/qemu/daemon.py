@@ -12,8 +12,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from cli.demo.qemu.records import RECORD, record, slot
 from txnbackup.qemu.qmp import QmpClient
+from txnbackup_cli.demo.qemu.records import RECORD, record, slot
 
 MIB = 1024 * 1024
 NODES = ("disk-a", "disk-b")

@@ -6,15 +6,15 @@ from collections.abc import Callable
 
 from rich.table import Table
 
-from cli.demo.faults import failing_backup, revoked_backup
-from cli.demo.narration import sizes
-from cli.demo.scenario import DRIVES, VMID, Scenario, drive
-from cli.demo.vm import content, same_content, vm_config
-from cli.sizes import format_size
 from txnbackup.repository import Repository
 from txnbackup.restore import restore_drive
 from txnbackup.snapshot import SnapshotId
 from txnbackup.verify import verify_snapshot
+from txnbackup_cli.demo.faults import failing_backup, revoked_backup
+from txnbackup_cli.demo.narration import sizes
+from txnbackup_cli.demo.scenario import DRIVES, VMID, Scenario, drive
+from txnbackup_cli.demo.vm import content, same_content, vm_config
+from txnbackup_cli.sizes import format_size
 
 
 def sample_vm(s: Scenario) -> None:

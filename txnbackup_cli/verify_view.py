@@ -10,8 +10,8 @@ from typing import Any
 
 import click
 
-from cli.output import print_table
 from txnbackup.verify import Problem, VerifyReport
+from txnbackup_cli.output import print_table
 
 
 def report_json(report: VerifyReport) -> dict[str, Any]:

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import click
 
-from cli.options import json_option, open_repository, repo_option
-from cli.output import print_json
-from cli.sizes import format_size
 from txnbackup.gc import DEFAULT_GRACE, GcReport, collect
 from txnbackup.settings import Settings
+from txnbackup_cli.options import json_option, open_repository, repo_option
+from txnbackup_cli.output import print_json
+from txnbackup_cli.sizes import format_size
 
 
 @click.command()

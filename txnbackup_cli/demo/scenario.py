@@ -14,11 +14,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from cli.demo.narration import Narrator, StatusSink, StepResult
-from cli.demo.vm import DriveSpec, SampleVM
 from txnbackup.errors import TxnBackupError
 from txnbackup.repository import Repository
 from txnbackup.status import BackupStatus, DriveStatus
+from txnbackup_cli.demo.narration import Narrator, StatusSink, StepResult
+from txnbackup_cli.demo.vm import DriveSpec, SampleVM
 
 if TYPE_CHECKING:
     from tasks.producer import Producer

@@ -8,8 +8,8 @@ from rich import box
 from rich.console import Group
 from rich.table import Table
 
-from cli.sizes import format_size
 from txnbackup.status import BackupStatus
+from txnbackup_cli.sizes import format_size
 
 STATUS_STYLE = {"active": "cyan", "done": "green", "error": "red", "cancelled": "yellow"}
 

@@ -14,14 +14,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
-from cli.demo.narration import Narrator, StatusSink, StepResult
-from cli.demo.scenario import BACKUP_TIMEOUT, DemoFailed
 from txnbackup.qemu.bitmaps import Bitmap, node_bitmaps
 from txnbackup.qemu.leftovers import find_leftovers
 from txnbackup.qemu.qmp import QmpClient
 from txnbackup.qemu.vm import QemuVM
 from txnbackup.repository import Repository
 from txnbackup.status import BackupStatus
+from txnbackup_cli.demo.narration import Narrator, StatusSink, StepResult
+from txnbackup_cli.demo.scenario import BACKUP_TIMEOUT, DemoFailed
 
 if TYPE_CHECKING:
     from tasks.producer import Producer

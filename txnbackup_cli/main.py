@@ -2,14 +2,14 @@
 
 Settings are read once, here, from the environment (``Settings.from_env``) and handed to every
 verb as the click context object (``@click.pass_obj``); verbs never read the environment.
-Failures become one line on stderr and an exit code (``cli.errors``).
+Failures become one line on stderr and an exit code (``txnbackup_cli.errors``).
 
-Adding verbs: write a module in ``cli/`` (e.g. ``cli/backup_verbs.py``) holding plain
+Adding verbs: write a module in ``txnbackup_cli/`` (e.g. ``backup_verbs.py``) holding plain
 ``@click.command()`` functions and a ``COMMANDS`` tuple of them, then add the module to
 ``VERB_MODULES`` below. Verbs take ``settings: Settings`` through ``@click.pass_obj``, raise
-``txnbackup.errors`` exceptions for every failure, and reuse ``cli.options`` (``--repo``,
-``--json``), ``cli.output`` and ``cli.sizes``. Import Celery inside the verbs that need it,
-so that the repository verbs stay quick to start.
+``txnbackup.errors`` exceptions for every failure, and reuse ``txnbackup_cli.options``
+(``--repo``, ``--json``), ``txnbackup_cli.output`` and ``txnbackup_cli.sizes``. Celery is
+reached only through ``txnbackup_cli.fleet``, so that the repository verbs stay quick to start.
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ from types import ModuleType
 
 import click
 
-from cli import (
+from txnbackup.settings import Settings
+from txnbackup_cli import (
     backup_verbs,
     check_verbs,
     demo_verbs,
@@ -30,8 +31,7 @@ from cli import (
     snapshot_verbs,
     tracker_verbs,
 )
-from cli.errors import run
-from txnbackup.settings import Settings
+from txnbackup_cli.errors import run
 
 VERB_MODULES: tuple[ModuleType, ...] = (
     repository_verbs,

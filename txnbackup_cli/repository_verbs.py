@@ -8,10 +8,6 @@ from typing import Any
 
 import click
 
-from cli.options import ask_passphrase, json_option, open_repository, repo_option
-from cli.output import print_json, print_table, warn
-from cli.sizes import format_size, size_option_value
-from cli.verify_view import report_json, show_report
 from txnbackup.blob import restore_blob
 from txnbackup.errors import IntegrityError, PassphraseMissing, VerifyFailed
 from txnbackup.keyfile import KeyMode, NewKey
@@ -21,6 +17,10 @@ from txnbackup.repository import Repository, check_chunk_size
 from txnbackup.restore import RestoreResult, restore_all, restore_drive
 from txnbackup.settings import Settings
 from txnbackup.verify import verify_snapshot
+from txnbackup_cli.options import ask_passphrase, json_option, open_repository, repo_option
+from txnbackup_cli.output import print_json, print_table, warn
+from txnbackup_cli.sizes import format_size, size_option_value
+from txnbackup_cli.verify_view import report_json, show_report
 
 
 @click.command()

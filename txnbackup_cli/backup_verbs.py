@@ -23,19 +23,19 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from cli import fleet
-from cli.options import json_option, repo_option
-from cli.output import print_json, print_renderable, print_table
-from cli.sizes import size_option_value
-from cli.status_view import backups_rows, status_table
-from cli.verify_view import report_json, show_report
-from cli.watch import follow_and_show, warn_unserved, watch
 from txnbackup.drive import Drive
 from txnbackup.errors import ConflictError, InvalidInput, VerifyFailed
 from txnbackup.names import check_node
 from txnbackup.qemu.vm import QemuVM
 from txnbackup.settings import Settings, drive_roots
 from txnbackup.status import BackupStatus
+from txnbackup_cli import fleet
+from txnbackup_cli.options import json_option, repo_option
+from txnbackup_cli.output import print_json, print_renderable, print_table
+from txnbackup_cli.sizes import size_option_value
+from txnbackup_cli.status_view import backups_rows, status_table
+from txnbackup_cli.verify_view import report_json, show_report
+from txnbackup_cli.watch import follow_and_show, warn_unserved, watch
 from workers.reaper import Reaper
 
 if TYPE_CHECKING:

@@ -10,10 +10,10 @@ from rich import box
 from rich.console import Console, RenderableType
 from rich.table import Table
 
-from cli.progress_view import DriveBars, StateLines
-from cli.sizes import format_size
-from cli.status_view import status_table
 from txnbackup.status import BackupStatus
+from txnbackup_cli.progress_view import DriveBars, StateLines
+from txnbackup_cli.sizes import format_size
+from txnbackup_cli.status_view import status_table
 
 PIPE_WIDTH = 110  # columns when stdout is not a terminal (CI logs)
 

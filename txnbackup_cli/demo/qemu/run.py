@@ -8,13 +8,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from cli.demo.narration import Narrator
-from cli.demo.qemu.daemon import DaemonVM
-from cli.demo.qemu.guest import GuestVM
-from cli.demo.qemu.kit import guest_problem
-from cli.demo.qemu.records import RECORD
-from cli.demo.services import DemoServiceError
 from txnbackup.qemu.nbd_drive import nbd_available
+from txnbackup_cli.demo.narration import Narrator
+from txnbackup_cli.demo.qemu.daemon import DaemonVM
+from txnbackup_cli.demo.qemu.guest import GuestVM
+from txnbackup_cli.demo.qemu.kit import guest_problem
+from txnbackup_cli.demo.qemu.records import RECORD
+from txnbackup_cli.demo.services import DemoServiceError
 
 SOCKET_ROOM = 90  # a unix socket path must stay under 108 bytes
 

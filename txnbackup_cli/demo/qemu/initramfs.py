@@ -13,8 +13,8 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-from cli.demo.qemu.kit import Kit
-from cli.demo.qemu.records import DIGITS, MAGIC, RECORD
+from txnbackup_cli.demo.qemu.kit import Kit
+from txnbackup_cli.demo.qemu.records import DIGITS, MAGIC, RECORD
 
 FIRST_RECORD = "txnbackup-guest: first record written"
 NO_DISKS = "txnbackup-guest: no disks"
