@@ -23,8 +23,7 @@ from txnbackup.errors import Cancelled
 from txnbackup.failpoints import failpoint
 from txnbackup.lease import Heartbeat, LeaseRole
 from txnbackup.manifest import DriveEntry
-from txnbackup.record import BackupRecord, DriveMark, DriveState
-from txnbackup.record_store import RecordStore
+from txnbackup.record import BackupRecord, DriveMark, DriveState, Records
 from txnbackup.runtime import Runtime
 from txnbackup.stats import DriveStats
 from txnbackup.transaction import BackupPlan
@@ -75,7 +74,7 @@ class Progress:
     """Publishes a drive's counters (the engine throttles the calls) to its record and to
     its watchers; a report after the backup ended changes nothing."""
 
-    def __init__(self, records: RecordStore, plan: BackupPlan, drive: str, ctx: StepContext):
+    def __init__(self, records: Records, plan: BackupPlan, drive: str, ctx: StepContext):
         d = plan.drive(drive)
         self.records = records
         self.plan = plan

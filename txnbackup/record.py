@@ -7,17 +7,20 @@ Phases (docs/design.md has the diagram)::
     committing -> rolling_back            (commit task only, before the snapshot rename)
 
 The Redis side (the scripts that change a phase, a drive's reports) is
-``txnbackup.record_store``; the VM lock, the leases, the cancel flag and the lists of backups
-live beside it in ``vmlock``, ``lease``, ``cancel`` and ``catalog``.
+``txnbackup.record_store``, the same rules in memory ``txnbackup.memory_records``: both are
+the ``Records`` the domain (``ending``, ``drive_step``) works with. The VM lock, the leases,
+the cancel flag and the lists of backups live beside it in ``vmlock``, ``lease``, ``cancel``
+and ``catalog``.
 """
 
 from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Protocol
 
 from txnbackup.stats import DriveStats
 from txnbackup.transaction import BackupPlan
@@ -209,3 +212,63 @@ class DriveMark(StrEnum):
 def drive_json(state: DriveState, stats: DriveStats, worker: str = "") -> str:
     # "state" first: the finishing script rewrites it in place (txnbackup.record_store).
     return json.dumps({"state": state, "worker": worker, **stats.to_dict()})
+
+
+@dataclass(frozen=True)
+class Claim:
+    won: bool
+    previous: Phase | None
+    record: BackupRecord | None = None  # as the claim left it, when won (no second read)
+
+
+class Records(Protocol):
+    """What the domain does with backup records; each method is one atomic step.
+
+    The rules every implementation keeps: a claim moves the phase only from one of ``frm``
+    (and, ``unless_cancelled``, only while no cancel is recorded), so one of commit,
+    rollback and abandon wins; ``finish`` ends the backup once and every drive with it
+    (pending -> skipped, running -> failed on an error, cancelled otherwise); a drive report
+    after the end changes nothing; the first error recorded is kept.
+    """
+
+    def load(self, backup: str) -> BackupRecord: ...
+
+    def phase(self, backup: str) -> Phase | None: ...
+
+    def claim(
+        self,
+        backup: str,
+        to: Phase,
+        *,
+        frm: Iterable[Phase],
+        unless_cancelled: bool = False,
+        count: Field | None = None,
+    ) -> Claim: ...
+
+    def finish(
+        self,
+        record: BackupRecord,
+        final: Phase,
+        cancel_reason: str = "",
+        *,
+        snapshot: str = "",
+        count: Field | None = None,
+    ) -> bool: ...
+
+    def record_error(self, backup: str, message: str) -> bool: ...
+
+    def note_commit_failure(self, backup: str, message: str) -> None: ...
+
+    def count(self, backup: str, name: Field) -> int: ...
+
+    def report_drive(
+        self,
+        backup: str,
+        drive: str,
+        state: DriveState,
+        stats: DriveStats,
+        worker: str = "",
+        *,
+        mark: DriveMark = DriveMark.KEEP,
+        task_id: str = "",
+    ) -> bool: ...

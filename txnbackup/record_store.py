@@ -13,7 +13,6 @@ import base64
 import json
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any, cast
 
 from redis import Redis
@@ -25,6 +24,7 @@ from txnbackup.record import (
     DRIVE_FIELD,
     SEALED,
     BackupRecord,
+    Claim,
     DriveMark,
     DriveState,
     Field,
@@ -105,15 +105,8 @@ return 1
 """
 
 
-@dataclass(frozen=True)
-class Claim:
-    won: bool
-    previous: Phase | None
-    record: BackupRecord | None = None  # as the claim left it, when won (no second read)
-
-
 class RecordStore:
-    """The records of backups (``backup:<uuid>``) under one key prefix."""
+    """The records of backups (``backup:<uuid>``) under one key prefix; a ``Records``."""
 
     def __init__(self, redis: Redis, keys: Keys, ttl: int, secret: bytes | None = None) -> None:
         self.redis = redis
