@@ -18,7 +18,14 @@ from tasks.names import ROLLBACK
 from tasks.queues import finishing_queue, node_queue
 from txnbackup import transaction
 from txnbackup.drive import Drive, drive_size
-from txnbackup.errors import ConflictError, InvalidInput, NotFound, ServiceUnavailable
+from txnbackup.errors import (
+    ConflictError,
+    EndNotConfirmed,
+    IntegrityError,
+    InvalidInput,
+    NotFound,
+    ServiceUnavailable,
+)
 from txnbackup.names import (
     check_backup_id,
     check_blob_name,
@@ -184,6 +191,20 @@ class Producer:
             raise InvalidInput(f"backup {backup} names {snapshot}, not a snapshot of its VM")
         return verify_snapshot(self._repository(repository), snapshot)
 
+    def confirm(self, status: BackupStatus) -> None:
+        """A ``done`` read from Redis is believed only once the repository agrees: the snapshot
+        it names is there, of this VM and written by this backup. The phase is a live field
+        anyone able to write Redis could set (docs/security.md); the manifest is not."""
+        record = self.rt.records.load(check_backup_id(status.uuid))
+        try:
+            snapshot = SnapshotId.parse(status.snapshot)
+            manifest = self._repository(Path(record.repository)).manifest(snapshot)
+        except (InvalidInput, NotFound, IntegrityError) as exc:
+            raise EndNotConfirmed(status.uuid, status.snapshot or "(none)", str(exc)) from None
+        if (manifest.backup, manifest.vmid) != (status.uuid, status.vmid):
+            found = f"that snapshot is backup {manifest.backup} of VM {manifest.vmid}"
+            raise EndNotConfirmed(status.uuid, status.snapshot, found)
+
     def status(self, backup: str) -> BackupStatus:
         return from_record(self.rt.records.load(check_backup_id(backup)))
 
@@ -228,6 +249,8 @@ class Producer:
                 if on_update:
                     on_update(status)
                 if not status.active:
+                    if status.status == "done":
+                        self.confirm(status)
                     return status
                 left = interval if deadline is None else deadline - time.monotonic()
                 if left <= 0:

@@ -83,6 +83,10 @@ class VerifyFailed(IntegrityError):
     """snapshot {} failed verification: {} bad chunk(s)"""
 
 
+class EndNotConfirmed(IntegrityError):
+    """backup {}: the record says done, snapshot {}, but the repository disagrees: {}"""
+
+
 class CheckFailed(IntegrityError):
     """repository check found {} problem(s)"""
 

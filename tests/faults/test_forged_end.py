@@ -7,6 +7,7 @@ report the record's status, so a forged "done" cannot make a running backup look
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from collections.abc import Iterator
 
@@ -16,6 +17,8 @@ from redis import Redis
 from tasks.producer import Producer
 from tests.conftest import TEST_REDIS_URL
 from tests.fleet import SampleVM
+from txnbackup.errors import EndNotConfirmed
+from txnbackup.record import Field, Phase
 from txnbackup.repository import Repository
 
 UNSERVED = "nobody-serves-this-node"  # a node queue no worker consumes: the drive waits
@@ -55,5 +58,28 @@ def test_a_forged_end_message_does_not_end_a_wait(
     # Then the wait reports the record, not the messages: still active, no snapshot
     assert (status.status, status.active, status.snapshot) == ("active", True, "")
     # And the real end, when it comes, ends the wait with the record's status
+    producer.cancel(backup, "test is over")
+    assert producer.wait(backup, timeout=60).status == "cancelled"
+
+
+@pytest.mark.parametrize("snapshot", ["missing", "another-backup's"])
+def test_a_forged_done_in_the_record_is_not_believed_by_the_waiter(
+    producer: Producer, vm: SampleVM, pipeline_repo: Repository, forger: Redis, snapshot: str
+) -> None:
+    # Given a published snapshot of this VM (another backup's) and a backup that cannot end
+    vm.add_drive("scsi0", 256 * 1024, seed=2)
+    first = producer.submit(vm.vmid, vm.drives, repository=pipeline_repo.path)
+    published = producer.wait(first, timeout=60).snapshot
+    waiting = [dataclasses.replace(d, node=UNSERVED) for d in vm.drives]
+    backup = producer.submit(vm.vmid, waiting, repository=pipeline_repo.path)
+    # When someone able to write Redis sets the running backup's record to done
+    head, time = published.rsplit("/", 1)
+    name = published if snapshot != "missing" else f"{head}/1999{time[4:]}"  # no such snapshot
+    record = producer.rt.records.keys.backup(backup)
+    forger.hset(record, mapping={Field.PHASE: Phase.DONE, Field.SNAPSHOT: name})
+    # Then the waiter refuses to call it done: the repository does not show this backup
+    with pytest.raises(EndNotConfirmed, match=f"backup {backup}: the record says done"):
+        producer.wait(backup, timeout=30)
+    forger.hset(record, mapping={Field.PHASE: Phase.RUNNING, Field.SNAPSHOT: ""})
     producer.cancel(backup, "test is over")
     assert producer.wait(backup, timeout=60).status == "cancelled"
