@@ -320,6 +320,8 @@ def _qemu(q: object) -> list[str]:
         return []
     if "skipped" in q:
         return [f"QEMU row skipped: {q['skipped']}"]
+    if "failed" in q:
+        return [f"QEMU row FAILED: {q['failed']}"]
     ratio = _qemu_ratio(q)
     lines = [
         f"QEMU drive ({q['size'] / MIB:.0f} MiB qcow2, qemu-storage-daemon, NBD): full "

@@ -210,7 +210,12 @@ def _run_in(workdir: Path, options: Options, results: Results, say: Say) -> None
             cli_overhead = measure_cli_overhead(fleet, workdir, options.latency_samples)
             results.extra["cli_overhead"] = cli_overhead.to_dict()
         say("QEMU: a running VM's qcow2 drive read over NBD, next to the same image as a file")
-        results.extra["qemu"] = measure_qemu(fleet, workdir, options.size, options.seed, cache, say)
+        try:
+            qemu = measure_qemu(fleet, workdir, options.size, options.seed, cache, say)
+        except BenchError as exc:  # one failed row must not cost the whole table
+            say(f"QEMU row failed: {exc}")
+            qemu = {"failed": str(exc)}
+        results.extra["qemu"] = qemu
         _orchestration(fleet, workdir, options, results, say, cache, rss)
         results.conditions["redis"] = "private redis-server" if fleet.private_redis else "shared"
     results.conditions["load_after"] = load_average()
