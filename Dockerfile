@@ -7,7 +7,7 @@ COPY pyproject.toml README.md ./
 COPY txnbackup ./txnbackup
 COPY tasks ./tasks
 COPY workers ./workers
-COPY cli ./cli
+COPY txnbackup_cli ./txnbackup_cli
 RUN pip install --no-cache-dir --no-compile --prefix=/install ".[flower]"
 
 FROM python:3.11-slim
