@@ -38,8 +38,8 @@ def resize_offline(qsd: Qsd, drive: str, *sizes: int) -> None:
 
 @pytest.mark.skip(
     reason="known gap (issue 13, docs/qemu.md): a drive shrunk and grown back keeps a usable "
-    "bitmap; as a strict xfail it crashed pytest's report in CI (INTERNALERROR), so it runs "
-    "only by hand: pytest tests/qemu/test_resize.py -p no:skip is not enough, drop this mark"
+    "bitmap; as a strict xfail it crashed pytest's report in CI (INTERNALERROR); to reproduce "
+    "the gap, remove this mark and run the file"
 )
 def test_a_drive_shrunk_and_grown_back_is_not_restored_from_stale_base_data(
     qsd: Qsd, tmp_path: Path
