@@ -34,9 +34,10 @@ from txnbackup.action import BitmapAction
 from txnbackup.chunkstore import ChunkBackend
 from txnbackup.compression import LevelChooser
 from txnbackup.constants import ZERO_DIGEST
+from txnbackup.crosscheck import check_base
 from txnbackup.crypto import Codec, index_identity
 from txnbackup.drive import DriveReader
-from txnbackup.errors import Cancelled, IntegrityError
+from txnbackup.errors import Cancelled, CorruptChunk, IntegrityError
 from txnbackup.geometry import chunk_count, extent
 from txnbackup.index import IndexReader, IndexWriter
 from txnbackup.manifest import DriveEntry
@@ -233,6 +234,8 @@ def copy_drive(
     """
     repo = staging.repo
     size, cs = reader.size, repo.chunk_size
+    if incremental is not None:
+        job, incremental = _believe(job, reader, incremental, repo.chunks, cs)
     tally = _Tally(size, incremental.dirty_bytes if incremental else size, progress)
 
     def check() -> None:
@@ -283,6 +286,33 @@ def copy_drive(
     )
     staging.record_drive(entry)
     return entry
+
+
+def _believe(
+    job: CopyJob, reader: DriveReader, incremental: Incremental, store: ChunkBackend, cs: int
+) -> tuple[CopyJob, Incremental | None]:
+    """The copy as asked, or a full read (``invalid``) when the drive shows the bitmap lost
+    changes (txnbackup.crosscheck)."""
+
+    def fetch(digest: bytes) -> bytes | None:
+        try:
+            return store.get(digest.hex())
+        except CorruptChunk:
+            return None
+
+    incremental = dataclasses.replace(incremental, bits=list(incremental.bits))
+    with IndexReader(incremental.base_index, store.codec, incremental.base_identity) as base:
+        lost = check_base(reader, incremental.bits, base, cs, fetch)
+    if lost is None:
+        return job, incremental
+    log.warning(
+        "vm %s backup %s drive %s: bitmap invalid: %s; full read",
+        job.vmid,
+        job.backup,
+        job.drive,
+        lost,
+    )
+    return dataclasses.replace(job, action=BitmapAction.INVALID), None
 
 
 def _plan(

@@ -1,10 +1,10 @@
 """A QEMU drive resized between two backups.
 
 A size change makes QEMU's bitmap unusable (``invalid``: a full read). A drive shrunk and
-grown back to the size of its base snapshot is not caught: QEMU drops the bits of the cut
-region and the regrown region starts clean, so the next incremental takes that region from
-the base, where the drive now reads zeros. docs/qemu.md tells operators to back up with
-``--full`` after shrinking a drive; this test keeps the gap in sight until it is closed.
+grown back to the size of its base snapshot keeps a bitmap of the right size: QEMU drops the
+bits of the cut region and the regrown region starts clean. The copy engine sees that the
+drive reads zeros in whole chunks the bitmap calls unchanged while the base holds data there
+(txnbackup.crosscheck), and reads the drive in full instead of restoring stale base data.
 """
 
 from __future__ import annotations
@@ -36,11 +36,6 @@ def resize_offline(qsd: Qsd, drive: str, *sizes: int) -> None:
     qsd.start()
 
 
-@pytest.mark.skip(
-    reason="known gap (issue 13, docs/qemu.md): a drive shrunk and grown back keeps a usable "
-    "bitmap; as a strict xfail it crashed pytest's report in CI (INTERNALERROR); to reproduce "
-    "the gap, remove this mark and run the file"
-)
 def test_a_drive_shrunk_and_grown_back_is_not_restored_from_stale_base_data(
     qsd: Qsd, tmp_path: Path
 ) -> None:
@@ -52,16 +47,22 @@ def test_a_drive_shrunk_and_grown_back_is_not_restored_from_stale_base_data(
         full, _, _, _ = back_up(qsd, guest, repo, "2026-01-01T00:00:00Z", None)
     finally:
         guest.close()
-    # And drive0 then cut to half its size and grown back: its second half reads zeros now
-    resize_offline(qsd, "drive0", qsd.size // 2, qsd.size)
+    # And drive0 then cut and grown back: it reads zeros from the cut on
+    cut = qsd.size // 2
+    resize_offline(qsd, "drive0", cut, qsd.size)
 
     # When the next backup runs (the bitmap is used: same size as the base)
     guest = Guest(qsd)
     try:
-        incremental, model, _, _ = back_up(qsd, guest, repo, "2026-01-01T00:01:00Z", full)
+        incremental, model, read, _ = back_up(qsd, guest, repo, "2026-01-01T00:01:00Z", full)
     finally:
         guest.close()
 
-    # Then it restores the drive as it was at the backup, zeros in the regrown half
-    assert model["drive0"][qsd.size // 2 :] == bytes(qsd.size // 2)
+    # Then it restores the drive as it was at the backup, zeros in the regrown part
+    assert model["drive0"][cut:] == bytes(qsd.size - cut)
     assert restored(repo, incremental, "drive0", tmp_path) == model["drive0"]
+    # And only the resized drive was read in full: drive1's bitmap is still believed
+    assert read["drive0"] == qsd.size
+    assert read["drive1"] < qsd.size
+    (drive0,) = (d for d in repo.manifest(incremental).drives if d.name == "drive0")
+    assert drive0.action == "invalid"
