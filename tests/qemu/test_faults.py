@@ -209,3 +209,42 @@ def test_a_dropped_qmp_connection_while_qemu_runs_loses_no_bit(
 def _leftovers(qsd: Qsd) -> bool:
     with qsd.harness() as qmp:
         return bool(find_leftovers(qmp))
+
+
+@pytest.mark.parametrize(
+    "command",
+    ["blockdev-del", "transaction"],
+    ids=["before-the-bitmaps-are-removed", "reply-of-the-bitmap-removal-lost"],
+)
+def test_a_dropped_qmp_connection_during_commit_still_commits(
+    rig: Rig, qsd: Qsd, guest: Guest, tmp_path: Path, command: str
+) -> None:
+    producer = rig.fleet.producer
+    repo = Repository.init(tmp_path / "repo", CS)
+    proxy = QmpProxy(qsd.qmp_path, qsd.dir / "relay.sock")
+    try:
+        vm = QemuVM(proxy.path, NODE, qsd.nbd_socket)
+        guest.fill()
+        full = backup(rig, qsd, repo, proxy.path)
+        guest.write("drive0", 3)
+        # Given a backup past its begin whose commit loses the worker's monitor connection
+        # (after QEMU ran `command`: a teardown step, or the removal of the frozen bitmaps)
+        second = producer.submit("100", EXPLICIT, repository=repo.path, qmp=vm, speed_limit=CS * 8)
+        begun(producer, second)
+        proxy.drop_at(command)
+
+        # Then the commit is tried again and the backup ends done
+        status = producer.wait(second, 60)
+        assert proxy.dropped.is_set()
+        assert status.status == "done", status.errmsg
+        record = producer.rt.records.load(second)
+        assert record.commit_attempts == 2
+        # and QEMU holds only the new bitmap, none of our exports, jobs or nodes
+        assert_nothing_left(qsd)
+        assert our_bitmaps(qsd) == {d: [bitmap_name(second)] for d in DRIVES}
+        assert [str(s) for s in repo.snapshots("100")] == [status.snapshot, full.snapshot]
+        # and the next incremental reads exactly what was written since the second begin
+        guest.write("drive1", 7)
+        assert_next_covers(rig, qsd, guest, repo, [0, CS], tmp_path)
+    finally:
+        proxy.close()
