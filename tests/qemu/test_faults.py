@@ -248,3 +248,36 @@ def test_a_dropped_qmp_connection_during_commit_still_commits(
         assert_next_covers(rig, qsd, guest, repo, [0, CS], tmp_path)
     finally:
         proxy.close()
+
+
+def test_a_monitor_socket_removed_mid_backup_is_not_taken_for_qemu_gone(
+    rig: Rig, qsd: Qsd, guest: Guest, tmp_path: Path
+) -> None:
+    producer = rig.fleet.producer
+    repo = Repository.init(tmp_path / "repo", CS)
+    guest.fill()
+    full = backup(rig, qsd, repo)
+    guest.write("drive0", 3)
+    # Given a backup past its begin, then QEMU's monitor socket file moved away (QEMU keeps
+    # running and serving the backup's NBD socket; nobody can reach its monitor)
+    vm = QemuVM(qsd.qmp_path, NODE, qsd.nbd_socket)
+    # (the copy of the one dirty chunk takes about two seconds: the move is made before it)
+    second = producer.submit("100", EXPLICIT, repository=repo.path, qmp=vm, speed_limit=CS // 2)
+    hidden = Path(qsd.qmp_path).with_suffix(".hidden")
+    begun(producer, second)
+    Path(qsd.qmp_path).rename(hidden)
+    try:
+        # When the commit has failed for it, and the operator then puts the socket back
+        wait_until(lambda: producer.rt.records.load(second).commit_attempts >= 2, "a retry")
+    finally:
+        hidden.rename(qsd.qmp_path)
+
+    # Then the commit was retried until it reached QEMU, instead of ending as if QEMU were
+    # gone and leaving the backup's objects and both bitmaps in it
+    status = producer.wait(second, 60)
+    assert status.status == "done", status.errmsg
+    assert_nothing_left(qsd)
+    assert our_bitmaps(qsd) == {d: [bitmap_name(second)] for d in DRIVES}
+    assert full.snapshot in [str(s) for s in repo.snapshots("100")]
+    guest.write("drive1", 7)
+    assert_next_covers(rig, qsd, guest, repo, [0, CS], tmp_path)

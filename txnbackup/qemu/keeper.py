@@ -3,8 +3,10 @@ of our objects there derives from the backup uuid, so any worker of the VM's nod
 drive's view or end the backup from the plan alone.
 
 Commit and rollback inspect QEMU first (FleeceSession), so repeating them is harmless. When
-QEMU is gone (its monitor refuses us), its bitmaps went with it, or come back marked
-inconsistent: nothing is left to commit or merge, and the next backup reads in full.
+QEMU is gone (its monitor refuses us and nothing listens on the backup's NBD socket), its
+bitmaps went with it, or come back marked inconsistent: nothing is left to commit or merge,
+and the next backup reads in full. A monitor that cannot be reached while QEMU still serves
+the NBD socket (the socket file removed) fails the ending, which is then resumed.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import shutil
+import socket
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
@@ -34,6 +37,7 @@ if TYPE_CHECKING:
     from txnbackup.transaction import BackupPlan, DrivePlan
 
 log = logging.getLogger(__name__)
+PROBE_TIMEOUT = 2.0  # seconds a connect to the NBD socket may take to say QEMU is there
 
 
 def qemu_drive(d: DrivePlan) -> QemuDrive:
@@ -93,6 +97,18 @@ class QemuKeeper:
         self._end(plan, "rollback")
         return True
 
+    def _serving(self, backup: str) -> bool:
+        """Whether a QEMU still listens on the backup's NBD socket (the VM's own, or the one
+        begin started in the backup's run directory)."""
+        path = self.vm.nbd_socket or qemu_dirs.nbd_socket(self.dirs, backup)
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+            probe.settimeout(PROBE_TIMEOUT)
+            try:
+                probe.connect(path)
+            except OSError:
+                return False
+        return True
+
     def _end(self, plan: BackupPlan, ending: str) -> None:
         """Only a monitor that refuses the connection means QEMU is gone. A connection lost
         once made (QEMU ran some of our commands) raises: the ending fails and is resumed
@@ -101,6 +117,12 @@ class QemuKeeper:
         try:
             qmp = QmpClient(self.vm.qmp)
         except QmpUnavailable as exc:
+            if self._serving(plan.backup):
+                # The monitor's socket file is gone or unreachable, QEMU is not: ending now
+                # would leave our objects and both bitmaps in it. Fail, to be resumed.
+                raise QmpUnavailable(
+                    self.vm.qmp, f"{exc.args[1]}, yet QEMU still serves the backup's NBD socket"
+                ) from None
             log.warning(
                 "vm %s backup %s: %s: QEMU is gone (%s); its bitmaps went with it",
                 plan.vmid,
