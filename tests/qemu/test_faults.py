@@ -70,6 +70,25 @@ def resize(qsd: Qsd, guest: Guest, drive: str, size: int) -> None:
     guest.handles[drive].connect_uri(qsd.guest_uri(drive))
 
 
+@pytest.fixture
+def relay(qsd: Qsd) -> Iterator[QmpProxy]:
+    """A relay in front of the test's QEMU monitor that can cut the worker's connection."""
+    proxy = QmpProxy(qsd.qmp_path, qsd.dir / "relay.sock")
+    try:
+        yield proxy
+    finally:
+        proxy.close()
+
+
+def first_full(
+    rig: Rig, qsd: Qsd, guest: Guest, tmp_path: Path, qmp: str | None = None
+) -> tuple[Repository, BackupStatus]:
+    """A new repository holding a full backup of the guest's filled drives."""
+    repo = Repository.init(tmp_path / "repo", CS)
+    guest.fill()
+    return repo, backup(rig, qsd, repo, qmp)
+
+
 def backup(rig: Rig, qsd: Qsd, repo: Repository, qmp: str | None = None) -> BackupStatus:
     producer = rig.fleet.producer
     vm = QemuVM(qmp or qsd.qmp_path, NODE, qsd.nbd_socket)
@@ -155,55 +174,45 @@ DROPS = {
 
 @pytest.mark.parametrize("where", list(DROPS))
 def test_a_dropped_qmp_connection_while_qemu_runs_loses_no_bit(
-    rig: Rig, qsd: Qsd, guest: Guest, tmp_path: Path, where: str
+    rig: Rig, qsd: Qsd, guest: Guest, tmp_path: Path, relay: QmpProxy, where: str
 ) -> None:
     command, error = DROPS[where]
     producer = rig.fleet.producer
-    repo = Repository.init(tmp_path / "repo", CS)
-    proxy = QmpProxy(qsd.qmp_path, qsd.dir / "relay.sock")
-    try:
-        vm = QemuVM(proxy.path, NODE, qsd.nbd_socket)
-        guest.fill()
-        full = backup(rig, qsd, repo, proxy.path)
-        for c in range(0, 64, 2):
-            guest.write("drive0", c)
-        guest.write("drive1", 0)
-        # Given the worker's monitor connection cut right after QEMU ran `command` (in begin's
-        # transaction, or in the rollback after drive0 failed), QEMU still running
-        if command == "transaction":
-            proxy.drop_at(command)
-            failing = producer.submit("100", EXPLICIT, repository=repo.path, qmp=vm)
-        else:
-            failing = producer.submit(
-                "100", EXPLICIT, repository=repo.path, qmp=vm, speed_limit=CS * 4
-            )
-            begun(producer, failing)
-            wait_until(lambda: producer.status(failing).drives[0].transferred > 0, "copying")
-            proxy.drop_at(command)
-            with qsd.harness() as qmp:  # drive0's disk fails under the reader
-                qmp.execute(
-                    "block-export-del", {"id": export_name(failing, "drive0"), "mode": "hard"}
-                )
-        guest.write("drive1", 5)  # during the failing backup
+    vm = QemuVM(relay.path, NODE, qsd.nbd_socket)
+    repo, full = first_full(rig, qsd, guest, tmp_path, relay.path)
+    for c in range(0, 64, 2):
+        guest.write("drive0", c)
+    guest.write("drive1", 0)
+    # Given the worker's monitor connection cut right after QEMU ran `command` (in begin's
+    # transaction, or in the rollback after drive0 failed), QEMU still running
+    if command == "transaction":
+        relay.drop_at(command)
+        failing = producer.submit("100", EXPLICIT, repository=repo.path, qmp=vm)
+    else:
+        failing = producer.submit("100", EXPLICIT, repository=repo.path, qmp=vm, speed_limit=CS * 4)
+        begun(producer, failing)
+        wait_until(lambda: producer.status(failing).drives[0].transferred > 0, "copying")
+        relay.drop_at(command)
+        with qsd.harness() as qmp:  # drive0's disk fails under the reader
+            qmp.execute("block-export-del", {"id": export_name(failing, "drive0"), "mode": "hard"})
+    guest.write("drive1", 5)  # during the failing backup
 
-        # Then the backup ends in error, saying why
-        status = producer.wait(failing, 40)
-        assert proxy.dropped.is_set()
-        assert status.status == "error"
-        assert status.errmsg.startswith(error), status.errmsg
-        raw = producer.rt.records.raw(failing)
-        resumed = "1" if command == "block-export-del" else None  # by the reaper, once
-        assert (raw.get("rollback_runs"), raw.get("rollback_resumed")) == ("1", resumed)
-        # and once a worker reached QMP again, nothing of ours is left in QEMU, the full
-        # backup's bitmap records again holding the frozen bits, nothing was published
-        wait_until(lambda: not _leftovers(qsd), "the rollback to reach QEMU")
-        assert_nothing_left(qsd)
-        assert our_bitmaps(qsd) == {d: [bitmap_name(full.uuid)] for d in DRIVES}
-        assert repo.snapshots("100") == [SnapshotId.parse(full.snapshot)]
-        # and the next incremental reads exactly what was written since the full backup
-        assert_next_covers(rig, qsd, guest, repo, [32 * CS, 2 * CS], tmp_path)
-    finally:
-        proxy.close()
+    # Then the backup ends in error, saying why
+    status = producer.wait(failing, 40)
+    assert relay.dropped.is_set()
+    assert status.status == "error"
+    assert status.errmsg.startswith(error), status.errmsg
+    raw = producer.rt.records.raw(failing)
+    resumed = "1" if command == "block-export-del" else None  # by the reaper, once
+    assert (raw.get("rollback_runs"), raw.get("rollback_resumed")) == ("1", resumed)
+    # and once a worker reached QMP again, nothing of ours is left in QEMU, the full
+    # backup's bitmap records again holding the frozen bits, nothing was published
+    wait_until(lambda: not _leftovers(qsd), "the rollback to reach QEMU")
+    assert_nothing_left(qsd)
+    assert our_bitmaps(qsd) == {d: [bitmap_name(full.uuid)] for d in DRIVES}
+    assert repo.snapshots("100") == [SnapshotId.parse(full.snapshot)]
+    # and the next incremental reads exactly what was written since the full backup
+    assert_next_covers(rig, qsd, guest, repo, [32 * CS, 2 * CS], tmp_path)
 
 
 def _leftovers(qsd: Qsd) -> bool:
@@ -217,46 +226,38 @@ def _leftovers(qsd: Qsd) -> bool:
     ids=["before-the-bitmaps-are-removed", "reply-of-the-bitmap-removal-lost"],
 )
 def test_a_dropped_qmp_connection_during_commit_still_commits(
-    rig: Rig, qsd: Qsd, guest: Guest, tmp_path: Path, command: str
+    rig: Rig, qsd: Qsd, guest: Guest, tmp_path: Path, relay: QmpProxy, command: str
 ) -> None:
     producer = rig.fleet.producer
-    repo = Repository.init(tmp_path / "repo", CS)
-    proxy = QmpProxy(qsd.qmp_path, qsd.dir / "relay.sock")
-    try:
-        vm = QemuVM(proxy.path, NODE, qsd.nbd_socket)
-        guest.fill()
-        full = backup(rig, qsd, repo, proxy.path)
-        guest.write("drive0", 3)
-        # Given a backup past its begin whose commit loses the worker's monitor connection
-        # (after QEMU ran `command`: a teardown step, or the removal of the frozen bitmaps)
-        second = producer.submit("100", EXPLICIT, repository=repo.path, qmp=vm, speed_limit=CS * 8)
-        begun(producer, second)
-        proxy.drop_at(command)
+    vm = QemuVM(relay.path, NODE, qsd.nbd_socket)
+    repo, full = first_full(rig, qsd, guest, tmp_path, relay.path)
+    guest.write("drive0", 3)
+    # Given a backup past its begin whose commit loses the worker's monitor connection
+    # (after QEMU ran `command`: a teardown step, or the removal of the frozen bitmaps)
+    second = producer.submit("100", EXPLICIT, repository=repo.path, qmp=vm, speed_limit=CS * 8)
+    begun(producer, second)
+    relay.drop_at(command)
 
-        # Then the commit is tried again and the backup ends done
-        status = producer.wait(second, 60)
-        assert proxy.dropped.is_set()
-        assert status.status == "done", status.errmsg
-        record = producer.rt.records.load(second)
-        assert record.commit_attempts == 2
-        # and QEMU holds only the new bitmap, none of our exports, jobs or nodes
-        assert_nothing_left(qsd)
-        assert our_bitmaps(qsd) == {d: [bitmap_name(second)] for d in DRIVES}
-        assert [str(s) for s in repo.snapshots("100")] == [status.snapshot, full.snapshot]
-        # and the next incremental reads exactly what was written since the second begin
-        guest.write("drive1", 7)
-        assert_next_covers(rig, qsd, guest, repo, [0, CS], tmp_path)
-    finally:
-        proxy.close()
+    # Then the commit is tried again and the backup ends done
+    status = producer.wait(second, 60)
+    assert relay.dropped.is_set()
+    assert status.status == "done", status.errmsg
+    record = producer.rt.records.load(second)
+    assert record.commit_attempts == 2
+    # and QEMU holds only the new bitmap, none of our exports, jobs or nodes
+    assert_nothing_left(qsd)
+    assert our_bitmaps(qsd) == {d: [bitmap_name(second)] for d in DRIVES}
+    assert [str(s) for s in repo.snapshots("100")] == [status.snapshot, full.snapshot]
+    # and the next incremental reads exactly what was written since the second begin
+    guest.write("drive1", 7)
+    assert_next_covers(rig, qsd, guest, repo, [0, CS], tmp_path)
 
 
 def test_a_monitor_socket_removed_mid_backup_is_not_taken_for_qemu_gone(
     rig: Rig, qsd: Qsd, guest: Guest, tmp_path: Path
 ) -> None:
     producer = rig.fleet.producer
-    repo = Repository.init(tmp_path / "repo", CS)
-    guest.fill()
-    full = backup(rig, qsd, repo)
+    repo, full = first_full(rig, qsd, guest, tmp_path)
     guest.write("drive0", 3)
     # Given a backup past its begin, then QEMU's monitor socket file moved away (QEMU keeps
     # running and serving the backup's NBD socket; nobody can reach its monitor)

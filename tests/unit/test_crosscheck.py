@@ -24,11 +24,6 @@ def disk(tmp_path: Path) -> Image:
     return make_image(tmp_path, "scsi0", mixed_content(SIZE, seed=7, pattern=PATTERN))
 
 
-@pytest.fixture
-def zero_tail(tmp_path: Path) -> Image:
-    return make_image(tmp_path, "scsi0", mixed_content(SIZE, seed=8, pattern="rrtrtrrzzz"))
-
-
 def punch_hole(path: Path, offset: int, length: int) -> None:
     """Deallocate a range, as a discard or a shrink-and-grow does: it reads as zeros after."""
     fd = os.open(path, os.O_RDWR)
@@ -48,14 +43,25 @@ def libc_fallocate(fd: int, mode: int, offset: int, length: int) -> None:
         pytest.skip(f"this filesystem cannot punch holes: {os.strerror(errno)}")
 
 
+LOST = {
+    # what was deallocated without a report: (the drive's chunks, the hole's offset, length)
+    "two-whole-chunks": (PATTERN, 3 * CS, 2 * CS),
+    # the second half of the last chunk with data, as a shrink into it and a grow back leave
+    "inside-the-last-chunk-with-data": ("rrtrtrrzzz", 6 * CS + CS // 2, CS // 2),
+}
+
+
 @KEEPERS
+@pytest.mark.parametrize("lost", list(LOST))
 def test_a_drive_zeroed_behind_the_bitmap_is_read_in_full(
-    tmp_path: Path, repo: Repository, bitmaps: RedisBitmaps, disk: Image
+    tmp_path: Path, repo: Repository, bitmaps: RedisBitmaps, lost: str
 ) -> None:
-    # Given a backed-up drive, then two of its chunks deallocated without a report
+    # Given a backed-up drive, then a range of it deallocated without a report
+    pattern, offset, length = LOST[lost]
+    disk = make_image(tmp_path, "scsi0", mixed_content(SIZE, seed=8, pattern=pattern))
     run_backup(repo, bitmaps, VM, [disk.drive])
-    punch_hole(disk.path, 3 * CS, 2 * CS)
-    assert disk.read()[3 * CS : 5 * CS] == bytes(2 * CS)
+    punch_hole(disk.path, offset, length)
+    assert disk.read()[offset : offset + length] == bytes(length)
 
     # When the next backup runs with the bitmap that says nothing changed
     done = run_backup(repo, bitmaps, VM, [disk.drive])
@@ -66,23 +72,6 @@ def test_a_drive_zeroed_behind_the_bitmap_is_read_in_full(
     assert entry.action == "invalid"
     assert entry.stats.transferred == SIZE
     assert restored(repo, done.snapshot, "scsi0", tmp_path / "r") == disk.read()
-
-
-@KEEPERS
-def test_a_cut_inside_the_last_chunk_with_data_is_read_in_full(
-    tmp_path: Path, repo: Repository, bitmaps: RedisBitmaps, zero_tail: Image
-) -> None:
-    # Given a backed-up drive whose data ends with chunk 6, then the second half of chunk 6
-    # deallocated without a report (what a shrink into it and a grow back leave)
-    run_backup(repo, bitmaps, VM, [zero_tail.drive])
-    punch_hole(zero_tail.path, 6 * CS + CS // 2, CS // 2)
-
-    # When the next backup runs
-    done = run_backup(repo, bitmaps, VM, [zero_tail.drive])
-
-    # Then the drive is read in full and restores as it is now
-    assert done.entries["scsi0"].action == "invalid"
-    assert restored(repo, done.snapshot, "scsi0", tmp_path / "r") == zero_tail.read()
 
 
 @KEEPERS
