@@ -28,7 +28,7 @@ from txnbackup.settings import Settings
 from txnbackup.tracker import Tracker
 from txnbackup_cli import fleet
 from txnbackup_cli.demo.narration import Narrator, StepResult
-from txnbackup_cli.demo.scenario import NODES, VMID, Scenario
+from txnbackup_cli.demo.scenario import NODES, Scenario
 from txnbackup_cli.demo.services import (
     DemoServiceError,
     RedisChoice,
@@ -38,6 +38,7 @@ from txnbackup_cli.demo.services import (
 )
 from txnbackup_cli.demo.steps import STEPS
 from txnbackup_cli.demo.vm import SampleVM
+from txnbackup_cli.demo.walkthrough import VMID
 
 if TYPE_CHECKING:
     from tasks.producer import Producer
@@ -125,7 +126,7 @@ def run_qemu(
     producer = make_producer(env)
     repo = Path(env["TXNBACKUP_REPOSITORY"])
     Repository.init(repo, options.chunk_size)
-    scenario = QemuScenario(narrator, producer, vm, repo, workdir, options.chunk_size)
+    scenario = QemuScenario(narrator, producer, repo, workdir, vm=vm, chunk_size=options.chunk_size)
     if not redis.private:
         stack.callback(forget_keys, narrator, producer, scenario.backups, redis.url, prefix)
     start_workers(stack, (NODE,), env, workdir, producer, narrator)
@@ -191,7 +192,9 @@ def new_scenario(
     vm = SampleVM(VMID, drives, options.chunk_size, tracker)
     repo = Path(env["TXNBACKUP_REPOSITORY"])
     config = workdir / f"{VMID}.conf"
-    return Scenario(narrator, producer, vm, repo, config, workdir, options.drive_size)
+    return Scenario(
+        narrator, producer, repo, workdir, vm=vm, config=config, drive_size=options.drive_size
+    )
 
 
 def forget_keys(

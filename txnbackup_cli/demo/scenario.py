@@ -1,29 +1,18 @@
-"""What every step of the demo shares: the VM, the producer, the repository and the checks.
+"""The sample VM's scenario: its drives are files, its guest writes through the tracker.
 
-A step says what it does, does it through the public APIs (the Producer, the tracker,
-restore, verify) and checks the outcomes a user would care about; the first check that fails
-raises DemoFailed, so the demo is also a smoke test of the whole system.
+What every step of ``txnbackup demo`` shares beyond ``Walkthrough``: the VM, its config
+file and the checks that need to know what the guest wrote.
 """
 
 from __future__ import annotations
 
-import inspect
-import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from txnbackup.errors import TxnBackupError
-from txnbackup.repository import Repository
 from txnbackup.status import BackupStatus, DriveStatus
-from txnbackup_cli.demo.narration import Narrator, StatusSink, StepResult
 from txnbackup_cli.demo.vm import DriveSpec, SampleVM
+from txnbackup_cli.demo.walkthrough import VMID, Walkthrough
 
-if TYPE_CHECKING:
-    from tasks.producer import Producer
-
-VMID = "100"
 NODES = ("node1", "node2")
 DRIVES = (
     DriveSpec("scsi0", "text", "node1", "system disk: OS and logs (text)"),
@@ -31,40 +20,13 @@ DRIVES = (
     DriveSpec("scsi2", "zeros", "node1", "new data disk: all zeros (thin)"),
 )
 CONFIG_NAME = "qemu-server.conf"
-BACKUP_TIMEOUT = 120.0  # seconds any one backup of the demo may take
-
-
-class DemoFailed(TxnBackupError):
-    """demo step {} did not come out as expected: {}"""
 
 
 @dataclass
-class Scenario:
-    narrator: Narrator
-    producer: Producer
+class Scenario(Walkthrough):
     vm: SampleVM
-    repo: Path
     config: Path
-    workdir: Path
     drive_size: int
-    backups: list[str] = field(default_factory=list)
-    snapshots: list[str] = field(default_factory=list)
-    number: int = 0
-
-    def run(self, steps: Sequence[tuple[str, Callable[[Scenario], None]]]) -> list[StepResult]:
-        results = []
-        for self.number, (title, step) in enumerate(steps, start=1):
-            started = time.monotonic()
-            # A step's docstring is what the demo says before doing it.
-            self.narrator.step(self.number, len(steps), title, inspect.getdoc(step) or "")
-            step(self)
-            results.append(StepResult(self.number, title, time.monotonic() - started))
-        return results
-
-    def check(self, ok: bool, what: str, detail: object = "") -> None:
-        if not ok:
-            raise DemoFailed(self.number, f"{what}" + (f" ({detail})" if detail != "" else ""))
-        self.narrator.ok(what)
 
     @property
     def chunks(self) -> int:
@@ -87,18 +49,6 @@ class Scenario:
         self.backups.append(backup)
         self.narrator.say(f"backup {backup} submitted")
         return backup
-
-    def follow(self, backup: str, on_update: StatusSink | None = None) -> BackupStatus:
-        """Progress bars until the backup ends; ``on_update`` sees every status polled."""
-        status = self.narrator.watch(self._wait, backup, on_update or (lambda _: None))
-        self.check(not status.active, "the backup ended", status.status)
-        return status
-
-    def _wait(self, backup: str, sink: StatusSink) -> BackupStatus:
-        return self.producer.wait(backup, timeout=BACKUP_TIMEOUT, interval=0.1, on_update=sink)
-
-    def published(self) -> list[str]:
-        return sorted(str(s) for s in Repository.open(self.repo).snapshots(VMID))
 
     def committed_backup(self, incremental: bool = False) -> BackupStatus:
         """Submit, follow, show and check a backup that must commit.

@@ -12,8 +12,9 @@ from txnbackup.snapshot import SnapshotId
 from txnbackup.verify import verify_snapshot
 from txnbackup_cli.demo.faults import failing_backup, revoked_backup
 from txnbackup_cli.demo.narration import sizes
-from txnbackup_cli.demo.scenario import DRIVES, VMID, Scenario, drive
+from txnbackup_cli.demo.scenario import DRIVES, Scenario, drive
 from txnbackup_cli.demo.vm import content, same_content, vm_config
+from txnbackup_cli.demo.walkthrough import VMID
 from txnbackup_cli.sizes import format_size
 
 

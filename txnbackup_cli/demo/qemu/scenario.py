@@ -7,26 +7,17 @@ numbered records, alternately, while the fleet backs the VM up over QMP and NBD.
 
 from __future__ import annotations
 
-import inspect
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from dataclasses import dataclass
+from typing import Protocol
 
 from txnbackup.qemu.bitmaps import Bitmap, node_bitmaps
 from txnbackup.qemu.leftovers import find_leftovers
 from txnbackup.qemu.qmp import QmpClient
 from txnbackup.qemu.vm import QemuVM
-from txnbackup.repository import Repository
 from txnbackup.status import BackupStatus
-from txnbackup_cli.demo.narration import Narrator, StatusSink, StepResult
-from txnbackup_cli.demo.scenario import BACKUP_TIMEOUT, DemoFailed
+from txnbackup_cli.demo.walkthrough import VMID, DemoFailed, Walkthrough
 
-if TYPE_CHECKING:
-    from tasks.producer import Producer
-
-VMID = "100"
 NODE = "node1"
 
 
@@ -43,31 +34,10 @@ class RunningVM(Protocol):
 
 
 @dataclass
-class QemuScenario:
-    narrator: Narrator
-    producer: Producer
+class QemuScenario(Walkthrough):
     vm: RunningVM
-    repo: Path
-    workdir: Path
     chunk_size: int
-    backups: list[str] = field(default_factory=list)
-    snapshots: list[str] = field(default_factory=list)
-    number: int = 0
     cancelled: BackupStatus | None = None  # the revoked backup, for the step after it
-
-    def run(self, steps: Sequence[tuple[str, Callable[[QemuScenario], None]]]) -> list[StepResult]:
-        results = []
-        for self.number, (title, step) in enumerate(steps, start=1):
-            started = time.monotonic()
-            self.narrator.step(self.number, len(steps), title, inspect.getdoc(step) or "")
-            step(self)
-            results.append(StepResult(self.number, title, time.monotonic() - started))
-        return results
-
-    def check(self, ok: bool, what: str, detail: object = "") -> None:
-        if not ok:
-            raise DemoFailed(self.number, f"{what}" + (f" ({detail})" if detail != "" else ""))
-        self.narrator.ok(what)
 
     def submit(self, speed_limit: int | None = None) -> str:
         vm = QemuVM(self.vm.qmp_path, NODE, self.vm.nbd_socket)
@@ -78,14 +48,6 @@ class QemuScenario:
         self.narrator.say(f"backup {backup} submitted: --qmp {self.vm.qmp_path}@{NODE}")
         return backup
 
-    def follow(self, backup: str, on_update: StatusSink | None = None) -> BackupStatus:
-        status = self.narrator.watch(self._wait, backup, on_update or (lambda _: None))
-        self.check(not status.active, "the backup ended", status.status)
-        return status
-
-    def _wait(self, backup: str, sink: StatusSink) -> BackupStatus:
-        return self.producer.wait(backup, timeout=BACKUP_TIMEOUT, interval=0.1, on_update=sink)
-
     def committed_backup(self) -> BackupStatus:
         status = self.follow(self.submit())
         self.narrator.status(status)
@@ -95,9 +57,6 @@ class QemuScenario:
         self.check(status.snapshot in self.published(), f"snapshot {status.snapshot} published")
         self.nothing_left()
         return status
-
-    def published(self) -> list[str]:
-        return sorted(str(s) for s in Repository.open(self.repo).snapshots(VMID))
 
     def bitmaps(self) -> dict[str, list[Bitmap]]:
         """Our bitmaps per drive, as QEMU lists them."""
