@@ -20,6 +20,7 @@ from typing import Any
 
 from txnbackup.qemu.nbd_drive import nbd_available
 from txnbackup.qemu.qmp import QmpClient
+from txnbackup_cli.demo.qemu.process import create_images, quit_qemu, storage_daemon_args
 
 MIB = 1024 * 1024
 CS = 64 * 1024  # repository chunks and qcow2 clusters alike
@@ -52,10 +53,7 @@ class Qsd:
         self.dir = Path(tempfile.mkdtemp(prefix="txnb-qsd-", dir="/tmp"))
         self.size = size
         self.images = {d: self.dir / f"{d}.qcow2" for d in DRIVES}
-        for image in self.images.values():
-            subprocess.run(
-                ["qemu-img", "create", "-q", "-f", "qcow2", str(image), str(size)], check=True
-            )
+        create_images(self.images.values(), size)
         self.qmp_path = str(self.dir / "qmp.sock")
         self.harness_path = str(self.dir / "harness.sock")
         self.nbd_socket = str(self.dir / "nbd.sock")
@@ -64,20 +62,8 @@ class Qsd:
     def start(self) -> None:
         for sock in (self.qmp_path, self.harness_path, self.nbd_socket):
             Path(sock).unlink(missing_ok=True)
-        args = ["setpriv", "--pdeathsig", "TERM", "qemu-storage-daemon"]
-        # The server before the exports that use it.
-        args += ["--nbd-server", f"addr.type=unix,addr.path={self.nbd_socket}"]
-        for d, image in self.images.items():
-            args += [
-                "--blockdev", f"driver=file,node-name={d}-file,filename={image}",
-                "--blockdev", f"driver=qcow2,node-name={d},file={d}-file",
-                "--export", f"type=nbd,id=guest-{d},node-name={d},name=guest-{d},writable=on",
-            ]  # fmt: skip
-        for name, path in (("qmp0", self.qmp_path), ("qmp1", self.harness_path)):
-            args += [
-                "--chardev", f"socket,id={name},path={path},server=on,wait=off",
-                "--monitor", f"chardev={name}",
-            ]  # fmt: skip
+        monitors = (self.qmp_path, self.harness_path)
+        args = storage_daemon_args(self.nbd_socket, self.images, monitors)
         with open(self.dir / "qsd.log", "ab") as log:
             self.proc = subprocess.Popen(args, stderr=log)
         try:
@@ -98,16 +84,9 @@ class Qsd:
 
     def quit(self) -> None:
         """A clean shutdown: QEMU writes the persistent bitmaps into the images."""
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            try:
-                with self.harness() as qmp:
-                    qmp.execute("quit")
-                self.proc.wait(5)
-            except Exception:
-                self.kill()
-        self.proc = None
+        if self.proc is not None:
+            quit_qemu(self.proc, self.harness_path, timeout=5)
+            self.proc = None
 
     def kill(self) -> None:
         if self.proc is not None:

@@ -7,5 +7,7 @@
 - ``records``: the record format, and the last record of a (restored) disk image;
 - ``guest``: the KVM guest (``qemu-system-x86_64``), started and always stopped;
 - ``daemon``: the fallback without KVM, a ``qemu-storage-daemon`` and a writer thread writing
-  the same records through NBD.
+  the same records through NBD;
+- ``process``: what both (and tests/qemu's daemon) share: the qcow2 images, the storage
+  daemon's command line, a clean quit.
 """

@@ -4,8 +4,6 @@ own writable NBD export of each disk, as the guest's virtio disks would (``recor
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
 import threading
 import time
@@ -13,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from txnbackup.qemu.qmp import QmpClient
+from txnbackup_cli.demo.qemu.process import create_images, quit_qemu, storage_daemon_args
 from txnbackup_cli.demo.qemu.records import RECORD, record, slot
 
 MIB = 1024 * 1024
@@ -42,31 +41,12 @@ class DaemonVM:
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
 
-    def _args(self) -> list[str]:
-        args = ["setpriv", "--pdeathsig", "TERM", "qemu-storage-daemon"]
-        args += ["--nbd-server", f"addr.type=unix,addr.path={self.nbd_socket}"]
-        for node, image in self.images.items():
-            args += [
-                "--blockdev", f"driver=file,node-name={node}-file,filename={image}",
-                "--blockdev", f"driver=qcow2,node-name={node},file={node}-file",
-                "--export", f"type=nbd,id=guest-{node},node-name={node},name=guest-{node},"
-                "writable=on",
-            ]  # fmt: skip
-        for name, path in (("qmp0", self.qmp_path), ("qmp1", self.harness_path)):
-            args += [
-                "--chardev", f"socket,id={name},path={path},server=on,wait=off",
-                "--monitor", f"chardev={name}",
-            ]  # fmt: skip
-        return args
-
     def start(self) -> None:
-        for image in self.images.values():
-            subprocess.run(
-                ["qemu-img", "create", "-q", "-f", "qcow2", str(image), str(self.size)],
-                check=True,
-            )
+        create_images(self.images.values(), self.size)
+        monitors = (self.qmp_path, self.harness_path)
+        args = storage_daemon_args(self.nbd_socket, self.images, monitors)
         with open(self.dir / "qsd.log", "ab") as log:
-            self.proc = subprocess.Popen(self._args(), stdin=subprocess.DEVNULL, stderr=log)
+            self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stderr=log)
         deadline = time.monotonic() + 10
         while not all(Path(p).exists() for p in (self.harness_path, self.nbd_socket)):
             if self.proc.poll() is not None or time.monotonic() > deadline:
@@ -112,14 +92,6 @@ class DaemonVM:
         if self._thread is not None:
             self._thread.join(10)
             self._thread = None
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            try:
-                with self.harness() as qmp:
-                    qmp.execute("quit")
-                self.proc.wait(10)
-            except Exception:  # any failure: kill this one process
-                os.kill(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(10)
-        self.proc = None
+        if self.proc is not None:
+            quit_qemu(self.proc, self.harness_path)
+            self.proc = None

@@ -10,8 +10,6 @@ pid only if it has to; the process also dies with its parent (``setpriv --pdeath
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
 import time
 from collections.abc import Callable
@@ -20,6 +18,7 @@ from pathlib import Path
 from txnbackup.qemu.qmp import QmpClient
 from txnbackup_cli.demo.qemu.initramfs import FIRST_RECORD, build_initramfs
 from txnbackup_cli.demo.qemu.kit import Accel, Kit, choose_accel, find_kit
+from txnbackup_cli.demo.qemu.process import create_images, quit_qemu
 
 MIB = 1024 * 1024
 DISKS = {"virtio0": "disk-a", "virtio1": "disk-b"}  # drive name (its device id) -> node
@@ -75,11 +74,7 @@ class GuestVM:
         return args
 
     def start(self) -> None:
-        for image in self.images.values():
-            subprocess.run(
-                ["qemu-img", "create", "-q", "-f", "qcow2", str(image), str(self.size)],
-                check=True,
-            )
+        create_images(self.images.values(), self.size)
         initramfs = build_initramfs(self.kit, self.dir / "initramfs.gz")
         with open(self.dir / "qemu.log", "ab") as log:
             self.proc = subprocess.Popen(
@@ -117,14 +112,6 @@ class GuestVM:
 
     def stop(self) -> None:
         """Quit QEMU (a clean shutdown), killing this VM's pid only if that fails."""
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            try:
-                with self.harness() as qmp:
-                    qmp.execute("quit")
-                self.proc.wait(10)
-            except Exception:  # any failure: kill this one process
-                os.kill(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(10)
-        self.proc = None
+        if self.proc is not None:
+            quit_qemu(self.proc, self.harness_path)
+            self.proc = None
