@@ -47,18 +47,25 @@ class Tool(Protocol):
 
 
 @dataclass
-class Txnbackup:
-    """The API path: the producer submits, the benchmark polls every ``POLL`` seconds."""
+class TxnbackupTool:
+    """What both ways of running txnbackup (API, CLI) share: the fleet, the drives, the snapshot."""
 
     fleet: Fleet
     drives: list[Drive]
     vmid: str
     name: str = "txnbackup"
-    note: str = "producer -> Redis -> worker -> commit; fixed 4 MiB chunks, zstd-1, no encryption"
+    note: str = ""
     snapshot: str = ""
 
     def init(self, repo: Path) -> None:
         Repository.init(repo)
+
+
+@dataclass
+class Txnbackup(TxnbackupTool):
+    """The API path: the producer submits, the benchmark polls every ``POLL`` seconds."""
+
+    note: str = "producer -> Redis -> worker -> commit; fixed 4 MiB chunks, zstd-1, no encryption"
 
     def backup(self, repo: Path) -> None:
         self.snapshot = run_backup(self.fleet, self.vmid, self.drives, repo)
@@ -95,18 +102,10 @@ class TxnbackupEncrypted(Txnbackup):
 
 
 @dataclass
-class TxnbackupCli:
+class TxnbackupCli(TxnbackupTool):
     """What a user types: ``txnbackup backup VMID --drive ... --wait``, one process."""
 
-    fleet: Fleet
-    drives: list[Drive]
-    vmid: str
-    name: str = "txnbackup"
     note: str = "the txnbackup command: backup --wait (--json for the snapshot id), restore --all"
-    snapshot: str = ""
-
-    def init(self, repo: Path) -> None:
-        Repository.init(repo)
 
     def backup(self, repo: Path) -> None:
         argv = [str(worker_program()), "backup", self.vmid, "--repo", str(repo), "--wait"]
