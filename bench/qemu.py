@@ -5,13 +5,16 @@ bitmap.
 The qcow2 holds the raw image's bytes (``qemu-img convert``) and is served by a
 qemu-storage-daemon whose writable NBD export stands in for the guest; the 1% change (the
 mix's clustered and scattered writes, one after the other) goes through that export, so only
-QEMU's bitmap knows it. Each full backup goes into a new repository; the page cache is dropped
-before each where the kernel lets us.
+QEMU's bitmap knows it. The two full backups alternate ``runs`` times (file drive, then NBD:
+both in the same conditions), each into a new repository, the page cache dropped before each
+where the kernel lets us; the row's figures are the medians. The incrementals follow the last
+NBD full backup.
 """
 
 from __future__ import annotations
 
 import shutil
+import statistics
 import subprocess
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -34,7 +37,7 @@ FILE_VMID, QEMU_VMID = "400", "401"
 
 
 def measure_qemu(
-    fleet: Fleet, workdir: Path, size: int, seed: int, cache: PageCache, say: Say
+    fleet: Fleet, workdir: Path, size: int, seed: int, cache: PageCache, say: Say, runs: int = 1
 ) -> dict[str, object]:
     """``{"skipped": why}`` without QEMU; else the timings and the incrementals' reads."""
     problem = qemu_problem()
@@ -47,20 +50,22 @@ def measure_qemu(
     say(f"QEMU: writing the {size >> 20} MiB image, then the same bytes as qcow2")
     generator.write_image(raw, size)
     subprocess.run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", raw, qcow2], check=True)
-    say("QEMU: full backup of the image as a file drive")
-    cache.drop()
-    file_full = timed(_file_backup, fleet, raw, qdir / "repo-file")
-    raw.unlink()  # room: the qcow2 holds the same bytes
-    out: dict[str, object] = {"size": size, "file_full": file_full}
+    out: dict[str, object] = {"size": size}
     with _daemon(qdir, qcow2) as daemon:
         vm = QemuVM(daemon.qmp, NODE, daemon.nbd)
-        repo = qdir / "repo-qemu"
-        Repository.init(repo)
-        say("QEMU: full backup of the qcow2 through NBD (a qemu-storage-daemon)")
-        cache.drop()
-        started = time.perf_counter()
-        _qemu_backup(fleet, vm, repo)
-        out["qemu_full"] = time.perf_counter() - started
+        file_full, qemu_full = [], []
+        for run in range(1, runs + 1):
+            say(f"QEMU: full backup {run}/{runs} of the image as a file drive")
+            cache.drop()
+            file_full.append(timed(_file_backup, fleet, raw, qdir / f"repo-file-{run}"))
+            repo = qdir / f"repo-qemu-{run}"
+            Repository.init(repo)
+            say(f"QEMU: full backup {run}/{runs} of the qcow2 through NBD (qemu-storage-daemon)")
+            cache.drop()
+            qemu_full.append(timed(_qemu_backup, fleet, vm, repo))
+        raw.unlink()  # room: the qcow2 holds the same bytes
+        out |= {"file_full": statistics.median(file_full), "file_full_runs": file_full}
+        out |= {"qemu_full": statistics.median(qemu_full), "qemu_full_runs": qemu_full}
         for case in ("clustered", "scattered"):
             writes = getattr(generator, case)(size, 0)
             daemon.write(writes)
@@ -144,4 +149,5 @@ def _daemon(qdir: Path, image: Path) -> Iterator[_Daemon]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-        shutil.rmtree(qdir / "repo-qemu", ignore_errors=True)
+        for repo in qdir.glob("repo-*"):
+            shutil.rmtree(repo, ignore_errors=True)

@@ -325,8 +325,8 @@ def _qemu(q: object) -> list[str]:
     ratio = _qemu_ratio(q)
     lines = [
         f"QEMU drive ({q['size'] / MIB:.0f} MiB qcow2, qemu-storage-daemon, NBD): full "
-        f"{q['qemu_full']:.2f} s; the same image as a file drive {q['file_full']:.2f} s; "
-        f"ratio {ratio if ratio is None else f'{ratio:.2f}'}"
+        f"{_runs(q, 'qemu_full')}; the same image as a file drive {_runs(q, 'file_full')}; "
+        f"ratio of the medians {ratio if ratio is None else f'{ratio:.2f}'}"
     ]
     for case in ("clustered", "scattered"):
         c = q[case]
@@ -336,6 +336,13 @@ def _qemu(q: object) -> list[str]:
             f"bitmap's dirty bytes {c['dirty'] / MIB:.1f} MiB"
         )
     return lines
+
+
+def _runs(q: dict[str, Any], key: str) -> str:
+    """The median in seconds, and every run's when there are several."""
+    runs = q.get(f"{key}_runs") or [q[key]]
+    each = f" [{', '.join(f'{t:.2f}' for t in runs)}]" if len(runs) > 1 else ""
+    return f"{q[key]:.2f} s{each}"
 
 
 def write(r: Results, out: Path) -> list[Path]:

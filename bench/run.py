@@ -190,7 +190,7 @@ def _run_in(workdir: Path, options: Options, results: Results, say: Say) -> None
         if options.qemu_only:
             say("QEMU: a running VM's qcow2 drive read over NBD, next to the same image")
             results.extra["qemu"] = measure_qemu(
-                fleet, workdir, options.size, options.seed, cache, say
+                fleet, workdir, options.size, options.seed, cache, say, options.runs
             )
             return
         rss = PeakRss(lambda: process_tree(fleet.worker.proc.pid))
@@ -211,7 +211,9 @@ def _run_in(workdir: Path, options: Options, results: Results, say: Say) -> None
             results.extra["cli_overhead"] = cli_overhead.to_dict()
         say("QEMU: a running VM's qcow2 drive read over NBD, next to the same image as a file")
         try:
-            qemu = measure_qemu(fleet, workdir, options.size, options.seed, cache, say)
+            qemu = measure_qemu(
+                fleet, workdir, options.size, options.seed, cache, say, options.runs
+            )
         except BenchError as exc:  # one failed row must not cost the whole table
             say(f"QEMU row failed: {exc}")
             qemu = {"failed": str(exc)}

@@ -26,7 +26,7 @@ def begin(self: Task, /, backup: str, discover: bool = False, **_display: str) -
     rt = runtime()
     discover = discover or not rt.records.load(backup).plan.drives
     this = self.request.id or ""
-    holder = f"{self.request.hostname}/{this}"
+    holder = begin_holder(self.request.hostname or "", this)
 
     def copy_ids(n: int) -> list[str]:
         return [*(uuid() for _ in range(n - 1)), this][-n:] if n else []
@@ -47,6 +47,12 @@ def begin(self: Task, /, backup: str, discover: bool = False, **_display: str) -
     return f"begun {len(plan.drives)} drive(s)"
 
 
+def begin_holder(hostname: str, task_id: str) -> str:
+    """Begin's name in the copy lease. Never a copy's (``worker/task id``): the last copy has
+    this task's id, and begin's late ``end_begin`` would drop that copy's lease."""
+    return f"{hostname}/{task_id}/begin"
+
+
 def hand_over(
     task: Any = None, task_id: str = "", args: Any = (), state: str = "", **_: Any
 ) -> None:
@@ -55,4 +61,5 @@ def hand_over(
     ``task_postrun`` handler, connected by workers.hooks.install."""
     if getattr(task, "name", "") == BEGIN and state in (states.SUCCESS, states.IGNORED) and args:
         hostname = getattr(task.request, "hostname", "") or ""
-        end_begin(runtime(), args[0], f"{hostname}/{task_id}")
+        failpoint("begin.hand_over")
+        end_begin(runtime(), args[0], begin_holder(hostname, task_id))

@@ -5,6 +5,8 @@ QEMU answers block status the way its image formats see it; the NBD protocol all
 exports a byte string read-only over a unix socket (fixed newstyle, structured replies) and
 answers ``base:allocation`` and one ``qemu:dirty-bitmap:<name>`` context from lists of
 (length, flags) the test gives, so the NBD reader can be tried against what a server may say.
+Subclasses change what a read or a block status answers (``_read``, ``_status``); the server
+counts the connections it accepted and the block status requests it answered.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ OPT_GO, OPT_STRUCTURED_REPLY, OPT_SET_META_CONTEXT, OPT_INFO = 7, 8, 10, 6
 REP_ACK, REP_INFO, REP_META_CONTEXT, REP_ERR_UNSUP = 1, 3, 4, 0x80000001
 CMD_READ, CMD_DISC, CMD_BLOCK_STATUS = 0, 2, 7
 REPLY_FLAG_DONE, REPLY_OFFSET_DATA, REPLY_BLOCK_STATUS = 1, 1, 5
-HAS_FLAGS, READ_ONLY = 1, 2
+HAS_FLAGS, READ_ONLY, CAN_MULTI_CONN = 1, 2, 1 << 8
 
 HOLE, ZERO = 1, 2  # base:allocation flags
 DIRTY = 1  # qemu:dirty-bitmap flag
@@ -48,8 +50,12 @@ class ScriptedNbd:
         name: str = "drive",
         bitmap: str = "txnbackup-test",
         clip: bool = True,
+        multi_conn: bool = False,
     ) -> None:
         self.data, self.name, self.clip = data, name, clip
+        self.flags = HAS_FLAGS | READ_ONLY | (CAN_MULTI_CONN if multi_conn else 0)
+        self.connections = self.status_requests = 0
+        self._counting = threading.Lock()
         self.contexts = {"base:allocation": allocation}
         if dirty is not None:
             self.contexts[f"qemu:dirty-bitmap:{bitmap}"] = dirty
@@ -90,6 +96,7 @@ class ScriptedNbd:
                 conn, _ = self._listener.accept()
             except OSError:
                 return
+            self.connections += 1
             thread = threading.Thread(target=self._session, args=(conn,), daemon=True)
             thread.start()
             self._threads.append(thread)
@@ -127,7 +134,7 @@ class ScriptedNbd:
                     )
             _reply(conn, option, REP_ACK)
         elif option in (OPT_GO, OPT_INFO):
-            info = struct.pack(">HQH", 0, len(self.data), HAS_FLAGS | READ_ONLY)
+            info = struct.pack(">HQH", 0, len(self.data), self.flags)
             _reply(conn, option, REP_INFO, info)
             _reply(conn, option, REP_ACK)
             return option == OPT_GO
@@ -141,9 +148,11 @@ class ScriptedNbd:
             if magic != REQUEST_MAGIC or kind == CMD_DISC:
                 return
             if kind == CMD_READ:
-                body = struct.pack(">Q", offset) + self.data[offset : offset + length]
+                body = struct.pack(">Q", offset) + self._read(offset, length)
                 _chunk(conn, REPLY_FLAG_DONE, REPLY_OFFSET_DATA, handle, body)
             elif kind == CMD_BLOCK_STATUS:
+                with self._counting:
+                    self.status_requests += 1
                 items = list(ids.items())
                 for n, (cid, context) in enumerate(items):
                     extents = self._status(self.contexts[context], offset, length)
@@ -152,6 +161,10 @@ class ScriptedNbd:
                     )
                     done = REPLY_FLAG_DONE if n == len(items) - 1 else 0
                     _chunk(conn, done, REPLY_BLOCK_STATUS, handle, body)
+
+    def _read(self, offset: int, length: int) -> bytes:
+        """What a read answers (raise ConnectionError to drop the connection instead)."""
+        return self.data[offset : offset + length]
 
     def _status(self, script: Extents, offset: int, length: int) -> Extents:
         """The scripted extents from ``offset`` on: those the request covers, clipped to it,

@@ -313,3 +313,29 @@ def test_a_worker_killed_right_after_qemu_s_transaction(
     else:
         assert our_bitmaps(qsd) == {d: [bitmap_name(full.uuid)] for d in DRIVES}
         assert_next_covers(rig, qsd, guest, repo, [32 * CS, CS], tmp_path)
+
+
+def test_begin_handing_over_late_leaves_the_last_copy_its_lease(
+    make_fleet: Callable[[dict[str, str]], Fleet], qsd: Qsd, guest: Guest, tmp_path: Path
+) -> None:
+    # Given a worker whose begin hands over late (its post-run step sleeps 5 s) while the
+    # drives are copied at 4 MiB/s (4 s each): the last drive's copy, which Celery gives
+    # begin's task id, is running when begin lets go of its lease
+    fleet = make_fleet({"TXNBACKUP_REAPER_INTERVAL": "1"})  # lease 30 s: renewed every 10 s
+    fleet.start(NODE, {"TXNBACKUP_FAILPOINTS": "begin.hand_over=sleep:5"})
+    repo = Repository.init(tmp_path / "repo", CS)
+    vm = QemuVM(qsd.qmp_path, NODE, qsd.nbd_socket)
+    guest.fill()
+    expected = {d: guest.content(d) for d in DRIVES}
+
+    # When the drives are discovered and backed up
+    producer = fleet.producer
+    limit = 4 * 1024 * 1024
+    backup = producer.submit("100", [], repository=repo.path, qmp=vm, speed_limit=limit)
+    status = producer.wait(backup, 60)
+
+    # Then begin's hand-over left the running copy's lease alone: no reaper called the copy's
+    # worker lost, and the backup completed
+    assert status.status == "done", status.errmsg
+    assert restores(repo, status.snapshot, expected, tmp_path)
+    assert_nothing_left(qsd)

@@ -2,16 +2,32 @@
 
 It is the engine's DriveReader for a fleecing export: reads, holes from ``base:allocation``
 and the dirty chunks from ``qemu:dirty-bitmap:<name>``, all in the repository's chunks.
+
+A libnbd handle is thread-safe, but its synchronous ``pread`` holds the handle's lock for
+the whole request: one handle has one read in flight whatever the number of threads. So each
+thread that reads gets its own connection to the export, opened on its first read, when the
+server advertises multi-conn (QEMU does for every read-only export; the export is a frozen
+point in time anyway); otherwise every thread shares the first connection, as they also do
+once the server did not take another connection within ``CONNECT_WAIT`` (a server started with
+``max-connections`` leaves the extra ones waiting for ever).
 """
 
 from __future__ import annotations
 
+import bisect
 import contextlib
+import logging
+import threading
+import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from types import TracebackType
+from typing import Any
 
 from txnbackup.errors import DriveReadError, DriveUnreadable
 from txnbackup.geometry import chunk_count
+
+log = logging.getLogger(__name__)
 
 try:
     import nbd
@@ -22,6 +38,8 @@ ALLOCATION = "base:allocation"
 DIRTY_PREFIX = "qemu:dirty-bitmap:"
 MAX_REQUEST = 32 * 1024 * 1024  # QEMU's NBD server refuses larger reads
 MAX_STATUS = 1 << 30  # block status asks at most this much at a time
+MAX_CONNECTIONS = 8  # per reader: the engine's pool has at most this many threads
+CONNECT_WAIT = 5.0  # seconds a further connection may take before the reader stops asking
 STATE_DIRTY = 1
 # base:allocation's zero flag. Its hole flag (1) says only that the extent is not allocated:
 # the content of a hole is not known (NBD protocol), and a drive on NBD or iSCSI storage
@@ -36,24 +54,58 @@ def nbd_available() -> str | None:
     return None if nbd is not None else "libnbd's Python module nbd (python3-libnbd) is missing"
 
 
+@dataclass(frozen=True)
+class _Reach:
+    """One ``base:allocation`` reply: extents in order, from ``starts[0]`` to ``end``. The
+    export is a point-in-time view, so what a reply says stays true while it is read."""
+
+    starts: list[int]
+    extents: Extents
+
+    @classmethod
+    def of(cls, extents: Extents) -> _Reach:
+        return cls([start for start, _, _ in extents], extents)
+
+    @property
+    def end(self) -> int:
+        start, length, _ = self.extents[-1]
+        return start + length
+
+    def then(self, more: _Reach) -> _Reach:
+        """This reach followed by the one that starts where it ends."""
+        return _Reach(self.starts + more.starts, self.extents + more.extents)
+
+    def covers(self, offset: int) -> bool:
+        return self.starts[0] <= offset < self.end
+
+    def first_data(self, offset: int) -> int | None:
+        """The first offset at or after ``offset`` not reading as zeros, within the reach."""
+        for start, _length, flags in self.extents[bisect.bisect_right(self.starts, offset) - 1 :]:
+            if not flags & STATE_ZERO:
+                return max(start, offset)
+        return None
+
+
 class NbdDrive:
-    """One NBD connection to an export; thread-safe as libnbd handles are."""
+    """An NBD export read by any number of threads, a connection per reading thread."""
 
     def __init__(self, name: str, uri: str, bitmap: str | None = None) -> None:
         self.name, self.uri = name, uri
         self.context = DIRTY_PREFIX + bitmap if bitmap else None
         if nbd is None:
             raise DriveUnreadable(name, uri, nbd_available())
-        self._h = nbd.NBD()
+        self._lock = threading.Lock()
+        self._handles: dict[int, Any] = {}  # thread id -> its libnbd handle
+        self._first: Any = None
+        self._reach: _Reach | None = None  # the last base:allocation reply
         try:
-            self._h.add_meta_context(ALLOCATION)
-            if self.context:
-                self._h.add_meta_context(self.context)
-            self._h.connect_uri(uri)
-            self._size: int = self._h.get_size()
+            self._first = self._connect()
+            self._size: int = self._first.get_size()
+            self._multi_conn: bool = self._first.can_multi_conn()
         except nbd.Error as exc:
             raise DriveUnreadable(name, uri, exc.string) from None
-        if self.context and not self._h.can_meta_context(self.context):
+        self._handles[threading.get_ident()] = self._first
+        if self.context and not self._first.can_meta_context(self.context):
             self.close()
             raise DriveUnreadable(name, uri, f"the export does not offer {self.context}")
 
@@ -71,18 +123,22 @@ class NbdDrive:
         )
 
     def prefetch(self, offset: int, length: int) -> None:
-        """Nothing: each read is one request to the export already."""
+        """Nothing: the pool's threads each have a read in flight on their own connection."""
 
     def next_data(self, offset: int) -> int:
-        """Looks only as far as one block status reply reaches (the engine asks per span),
-        answering the end of that reach when all of it reads as zeros."""
+        """Answers from the last ``base:allocation`` reply when it covers ``offset``, else
+        from a new one; looks one reply further when the rest of that reply reads as zeros,
+        and answers the end of that reach when it does too."""
         if offset >= self._size:
             return offset
-        extents = self._status(ALLOCATION, offset, self._size - offset)
-        for start, _length, flags in extents:
-            if not flags & STATE_ZERO:
-                return start
-        return min(extents[-1][0] + extents[-1][1], self._size)
+        reach = self._reach
+        if reach is None or not reach.covers(offset):
+            reach = self._cache(self._allocation(offset))
+        found = reach.first_data(offset)
+        if found is None and reach.end < self._size:
+            reach = self._cache(reach.then(self._allocation(reach.end)))
+            found = reach.first_data(offset)
+        return min(reach.end, self._size) if found is None else found
 
     def dirty_chunks(self, chunk_size: int) -> list[bool]:
         """Per chunk of ``chunk_size`` bytes: whether any byte is in a dirty extent of the
@@ -114,10 +170,13 @@ class NbdDrive:
         return total
 
     def close(self) -> None:
-        if self._h is not None:
-            with contextlib.suppress(nbd.Error):  # the server went first: nothing to shut
-                self._h.shutdown()
-            self._h = None
+        """Disconnect every connection; one whose server went first has nothing to shut."""
+        with self._lock:
+            handles, self._handles = list(self._handles.values()), {}
+            self._first = None
+        for h in handles:
+            with contextlib.suppress(nbd.Error):
+                h.shutdown()
 
     def __enter__(self) -> NbdDrive:
         return self
@@ -130,12 +189,72 @@ class NbdDrive:
     ) -> None:
         self.close()
 
-    def _pread(self, length: int, offset: int) -> bytes:
+    def _connect(self) -> Any:
+        h = nbd.NBD()
+        h.add_meta_context(ALLOCATION)
+        if self.context:
+            h.add_meta_context(self.context)
+        h.connect_uri(self.uri)
+        return h
+
+    def _handle(self, offset: int) -> Any:
+        """The calling thread's connection, opened now if it has none (``offset``: what it
+        is about to read, for the error when the reader was closed)."""
+        me = threading.get_ident()
+        h = self._handles.get(me)
+        if h is not None:
+            return h
+        with self._lock:
+            if self._first is None:
+                raise DriveReadError(self.name, offset, "the reader is closed")
+            if not self._multi_conn or len(self._handles) >= MAX_CONNECTIONS:
+                return self._first
+        h = self._connect_more()
+        with self._lock:
+            if self._first is None:  # closed meanwhile: this one is not to be kept
+                raise DriveReadError(self.name, offset, "the reader is closed")
+            if h is None:
+                if self._multi_conn:
+                    log.warning(
+                        "drive %s: %s took no further connection; reading over one",
+                        self.name,
+                        self.uri,
+                    )
+                self._multi_conn = False
+                return self._first
+            self._handles[me] = h
+        return h
+
+    def _connect_more(self) -> Any:
+        """Another connection, or None when the server does not complete it in CONNECT_WAIT
+        (whatever went wrong, the first connection still reads, or says why it cannot)."""
+        h = nbd.NBD()
         try:
-            data: bytes = self._h.pread(length, offset)
+            h.add_meta_context(ALLOCATION)
+            if self.context:
+                h.add_meta_context(self.context)
+            h.aio_connect_uri(self.uri)
+            deadline = time.monotonic() + CONNECT_WAIT
+            while h.aio_is_connecting() and (left := deadline - time.monotonic()) > 0:
+                h.poll(int(left * 1000) + 1)
+        except nbd.Error:
+            return None
+        return h if h.aio_is_ready() else None
+
+    def _pread(self, length: int, offset: int) -> bytes:
+        h = self._handle(offset)
+        try:
+            data: bytes = h.pread(length, offset)
         except nbd.Error as exc:
             raise DriveReadError(self.name, offset, exc.string) from None
         return data
+
+    def _allocation(self, offset: int) -> _Reach:
+        return _Reach.of(self._status(ALLOCATION, offset, self._size - offset))
+
+    def _cache(self, reach: _Reach) -> _Reach:
+        self._reach = reach  # one reference replaced at once: readers see one reach or another
+        return reach
 
     def _extents(self, context: str, offset: int, length: int) -> Extents:
         """The extents of ``context`` covering [offset, offset+length), in order."""
@@ -150,8 +269,9 @@ class NbdDrive:
     def _status(self, context: str, offset: int, length: int) -> Extents:
         """One block status reply: the extents of ``context`` from ``offset`` on."""
         got: Extents = []
+        h = self._handle(offset)
         try:
-            self._h.block_status(min(length, MAX_STATUS), offset, _collector(context, offset, got))
+            h.block_status(min(length, MAX_STATUS), offset, _collector(context, offset, got))
         except nbd.Error as exc:
             raise DriveReadError(self.name, offset, exc.string) from None
         if not got:
