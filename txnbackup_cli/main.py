@@ -13,7 +13,8 @@ module in ``VERBS`` below. Verbs take ``settings: Settings`` through ``@click.pa
 Start-up time is part of every command (issue 16: `backup --wait` within 0.5 s of the API
 path), so a verb's module is imported only when that verb runs (``LazyGroup``); Celery is
 reached only through ``txnbackup_cli.fleet`` and rich only through ``txnbackup_cli.output``
-and the view modules, when something is shown to a person (docs/design.md, "Start-up").
+and the view modules, when something is shown to a person (docs/design.md, "Start-up of
+the command").
 """
 
 from __future__ import annotations
