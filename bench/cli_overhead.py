@@ -5,7 +5,7 @@ Samples alternate: the API path (submit, poll every ``POLL`` seconds) and the co
 process timed from start to exit), each after fresh guest writes so that both copy two
 chunks. Beside them the command's start-up alone: a Python process importing what the
 command imports before it submits (the program, its `backup` verb as the group loads it, and
-the producer with Celery).
+the producer with Celery), and its exit.
 """
 
 from __future__ import annotations
@@ -24,10 +24,13 @@ from txnbackup.drive import Drive
 from txnbackup.repository import Repository
 
 TINY = 64 * 1024  # bytes per drive: one chunk
-# What `txnbackup backup` loads before it submits (tests/cli/test_startup.py holds the list).
+# What `txnbackup backup` loads before it submits (tests/cli/test_startup.py holds the list),
+# then the end of the process as the command ends it (txnbackup_cli.main: no collection of
+# what the imports made).
 STARTUP = (
-    "import click; from txnbackup_cli.main import txnbackup; "
-    "txnbackup.get_command(click.Context(txnbackup), 'backup'); import tasks.producer"
+    "import click, gc; from txnbackup_cli.main import txnbackup; "
+    "txnbackup.get_command(click.Context(txnbackup), 'backup'); import tasks.producer; "
+    "gc.freeze()"
 )
 
 
