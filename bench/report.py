@@ -190,6 +190,7 @@ def _conditions(r: Results) -> str:
         f"load average (1, 5, 15 min) before: {_load(c.get('load_before'))}, "
         f"after: {_load(c.get('load_after'))}\n"
         f"page cache: {c.get('page_cache')}\n"
+        f"bytecode: {c.get('bytecode', 'not compiled by the benchmark')}\n"
         "repositories: a new one per full run, none deleted before the end of the mix\n"
         + "".join(f"{name}: {desc}\n" for name, desc in r.tools.items())
         + "".join(f"{name}: skipped, {why}\n" for name, why in r.skipped.items())

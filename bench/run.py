@@ -24,8 +24,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
+from bench.bytecode import compile_tree
 from bench.cli_overhead import measure_cli_overhead
-from bench.fleet import NODE, NODES, Fleet, bench_fleet, node_workers
+from bench.fleet import NODE, NODES, REPO_ROOT, Fleet, bench_fleet, node_workers
 from bench.floor import Floor, measure_floor, measure_write
 from bench.image import MIXES, Generator, Write, apply, split
 from bench.measure import (
@@ -173,6 +174,8 @@ def _run_in(workdir: Path, options: Options, results: Results, say: Say) -> None
     cache = PageCache(options.drop_caches)
     results.conditions["page_cache"] = cache.describe()
     say(f"page cache: {cache.describe()}")
+    results.conditions["bytecode"] = compile_tree(REPO_ROOT)
+    say(f"bytecode: {results.conditions['bytecode']}")
     peers: list[str] = []
     if options.peers:
         peers, results.skipped = find_peers(options.install)

@@ -31,6 +31,9 @@ def make_app(settings: Settings) -> Celery:
         broker=settings.broker_url,
         backend=settings.redis_url,
         include=["tasks.begin", "tasks.copy", "tasks.finish"],
+        # No Django fix-up: txnbackup is no Django project, and loading the fix-up imports
+        # Celery's worker modules into every producer (the CLI's start-up, issue 16).
+        fixups=[],
     )
     app.conf.update(
         task_serializer="json",

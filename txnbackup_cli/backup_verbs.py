@@ -18,6 +18,7 @@ import contextlib
 import dataclasses
 import os
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -31,12 +32,10 @@ from txnbackup.settings import Settings, drive_roots
 from txnbackup.status import BackupStatus
 from txnbackup_cli import fleet
 from txnbackup_cli.options import json_option, repo_option
-from txnbackup_cli.output import print_json, print_renderable, print_table
+from txnbackup_cli.output import print_json, print_status, print_table
 from txnbackup_cli.sizes import size_option_value
-from txnbackup_cli.status_view import backups_rows, status_table
 from txnbackup_cli.verify_view import report_json, show_report
 from txnbackup_cli.watch import follow_and_show, warn_unserved, watch
-from workers.reaper import Reaper
 
 if TYPE_CHECKING:
     from tasks.producer import Producer
@@ -46,7 +45,7 @@ def _show(status: BackupStatus, as_json: bool) -> None:
     if as_json:
         print_json(status.to_dict())
     else:
-        print_renderable(status_table(status))
+        print_status(status)
 
 
 def _parse_config(values: tuple[str, ...]) -> dict[str, Path]:
@@ -240,7 +239,13 @@ def backups(settings: Settings, limit: int, as_json: bool) -> None:
         print_json([s.to_dict() for s in found])
     else:
         headers = ["backup", "vm", "status", "started", "ended", "snapshot", "error"]
-        print_table(headers, backups_rows(found))
+        print_table(headers, _backups_rows(found))
+
+
+def _backups_rows(statuses: Sequence[BackupStatus]) -> list[list[str]]:
+    return [
+        [s.uuid, s.vmid, s.status, s.start_time, s.end_time, s.snapshot, s.errmsg] for s in statuses
+    ]
 
 
 @click.command(context_settings={"ignore_unknown_options": True})
@@ -337,6 +342,8 @@ def reap(settings: Settings, nodes: tuple[str, ...], as_json: bool) -> None:
     Rolls back backups whose worker is gone, finishes commits and rollbacks that lost their
     worker, returns bits frozen by producers that died, removes orphaned staging areas.
     """
+    from workers.reaper import Reaper  # noqa: PLC0415 - the worker layer, for this verb only
+
     producer = fleet.producer(settings)
     served = frozenset(check_node(n) for n in nodes)
     stop = producer.terminate

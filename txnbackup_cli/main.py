@@ -1,52 +1,49 @@
-"""The ``txnbackup`` command: one click group, verbs registered from small modules.
+"""The ``txnbackup`` command: one click group, verbs loaded from small modules when run.
 
 Settings are read once, here, from the environment (``Settings.from_env``) and handed to every
 verb as the click context object (``@click.pass_obj``); verbs never read the environment.
 Failures become one line on stderr and an exit code (``txnbackup_cli.errors``).
 
 Adding verbs: write a module in ``txnbackup_cli/`` (e.g. ``backup_verbs.py``) holding plain
-``@click.command()`` functions and a ``COMMANDS`` tuple of them, then add the module to
-``VERB_MODULES`` below. Verbs take ``settings: Settings`` through ``@click.pass_obj``, raise
+``@click.command()`` functions and a ``COMMANDS`` tuple of them, then name each verb and its
+module in ``VERBS`` below. Verbs take ``settings: Settings`` through ``@click.pass_obj``, raise
 ``txnbackup.errors`` exceptions for every failure, and reuse ``txnbackup_cli.options``
-(``--repo``, ``--json``), ``txnbackup_cli.output`` and ``txnbackup_cli.sizes``. Celery is
-reached only through ``txnbackup_cli.fleet``, so that the repository verbs stay quick to start.
+(``--repo``, ``--json``), ``txnbackup_cli.output`` and ``txnbackup_cli.sizes``.
+
+Start-up time is part of every command (issue 16: `backup --wait` within 0.5 s of the API
+path), so a verb's module is imported only when that verb runs (``LazyGroup``); Celery is
+reached only through ``txnbackup_cli.fleet`` and rich only through ``txnbackup_cli.output``
+and the view modules, when something is shown to a person (docs/design.md, "Start-up of
+the command").
 """
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Sequence
-from types import ModuleType
 
 import click
 
 from txnbackup.settings import Settings
-from txnbackup_cli import (
-    backup_verbs,
-    check_verbs,
-    demo_verbs,
-    gc_verbs,
-    key_verbs,
-    repository_verbs,
-    retention_verbs,
-    snapshot_verbs,
-    tracker_verbs,
-)
 from txnbackup_cli.errors import run
+from txnbackup_cli.lazy_group import LazyGroup
 
-VERB_MODULES: tuple[ModuleType, ...] = (
-    repository_verbs,
-    key_verbs,
-    gc_verbs,
-    retention_verbs,
-    check_verbs,
-    snapshot_verbs,
-    tracker_verbs,
-    backup_verbs,
-    demo_verbs,
-)
+VERBS: dict[str, str] = {  # verb -> the module in txnbackup_cli whose COMMANDS has it
+    **dict.fromkeys(("init", "snapshots", "restore", "verify"), "repository_verbs"),
+    "key": "key_verbs",
+    "gc": "gc_verbs",
+    **dict.fromkeys(("prune", "forget", "protect", "unprotect"), "retention_verbs"),
+    "check": "check_verbs",
+    **dict.fromkeys(("show", "cat"), "snapshot_verbs"),
+    "mark-dirty": "tracker_verbs",
+    **dict.fromkeys(
+        ("backup", "watch", "status", "cancel", "backups", "worker", "reap"), "backup_verbs"
+    ),
+    "demo": "demo_verbs",
+}
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=LazyGroup, verbs=VERBS, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="txnbackup")
 @click.pass_context
 def txnbackup(ctx: click.Context) -> None:
@@ -65,19 +62,14 @@ def txnbackup(ctx: click.Context) -> None:
         ctx.obj = Settings.from_env()
 
 
-def register(*modules: ModuleType) -> None:
-    """Add every command in each module's ``COMMANDS`` to the ``txnbackup`` group."""
-    for module in modules:
-        for command in module.COMMANDS:
-            txnbackup.add_command(command)
-
-
-register(*VERB_MODULES)
-
-
 def main(args: Sequence[str] | None = None, settings: Settings | None = None) -> int:
     """Entry point of the ``txnbackup`` script; returns the exit code."""
     try:
         return run(txnbackup, args, obj=settings)
     except KeyboardInterrupt:
         return 130
+    finally:
+        # The interpreter's exit would run full garbage collections over every object the
+        # imports made (0.1-0.2 s here, as much as the submit and the wait together); the
+        # process ends now, and the memory with it.
+        gc.freeze()

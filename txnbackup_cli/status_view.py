@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 from rich import box
 from rich.console import Group
 from rich.table import Table
@@ -72,9 +70,3 @@ def drive_table(status: BackupStatus) -> Table:
 
 
 _NUMERIC = {"size", "dirty", "transferred", "zero", "reused"}
-
-
-def backups_rows(statuses: Sequence[BackupStatus]) -> list[list[str]]:
-    return [
-        [s.uuid, s.vmid, s.status, s.start_time, s.end_time, s.snapshot, s.errmsg] for s in statuses
-    ]

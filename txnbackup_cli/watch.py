@@ -18,7 +18,6 @@ from collections.abc import Callable, Collection, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
 import click
-from rich.console import Console
 
 from txnbackup.errors import Cancelled, TxnBackupError
 from txnbackup.settings import Settings
@@ -26,9 +25,7 @@ from txnbackup.status import BackupStatus, DriveStatus
 from txnbackup_cli import fleet
 from txnbackup_cli.errors import EXIT_INTERRUPTED
 from txnbackup_cli.options import json_option
-from txnbackup_cli.output import print_json, print_renderable
-from txnbackup_cli.progress_view import DriveBars, StateLines
-from txnbackup_cli.status_view import status_table
+from txnbackup_cli.output import print_json, print_status
 
 if TYPE_CHECKING:
     from tasks.producer import Producer
@@ -63,14 +60,13 @@ def follow_and_show(
 
     ``told``: the nodes the user already heard have no worker (warn_unserved).
     """
-    console = Console()
-    with _view(console, as_json) as view:
+    with _view(as_json) as view:
         final = follow(producer, uuid, view, told)
     status = final or producer.status(uuid)
     extra: dict[str, Any] = {}
     code = 0
     if not as_json:
-        print_renderable(status_table(status))
+        print_status(status)
     if after_done is not None and final is not None and final.status == "done":
         extra, code = after_done(status, as_json)
     if as_json:
@@ -187,10 +183,17 @@ def ask(uuid: str) -> str:
 
 
 @contextlib.contextmanager
-def _view(console: Console, as_json: bool) -> Iterator[View | None]:
+def _view(as_json: bool) -> Iterator[View | None]:
     if as_json:
         yield None
-    elif not console.is_terminal:
+        return
+    # rich only for people: a --json run never imports it (txnbackup_cli.output)
+    from rich.console import Console  # noqa: PLC0415
+
+    from txnbackup_cli.progress_view import DriveBars, StateLines  # noqa: PLC0415
+
+    console = Console()
+    if not console.is_terminal:
         yield StateLines(click.echo)
     else:
         with DriveBars(console) as bars:

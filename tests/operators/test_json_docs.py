@@ -6,6 +6,8 @@ import dataclasses
 import json
 import re
 
+import click
+
 from tests.operators.fleet import REPO_ROOT
 from txnbackup.status import BackupStatus, DriveStatus
 from txnbackup_cli.main import txnbackup
@@ -14,10 +16,13 @@ DOC = (REPO_ROOT / "docs" / "json.md").read_text()
 
 
 def test_every_verb_with_json_is_documented() -> None:
+    ctx = click.Context(txnbackup)
+    commands = {name: txnbackup.get_command(ctx, name) for name in txnbackup.list_commands(ctx)}
     verbs = [
         name
-        for name, command in txnbackup.commands.items()
-        if any("--json" in p.opts for p in command.params if hasattr(p, "opts"))
+        for name, command in commands.items()
+        if command is not None
+        and any("--json" in p.opts for p in command.params if hasattr(p, "opts"))
     ]
     assert {"status", "watch", "backups", "snapshots", "verify"} <= set(verbs)
     missing = [v for v in verbs if not re.search(rf"`{v}\b", DOC)]
