@@ -49,7 +49,7 @@ class Written:
     key: str  # what the store knows it by (the digest)
 
 
-Namer = Callable[[Written], None]  # gives a durable file its name; runs on the thread
+Namer = Callable[[Written], None]  # names a durable file (its temporary name gone); on a thread
 Done = Callable[[str], None]  # given the key once the file is named, or could not be
 
 
@@ -116,19 +116,22 @@ class Writeback:
 
     def _complete(self, written: Written, *, skip: bool) -> RepositoryWriteError | None:
         """fsync and name one file (not after an error: the copy fails anyway); always close
-        it and remove its temporary name."""
+        it, and remove its temporary name unless it was named."""
+        named = False
         try:
             if not skip:
                 os.fsync(written.fd)
                 self._name(written)
+                named = True
         except OSError as exc:
             return write_error(written.path, exc)
         except Exception as exc:  # never leave drain waiting for a thread that died
             return RepositoryWriteError(str(written.path), repr(exc))
         finally:
             _close_quietly(written.fd)
-            with contextlib.suppress(OSError):
-                written.tmp.unlink(missing_ok=True)
+            if not named:
+                with contextlib.suppress(OSError):
+                    written.tmp.unlink(missing_ok=True)
             self._done(written.key)
         return None
 
