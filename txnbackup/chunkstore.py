@@ -58,7 +58,8 @@ QUARANTINED = "found corrupt by verify and moved aside (.bad)"
 
 class ChunkBackend(Protocol):
     """The repository seam the engine, restore and verify use: a directory today,
-    S3-compatible object storage later."""
+    S3-compatible object storage later. A chunk ``put`` is durable, and readable, once
+    ``flush`` returned."""
 
     codec: Codec  # chunk ids and chunk files: plain or sealed
 
