@@ -148,7 +148,10 @@ class ChunkStore:
         """Write the chunk file under a temporary name and hand it to the writeback."""
         try:
             make_dir(path.parent, exist_ok=True)
-            tmp = temp_name(path)
+        except OSError as exc:
+            raise write_error(path.parent, exc) from exc
+        tmp = temp_name(path)
+        try:
             fd = _write_started(tmp, parts)
         except OSError as exc:
             raise write_error(path, exc) from exc
@@ -235,8 +238,9 @@ def _write_started(path: Path, parts: tuple[bytes | memoryview, ...]) -> int:
             written = os.writev(fd, views)
             left -= written
             views = _advance(views, written)
-        # Starts the writeback of its dirty pages without waiting for it (Linux).
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        # Starts the writeback of its dirty pages without waiting for it (Linux); advice only.
+        with contextlib.suppress(OSError):
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
     except BaseException:
         os.close(fd)
         path.unlink(missing_ok=True)
