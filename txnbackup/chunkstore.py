@@ -1,9 +1,15 @@
 """The content-addressed chunk store: ``chunks/<first 4 hex>/<digest>``.
 
 Chunk files are write-once: putting a digest that is present is a no-op, and a chunk file
-appears under its final name only complete and fsynced. Directory entries of new chunks are
-fsynced in batches by ``flush`` (called before anything that refers to them is written), so a
-backup does not pay one directory fsync per chunk.
+appears under its final name only complete and fsynced. ``put`` writes the file under a
+temporary name and returns; background threads (txnbackup.writeback) fsync it, give it its
+name and fsync its directory, so the threads that hash and compress never wait for the disk.
+``flush`` waits for all of that and fsyncs ``chunks/``: it is called before anything that
+refers to the chunks put so far is written. Until then a digest put is "being stored":
+``reuse`` and ``put`` count it as stored, so one backup writes it once.
+
+A backup that stores a digest another process stored meanwhile (both wrote it) counts it as
+stored, not reused; both files held the same bytes, and one is kept.
 
 Garbage collection (txnbackup.gc) deletes a chunk file that nothing refers to only when its
 mtime is older than its cutoff. A writer that deduplicates against a stored chunk therefore
@@ -44,6 +50,7 @@ from txnbackup.fsutil import (
     temp_name,
     write_error,
 )
+from txnbackup.writeback import Writeback, Written
 
 BAD_SUFFIX = ".bad"
 QUARANTINED = "found corrupt by verify and moved aside (.bad)"
@@ -51,7 +58,8 @@ QUARANTINED = "found corrupt by verify and moved aside (.bad)"
 
 class ChunkBackend(Protocol):
     """The repository seam the engine, restore and verify use: a directory today,
-    S3-compatible object storage later."""
+    S3-compatible object storage later. A chunk ``put`` is durable, and readable, once
+    ``flush`` returned."""
 
     codec: Codec  # chunk ids and chunk files: plain or sealed
 
@@ -72,8 +80,10 @@ class ChunkStore:
     def __init__(self, root: Path, codec: Codec = PLAIN) -> None:
         self.root = root
         self.codec = codec
-        self._unsynced: set[Path] = set()
+        self._named = False  # a chunk was named since the last flush
+        self._writing: set[str] = set()  # digests put but not yet named
         self._lock = threading.Lock()
+        self._writeback = Writeback(self._name, self._finished)
         self._real_prefixes: set[str] = set()  # prefix directories seen not to be links
 
     def path_for(self, digest: str) -> Path:
@@ -91,14 +101,19 @@ class ChunkStore:
 
     def has(self, digest: str) -> bool:
         """Whether the chunk is stored and its file looks whole (``chunk.plausible``)."""
-        return self._real_prefix(digest) and _plausible(
-            self.path_for(digest), self.codec, touch=False
-        )
+        return self._found(digest, touch=False)
 
     def reuse(self, digest: str) -> bool:
-        """``has``, and if so, mark the chunk in use now (its mtime, for gc)."""
+        """``has``, and if so, mark the chunk in use now (its mtime, for gc); or the chunk is
+        being stored here (put, not yet named: the next ``flush`` makes it durable)."""
+        with self._lock:
+            if digest in self._writing:
+                return True
+        return self._found(digest, touch=True)
+
+    def _found(self, digest: str, *, touch: bool) -> bool:
         return self._real_prefix(digest) and _plausible(
-            self.path_for(digest), self.codec, touch=True
+            self.path_for(digest), self.codec, touch=touch
         )
 
     def _real_prefix(self, digest: str) -> bool:
@@ -113,40 +128,67 @@ class ChunkStore:
 
     def put(self, digest: str, *encoded: bytes | memoryview) -> bool:
         """Store an encoded chunk, given whole or in parts (chunk.encode_parts); return False
-        when the digest was already stored."""
-        path = self.path_for(digest)
-        if self.reuse(digest):
-            return False
+        when the digest was already stored or is being stored. The chunk file is written now
+        and named in the background (txnbackup.writeback); ``flush`` makes it durable."""
+        with self._lock:
+            if digest in self._writing:
+                return False
+            self._writing.add(digest)  # until named: no gap in which it looks absent
+        try:
+            if self._found(digest, touch=True):
+                self._finished(digest)
+                return False
+            self._write_new(self.path_for(digest), digest, encoded)
+        except BaseException:
+            self._finished(digest)
+            raise
+        return True
+
+    def _write_new(self, path: Path, digest: str, parts: tuple[bytes | memoryview, ...]) -> None:
+        """Write the chunk file under a temporary name and hand it to the writeback."""
         try:
             make_dir(path.parent, exist_ok=True)
         except OSError as exc:
             raise write_error(path.parent, exc) from exc
         tmp = temp_name(path)
         try:
-            _write_synced(tmp, encoded)
-            if not _link_new(tmp, path):
-                if _plausible(path, self.codec, touch=True):
-                    return False
-                os.rename(tmp, path)  # the file there is damaged, or a link: replace it
+            fd = _write_started(tmp, parts)
         except OSError as exc:
             raise write_error(path, exc) from exc
-        finally:
+        try:
+            self._writeback.submit(Written(fd, tmp, path, digest))
+        except BaseException:
+            os.close(fd)
             tmp.unlink(missing_ok=True)
+            raise
+
+    def _name(self, written: Written) -> None:
+        """Give a chunk file whose data is durable its final name, and make that durable
+        (on a writeback thread). Another writer may have stored the digest meanwhile (another
+        backup): its file is kept, and this one was counted as stored all the same."""
+        tmp, path = written.tmp, written.path
+        if not _link_new(tmp, path) and not _plausible(path, self.codec, touch=True):
+            os.rename(tmp, path)  # the file there is damaged, or a link: replace it
+        tmp.unlink(missing_ok=True)
+        fsync_dir(path.parent)
         with self._lock:
-            self._unsynced.add(path.parent)
-        return True
+            self._named = True
+
+    def _finished(self, digest: str) -> None:
+        with self._lock:
+            self._writing.discard(digest)
 
     def flush(self) -> None:
-        """Make every chunk stored so far durable (fsync their directories)."""
+        """Make every chunk put so far durable: wait until each has its name in a fsynced
+        directory, then fsync ``chunks/`` (new prefix directories)."""
+        self._writeback.drain()
         with self._lock:
-            pending, self._unsynced = self._unsynced, set()
-        try:
-            for directory in pending:
-                fsync_dir(directory)
-            if pending:
+            named, self._named = self._named, False
+        if named:
+            try:
                 fsync_dir(self.root)
-        except OSError as exc:
-            raise write_error(self.root, exc) from exc
+            except OSError as exc:
+                raise write_error(self.root, exc) from exc
 
     def get(self, digest: str) -> bytes:
         """Return a chunk's plaintext, checked against its digest."""
@@ -185,8 +227,9 @@ class ChunkStore:
         return False
 
 
-def _write_synced(path: Path, parts: tuple[bytes | memoryview, ...]) -> None:
-    """Create ``path`` holding the parts one after another, and fsync it."""
+def _write_started(path: Path, parts: tuple[bytes | memoryview, ...]) -> int:
+    """Create ``path`` holding the parts one after another, start writing it back, and return
+    its descriptor (the caller fsyncs and closes it)."""
     fd = create_new(path)
     try:
         left = sum(len(p) for p in parts)
@@ -195,9 +238,14 @@ def _write_synced(path: Path, parts: tuple[bytes | memoryview, ...]) -> None:
             written = os.writev(fd, views)
             left -= written
             views = _advance(views, written)
-        os.fsync(fd)
-    finally:
+        # Starts the writeback of its dirty pages without waiting for it (Linux); advice only.
+        with contextlib.suppress(OSError):
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    except BaseException:
         os.close(fd)
+        path.unlink(missing_ok=True)
+        raise
+    return fd
 
 
 def _plausible(path: Path, codec: Codec, *, touch: bool) -> bool:

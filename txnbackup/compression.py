@@ -1,8 +1,9 @@
 """Which zstd level a drive's chunks get, chosen by what binds the copy: the CPU or the disk.
 
 The pool threads of one drive copy time (wall clock) what each chunk they compress costs them
-in compressing and in storing it (writing its file and its fsync). Every WINDOW such chunks
-the copy judges that window:
+in compressing and in storing it (writing its file, and waiting for room in the chunk store's
+writeback: txnbackup.writeback makes files durable on its own threads, and a writer waits
+only when the disk lags behind). Every WINDOW such chunks the copy judges that window:
 
 - storing took more than DISK_BINDS times the compressing: the disk binds;
 - storing took less than the compressing: the CPU binds (or another process holds it);

@@ -1,9 +1,11 @@
 """The copy engine: one drive of one backup into the staging area.
 
 Reading, hashing, compressing and storing overlap. The calling thread walks the plan in drive
-order and keeps the index in that order; a thread pool (pread, hashlib, zstd, zlib and fsync
-all release the GIL) reads each span of consecutive chunks with one large read and hashes,
-compresses and stores its chunks. At most ``INFLIGHT_BYTES`` of spans are in flight, so memory
+order and keeps the index in that order; a thread pool (pread, hashlib, zstd and zlib all
+release the GIL) reads each span of consecutive chunks with one large read and hashes,
+compresses and stores its chunks. Storing a chunk writes its file; the chunk store's own
+threads make it durable meanwhile (txnbackup.writeback), and ``flush`` waits for them before
+the index is written. At most ``INFLIGHT_BYTES`` of spans are in flight, so memory
 stays flat whatever the drive size. The zstd level follows what binds the copy, the CPU or
 the disk (txnbackup.compression). Chunks lying in a hole of a sparse image are zero chunks
 without being read. The clean chunks of an incremental backup are not read: the pool looks
@@ -55,7 +57,8 @@ CLEAN_BATCH = 64  # clean chunks whose base chunk files one pool job looks for
 
 
 def default_workers() -> int:
-    """The cores, plus two threads to keep them busy while others wait in pread or fsync."""
+    """The cores, plus two threads to keep them busy while others wait in pread (or for the
+    chunk store's writeback, when the disk binds)."""
     return min(8, (os.cpu_count() or 1) + 2)
 
 

@@ -470,6 +470,7 @@ def stored_chunk(repo: Repository, seed: int) -> str:
     data = random.Random(seed).randbytes(CS)
     digest = chunk.digest_of(data)
     repo.chunks.put(digest, chunk.encode(data))
+    repo.chunks.flush()
     return digest
 
 

@@ -69,6 +69,7 @@ def test_putting_a_stored_digest_is_a_no_op(repo: Repository) -> None:
     data = text_bytes(random.Random(4), CS)
     digest = chunk.digest_of(data)
     repo.chunks.put(digest, chunk.encode(data))
+    repo.chunks.flush()
     before = repo.chunks.path_for(digest).read_bytes()
 
     # When the same digest is put again (even with other bytes)
@@ -106,6 +107,7 @@ def test_a_flipped_byte_in_a_chunk_file_is_detected_on_get(
     data = random_bytes(rng, CS) if kind == "random" else text_bytes(rng, CS)
     digest = chunk.digest_of(data)
     repo.chunks.put(digest, chunk.encode(data))
+    repo.chunks.flush()
     path = repo.chunks.path_for(digest)
     damaged = bytearray(path.read_bytes())
     damaged[position] ^= 0x01
@@ -124,6 +126,7 @@ def test_a_chunk_file_under_another_digest_is_detected(repo: Repository) -> None
     data, other = random_bytes(rng, CS), random_bytes(rng, CS)
     wrong = chunk.digest_of(other)
     repo.chunks.put(wrong, chunk.encode(data))
+    repo.chunks.flush()
 
     with pytest.raises(CorruptChunk, match="does not match its digest"):
         repo.chunks.get(wrong)
@@ -141,6 +144,7 @@ def test_a_truncated_chunk_file_is_detected(repo: Repository) -> None:
     data = text_bytes(random.Random(7), CS)
     digest = chunk.digest_of(data)
     repo.chunks.put(digest, chunk.encode(data))
+    repo.chunks.flush()
     path = repo.chunks.path_for(digest)
     path.write_bytes(path.read_bytes()[:10])
 
@@ -185,6 +189,7 @@ def test_a_chunk_file_with_a_damaged_header_or_length_is_not_reused(
     data = random_bytes(rng, CS) if kind == "random" else text_bytes(rng, CS)
     digest = chunk.digest_of(data)
     repo.chunks.put(digest, chunk.encode(data))
+    repo.chunks.flush()
     path = repo.chunks.path_for(digest)
     raw = bytearray(path.read_bytes())
     assert compression_of(bytes(raw)) == (Compression.RAW if kind == "random" else Compression.ZSTD)
@@ -194,6 +199,7 @@ def test_a_chunk_file_with_a_damaged_header_or_length_is_not_reused(
     # When a backup looks for it, Then it reads as not stored, and storing it replaces the file
     assert not repo.chunks.has(digest)
     assert repo.chunks.put(digest, chunk.encode(data)) is True
+    repo.chunks.flush()
     assert repo.chunks.get(digest) == data
     with pytest.raises(CorruptChunk):  # and the damaged file would never have decoded
         chunk.decode(bytes(raw), digest)
