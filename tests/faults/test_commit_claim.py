@@ -18,7 +18,7 @@ from txnbackup.repository import Repository
 from txnbackup.tracker import Tracker
 
 KIB = 1024
-PAUSE = "sleep:1.5"
+PAUSE = "sleep:5"  # long enough for the test to act under load (CI on 2 busy cores)
 
 
 def paused_fleet(make_fleet: Callable[[dict[str, str]], Fleet], where: str) -> Fleet:
