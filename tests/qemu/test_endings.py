@@ -209,7 +209,9 @@ def test_qemu_killed_mid_backup_makes_the_next_backup_a_full_read(
         guest.flush()  # a killed QEMU loses what was not flushed
         slow = producer.submit("100", EXPLICIT, repository=repo.path, qmp=vm, speed_limit=CS * 4)
         begun(producer, slow)
-        wait_until(lambda: producer.status(slow).drives[0].transferred > 0, "drive0 copying")
+        # (generous: in one CI run on a loaded machine the first progress took over 30 s)
+        copying = lambda: producer.status(slow).drives[0].transferred > 0  # noqa: E731
+        wait_until(copying, "drive0 copying", timeout=90)
 
         # When QEMU is killed mid-backup
         qsd.kill()
