@@ -9,7 +9,9 @@ qemu-storage-daemon shows that QEMU's fleecing export is read the same way.
 from __future__ import annotations
 
 import random
+import socket
 import threading
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -134,6 +136,43 @@ def test_a_server_without_multi_conn_gets_one_connection_from_every_thread() -> 
     # Then they shared the one connection, and every byte is right
     assert got == DATA
     assert server.connections == 1
+
+
+class SlowToNegotiate(ScriptedNbd):
+    """Takes a while over each new connection, so that many threads open theirs at once."""
+
+    def _negotiate(self, conn: socket.socket) -> dict[int, str] | None:
+        time.sleep(0.2)
+        return super()._negotiate(conn)
+
+
+def test_the_connection_cap_holds_while_threads_are_still_connecting(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(nbd_drive, "MAX_CONNECTIONS", 3)
+    # Given a multi-conn server that is slow to complete each connection
+    with (
+        SlowToNegotiate(DATA, [(SIZE, 0)], name="drive0", multi_conn=True) as server,
+        NbdDrive("drive0", server.uri()) as reader,
+    ):
+        # When eight threads make their first read at the same moment
+        start = threading.Barrier(8, timeout=10)
+        spans = pieces(8 * PIECE, PIECE)
+        got: dict[int, bytes] = {}
+
+        def read(at: int, n: int) -> None:
+            start.wait()
+            got[at] = reader.read(at, n)
+
+        threads = [threading.Thread(target=read, args=span) for span in spans]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+
+    # Then the reader opened no more connections than its cap, and every thread got its bytes
+    assert got == {at: DATA[at : at + n] for at, n in spans}
+    assert server.connections == 3
 
 
 class TakingOne(ScriptedNbd):

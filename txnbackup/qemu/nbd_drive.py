@@ -97,6 +97,7 @@ class NbdDrive:
         self._lock = threading.Lock()
         self._handles: dict[int, Any] = {}  # thread id -> its libnbd handle
         self._first: Any = None
+        self._opening = 0  # further connections being opened now, counted against the cap
         self._reach: _Reach | None = None  # the last base:allocation reply
         try:
             self._first = self._connect()
@@ -207,23 +208,27 @@ class NbdDrive:
         with self._lock:
             if self._first is None:
                 raise DriveReadError(self.name, offset, "the reader is closed")
-            if not self._multi_conn or len(self._handles) >= MAX_CONNECTIONS:
+            if not self._multi_conn or len(self._handles) + self._opening >= MAX_CONNECTIONS:
                 return self._first
+            self._opening += 1  # the slot is taken before the connection is: the cap holds
         h = self._connect_more()
         with self._lock:
-            if self._first is None:  # closed meanwhile: this one is not to be kept
-                raise DriveReadError(self.name, offset, "the reader is closed")
-            if h is None:
-                if self._multi_conn:
-                    log.warning(
-                        "drive %s: %s took no further connection; reading over one",
-                        self.name,
-                        self.uri,
-                    )
-                self._multi_conn = False
-                return self._first
-            self._handles[me] = h
-        return h
+            self._opening -= 1
+            if h is not None and self._first is not None:
+                self._handles[me] = h
+                return h
+            first, gave_up = self._first, self._multi_conn and h is None
+            self._multi_conn = self._multi_conn and h is not None
+        if h is not None:  # closed meanwhile: this one is not to be kept
+            with contextlib.suppress(nbd.Error):
+                h.shutdown()
+        if first is None:
+            raise DriveReadError(self.name, offset, "the reader is closed")
+        if gave_up:
+            log.warning(
+                "drive %s: %s took no further connection; reading over one", self.name, self.uri
+            )
+        return first
 
     def _connect_more(self) -> Any:
         """Another connection, or None when the server does not complete it in CONNECT_WAIT
