@@ -36,6 +36,7 @@ VERBS: dict[str, str] = {  # verb -> the module in txnbackup_cli whose COMMANDS 
     "check": "check_verbs",
     **dict.fromkeys(("show", "cat"), "snapshot_verbs"),
     "mark-dirty": "tracker_verbs",
+    "qemu-clean": "qemu_verbs",
     **dict.fromkeys(
         ("backup", "watch", "status", "cancel", "backups", "worker", "reap"), "backup_verbs"
     ),

@@ -5,16 +5,20 @@ dropped while QEMU keeps running. One fleet for the module, one qemu-storage-dae
 
 from __future__ import annotations
 
+import json
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.fleet import env_for_workers
 from tests.fleet_plugin import Fleet
 from tests.qemu.qmp_proxy import QmpProxy
 from tests.qemu.qsd import CS, DRIVES, MIB, Guest, Qsd, missing_tools
 from tests.qemu.test_endings import EXPLICIT, SETTINGS, Rig, assert_next_covers, wait_until
 from tests.qemu.test_pipeline import NODE, assert_nothing_left, begun, our_bitmaps, restores
+from tests.qemu.test_reap_cli import TXNBACKUP
 from txnbackup.prune import Pruner
 from txnbackup.qemu.leftovers import find_leftovers
 from txnbackup.qemu.naming import bitmap_name, export_name
@@ -282,3 +286,82 @@ def test_a_monitor_socket_removed_mid_backup_is_not_taken_for_qemu_gone(
     assert full.snapshot in [str(s) for s in repo.snapshots("100")]
     guest.write("drive1", 7)
     assert_next_covers(rig, qsd, guest, repo, [0, CS], tmp_path)
+
+
+def qemu_clean(rig: Rig, qsd: Qsd, *args: str) -> subprocess.CompletedProcess[str]:
+    cmd = [TXNBACKUP, "qemu-clean", "--qmp", f"{qsd.qmp_path}@{NODE}", *args]
+    env = env_for_workers(rig.fleet.env)
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60, check=False)
+
+
+def test_qemu_clean_ends_what_a_commit_that_never_reached_qemu_left(
+    rig: Rig, qsd: Qsd, guest: Guest, tmp_path: Path
+) -> None:
+    producer = rig.fleet.producer
+    repo, full = first_full(rig, qsd, guest, tmp_path)
+    guest.write("drive0", 3)
+    # Given a backup whose every commit attempt found QEMU's monitor unreachable (its socket
+    # file moved away while QEMU kept running): it ended error with its session left in QEMU
+    vm = QemuVM(qsd.qmp_path, NODE, qsd.nbd_socket)
+    second = producer.submit("100", EXPLICIT, repository=repo.path, qmp=vm, speed_limit=CS // 2)
+    hidden = Path(qsd.qmp_path).with_suffix(".hidden")
+    begun(producer, second)
+    Path(qsd.qmp_path).rename(hidden)
+    try:
+        ended = producer.wait(second, 90)
+    finally:
+        hidden.rename(qsd.qmp_path)
+    assert ended.status == "error"
+    assert "commit failed after 5 attempts" in ended.errmsg
+    assert _leftovers(qsd)
+    # and the VM's next backup refuses to begin, naming the command that helps
+    refused = producer.wait(producer.submit("100", EXPLICIT, repository=repo.path, qmp=vm), 60)
+    assert refused.status == "error"
+    assert "txnbackup qemu-clean" in refused.errmsg
+
+    # When the operator asks what qemu-clean would do, then runs it
+    dry = qemu_clean(rig, qsd, "--dry-run", "--json")
+    assert dry.returncode == 0, dry.stderr
+    assert [(o["backup"], o["verdict"], o["ending"]) for o in json.loads(dry.stdout)] == [
+        (second, "would end", "commit")
+    ]
+    assert _leftovers(qsd)  # a dry run changes nothing
+    done = qemu_clean(rig, qsd)
+
+    # Then the session is committed in QEMU, as the snapshot it published is complete:
+    # nothing of ours left, only the new bitmap, which records since that snapshot's instant
+    assert done.returncode == 0, done.stderr
+    assert second in done.stdout and "commit: ended" in done.stdout
+    assert_nothing_left(qsd)
+    assert our_bitmaps(qsd) == {d: [bitmap_name(second)] for d in DRIVES}
+    assert [str(s) for s in repo.snapshots("100")][1] == full.snapshot
+    # and the next incremental, relative to that snapshot, holds every change since it
+    guest.write("drive1", 7)
+    assert_next_covers(rig, qsd, guest, repo, [0, CS], tmp_path)
+    # and a second run finds nothing to do
+    again = qemu_clean(rig, qsd)
+    assert again.returncode == 0, again.stderr
+    assert "nothing of txnbackup's left in this QEMU" in again.stdout
+
+
+def test_qemu_clean_leaves_a_backup_in_progress_alone(
+    rig: Rig, qsd: Qsd, guest: Guest, tmp_path: Path
+) -> None:
+    producer = rig.fleet.producer
+    repo, _full = first_full(rig, qsd, guest, tmp_path)
+    guest.write("drive0", 3)
+    # Given a backup past its begin, still copying
+    vm = QemuVM(qsd.qmp_path, NODE, qsd.nbd_socket)
+    second = producer.submit("100", EXPLICIT, repository=repo.path, qmp=vm, speed_limit=CS // 2)
+    begun(producer, second)
+
+    # When qemu-clean runs on the VM's node
+    busy = qemu_clean(rig, qsd)
+
+    # Then it says the backup is in progress, exits 6 and touches nothing: the backup ends done
+    assert busy.returncode == 6, busy.stderr
+    assert f"backup {second}: still running" in busy.stderr
+    status = producer.wait(second, 60)
+    assert status.status == "done", status.errmsg
+    assert_nothing_left(qsd)
+    assert our_bitmaps(qsd) == {d: [bitmap_name(second)] for d in DRIVES}

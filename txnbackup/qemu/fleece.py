@@ -86,7 +86,11 @@ class FleeceSession:
         """Freeze every drive at one instant; the decision per drive says what to read."""
         found = find_leftovers(self.qmp)
         if found:
-            raise QemuError(self.qmp.path, f"an earlier backup's objects are still there: {found}")
+            raise QemuError(
+                self.qmp.path,
+                f"an earlier backup's objects are still there: {found}; on the VM's node,"
+                f" `txnbackup qemu-clean --qmp {self.qmp.path}@NODE` ends them",
+            )
         states = self.bitmap_states()
         try:
             self._prepare()
@@ -172,7 +176,9 @@ class FleeceSession:
             overlay = naming.overlay_node(self.backup, drive.name)
             if overlay in nodes:
                 self.qmp.execute("blockdev-del", {"node-name": overlay})
-        if self.own_server:
+        if self.own_server and (self.run_dir.exists() or self.started()):
+            # Only a session that got as far as its run directory may have started the
+            # server: a begin refused at once must not stop the one another session runs.
             self._stop_server()
 
     def leftovers(self) -> Leftovers:
@@ -263,8 +269,12 @@ class FleeceSession:
         new = [b for b in bitmaps if b.name == self.new_bitmap]
         frozen = [b for b in bitmaps if b.name != self.new_bitmap]
         if not new:
-            # Begin never happened (the old bitmap still records) or QEMU lost the new one.
-            return [_remove(drive.node, b.name) for b in frozen if not b.recording]
+            if any(b.recording for b in frozen):
+                # Begin never happened here: a recording bitmap of ours is either the old one
+                # (left alone), or another backup's new one, whose session froze the others.
+                return []
+            # QEMU lost the new one (restarted): the frozen ones miss the writes since begin.
+            return [_remove(drive.node, b.name) for b in frozen]
         if new[0].inconsistent or any(b.inconsistent for b in frozen):
             return [_remove(drive.node, b.name) for b in bitmaps]
         if len(frozen) == 1:
