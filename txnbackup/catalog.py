@@ -21,6 +21,16 @@ class Catalog:
         """Stop watching a backup whose record is gone (expired or never written)."""
         self.redis.srem(self.keys.active(), backup)
 
+    def note_qemu_unended(self, backup: str) -> None:
+        """The backup ended, and its session is still in QEMU (txnbackup.qemu.cleanup)."""
+        self.redis.sadd(self.keys.qemu_unended(), backup)
+
+    def qemu_unended(self) -> list[str]:
+        return sorted(text(u) for u in self.redis.smembers(self.keys.qemu_unended()))
+
+    def forget_qemu_unended(self, backup: str) -> None:
+        self.redis.srem(self.keys.qemu_unended(), backup)
+
     def recent(self, limit: int) -> list[str]:
         members: list[bytes] = self.redis.zrevrange(self.keys.backups(), 0, limit - 1)  # type: ignore[assignment]
         return [text(u) for u in members]

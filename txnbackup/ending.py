@@ -121,8 +121,14 @@ def _give_up(rt: Runtime, record: BackupRecord, attempt: int, exc: Exception) ->
     records.note_commit_failure(record.uuid, message)
     records.record_error(record.uuid, message)
     if isinstance(exc, PublishedButNotCommitted):
-        with contextlib.suppress(TxnBackupError):
+        try:
             transaction.return_bits(rt.bitmaps, plan, rt.settings.qemu)
+        except TxnBackupError as missed:
+            if plan.qemu is not None:  # the VM's node's reapers end its session in QEMU
+                log.warning(
+                    "vm %s backup %s: QEMU left for the reaper: %s", plan.vmid, record.uuid, missed
+                )
+                rt.catalog.note_qemu_unended(record.uuid)
         records.finish(records.load(record.uuid), Phase.ERROR)
     elif records.claim(record.uuid, Phase.ROLLING_BACK, frm=[Phase.COMMITTING]).won:
         _roll_back(rt, record)

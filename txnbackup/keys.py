@@ -75,5 +75,10 @@ class Keys:
         stops being true unless renewed (seconds since the epoch; txnbackup.presence)."""
         return f"{self.prefix}serving:{node}"
 
+    def qemu_unended(self) -> str:
+        """Set: uuids of ended QEMU backups whose ending never reached QEMU (its monitor
+        stayed unreachable); the reapers of the VM's node end them there."""
+        return f"{self.prefix}qemu-unended"
+
     def pattern(self) -> str:
         return f"{self.prefix}*"

@@ -12,6 +12,7 @@ Every worker runs one in its main process (a thread, every TXNBACKUP_REAPER_INTE
 | running      | no drive running, idle > the queue timeout    | roll back: no worker took it  |
 | committing   | no lease                                      | finish the commit (capped)    |
 | rolling_back | no lease                                      | finish the rollback           |
+| error        | its commit gave up on QEMU's monitor          | end its session in QEMU       |
 
 The queue timeout is the backup's own (``backup --timeout``), else TXNBACKUP_QUEUE_TIMEOUT; the
 stall timeout is TXNBACKUP_STALL_TIMEOUT; a commit gets TXNBACKUP_COMMIT_ATTEMPTS attempts.
@@ -44,6 +45,7 @@ from txnbackup.bitmap import TxnState
 from txnbackup.ending import SendRollback
 from txnbackup.errors import InvalidInput, TxnBackupError
 from txnbackup.names import check_backup_id
+from txnbackup.qemu.vm import QemuVM
 from txnbackup.record import BackupRecord, Phase
 from txnbackup.repository import Repository
 from txnbackup.runtime import Runtime
@@ -138,6 +140,7 @@ class Reaper:
     def run_once(self) -> dict[str, Verdict]:
         """One pass over active backups, unrecorded freezes and staging areas."""
         acted = {b: v for b in self.rt.catalog.active() if (v := self._reap(b)) is not None}
+        self._qemu_unended()
         self._orphan_freezes()
         self._orphan_staging()
         return acted
@@ -198,6 +201,33 @@ class Reaper:
             ),
             Verdict.RESUME_ROLLBACK: lambda b, why: ending.resume_rollback(rt, b),
         }
+
+    def _qemu_unended(self) -> None:
+        """End in QEMU the sessions of ended backups of this worker's nodes whose commit gave
+        up on QEMU's monitor (txnbackup.qemu.cleanup); tried every pass until QEMU answers."""
+        catalog = self.rt.catalog
+        for backup in catalog.qemu_unended() if self.nodes else []:
+            record = self.rt.records.load_or_none(backup)
+            vm = record.plan.qemu if record else None
+            if vm is None:
+                catalog.forget_qemu_unended(backup)  # expired: qemu-clean lists it
+            elif vm.node in self.nodes:
+                self._end_in_qemu(backup, vm)
+
+    def _end_in_qemu(self, backup: str, vm: QemuVM) -> None:
+        from txnbackup.qemu.cleanup import Verdict, end_session  # noqa: PLC0415 - libnbd
+
+        try:
+            outcome = end_session(self.rt, vm, backup)
+        except TxnBackupError as exc:
+            log.debug("reaper: backup %s: QEMU still unreachable: %s", backup, exc)
+            return
+        if outcome.verdict == Verdict.RUNNING:
+            return  # another backup of the VM holds its lock: the next pass
+        self.rt.catalog.forget_qemu_unended(backup)
+        what = outcome.ending if outcome.verdict == Verdict.ENDED else outcome.reason
+        log.warning("reaper: backup %s: its session in QEMU: %s", backup, what)
+        self.on_action("qemu-unended")
 
     def _orphan_freezes(self) -> None:
         """Give back bits frozen by a producer that died before recording its backup."""

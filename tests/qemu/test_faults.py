@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -294,14 +295,15 @@ def qemu_clean(rig: Rig, qsd: Qsd, *args: str) -> subprocess.CompletedProcess[st
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60, check=False)
 
 
-def test_qemu_clean_ends_what_a_commit_that_never_reached_qemu_left(
-    rig: Rig, qsd: Qsd, guest: Guest, tmp_path: Path
-) -> None:
+def commit_gives_up_on_qemu(
+    rig: Rig, qsd: Qsd, guest: Guest, tmp_path: Path, *, unnoted: bool = False
+) -> tuple[Repository, BackupStatus, str]:
+    """A full backup, then one whose every commit attempt finds QEMU's monitor unreachable
+    (its socket file moved away while QEMU keeps running): it ends error with its session
+    left in QEMU. ``unnoted``: the reapers are not told (as for a session from before)."""
     producer = rig.fleet.producer
     repo, full = first_full(rig, qsd, guest, tmp_path)
     guest.write("drive0", 3)
-    # Given a backup whose every commit attempt found QEMU's monitor unreachable (its socket
-    # file moved away while QEMU kept running): it ended error with its session left in QEMU
     vm = QemuVM(qsd.qmp_path, NODE, qsd.nbd_socket)
     second = producer.submit("100", EXPLICIT, repository=repo.path, qmp=vm, speed_limit=CS // 2)
     hidden = Path(qsd.qmp_path).with_suffix(".hidden")
@@ -309,12 +311,52 @@ def test_qemu_clean_ends_what_a_commit_that_never_reached_qemu_left(
     Path(qsd.qmp_path).rename(hidden)
     try:
         ended = producer.wait(second, 90)
+        if unnoted:
+            producer.rt.catalog.forget_qemu_unended(second)
+            time.sleep(1.5)  # a reaper pass that read the set before has given up
     finally:
         hidden.rename(qsd.qmp_path)
     assert ended.status == "error"
     assert "commit failed after 5 attempts" in ended.errmsg
+    return repo, full, second
+
+
+def assert_committed_in_qemu(
+    rig: Rig, qsd: Qsd, guest: Guest, tmp_path: Path, repo: Repository, second: str
+) -> None:
+    """The session was committed, as the snapshot it published is complete: nothing of ours
+    in QEMU, only the new bitmap, and the next incremental (relative to that snapshot) holds
+    every change since it."""
+    assert_nothing_left(qsd)
+    assert our_bitmaps(qsd) == {d: [bitmap_name(second)] for d in DRIVES}
+    assert repo.find_backup("100", second) is not None
+    guest.write("drive1", 7)
+    assert_next_covers(rig, qsd, guest, repo, [0, CS], tmp_path)
+
+
+def test_the_reaper_ends_in_qemu_what_a_commit_that_gave_up_on_its_monitor_left(
+    rig: Rig, qsd: Qsd, guest: Guest, tmp_path: Path
+) -> None:
+    # Given a backup whose commit gave up on QEMU's monitor, which then answers again
+    repo, _full, second = commit_gives_up_on_qemu(rig, qsd, guest, tmp_path)
+
+    # When the VM's node's reaper has had a few passes (one a second here)
+    wait_until(lambda: not _leftovers(qsd), "the reaper's cleanup in QEMU")
+
+    # Then the session is committed in QEMU and the next backup is incremental again
+    assert second not in rig.fleet.producer.rt.catalog.qemu_unended()
+    assert_committed_in_qemu(rig, qsd, guest, tmp_path, repo, second)
+
+
+def test_qemu_clean_ends_what_a_commit_that_never_reached_qemu_left(
+    rig: Rig, qsd: Qsd, guest: Guest, tmp_path: Path
+) -> None:
+    producer = rig.fleet.producer
+    # Given an ended backup's session in QEMU that the reapers do not know of
+    repo, _full, second = commit_gives_up_on_qemu(rig, qsd, guest, tmp_path, unnoted=True)
     assert _leftovers(qsd)
     # and the VM's next backup refuses to begin, naming the command that helps
+    vm = QemuVM(qsd.qmp_path, NODE, qsd.nbd_socket)
     refused = producer.wait(producer.submit("100", EXPLICIT, repository=repo.path, qmp=vm), 60)
     assert refused.status == "error"
     assert "txnbackup qemu-clean" in refused.errmsg
@@ -328,16 +370,10 @@ def test_qemu_clean_ends_what_a_commit_that_never_reached_qemu_left(
     assert _leftovers(qsd)  # a dry run changes nothing
     done = qemu_clean(rig, qsd)
 
-    # Then the session is committed in QEMU, as the snapshot it published is complete:
-    # nothing of ours left, only the new bitmap, which records since that snapshot's instant
+    # Then the session is committed in QEMU and the next backup is incremental again
     assert done.returncode == 0, done.stderr
     assert second in done.stdout and "commit: ended" in done.stdout
-    assert_nothing_left(qsd)
-    assert our_bitmaps(qsd) == {d: [bitmap_name(second)] for d in DRIVES}
-    assert [str(s) for s in repo.snapshots("100")][1] == full.snapshot
-    # and the next incremental, relative to that snapshot, holds every change since it
-    guest.write("drive1", 7)
-    assert_next_covers(rig, qsd, guest, repo, [0, CS], tmp_path)
+    assert_committed_in_qemu(rig, qsd, guest, tmp_path, repo, second)
     # and a second run finds nothing to do
     again = qemu_clean(rig, qsd)
     assert again.returncode == 0, again.stderr

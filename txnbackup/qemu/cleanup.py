@@ -10,6 +10,10 @@ any other is rolled back (the new bitmap merged into the frozen one, whose snaps
 still in the repository). A backup still in progress is left to its own
 ending or the reaper; one whose record expired is reported, for an operator to remove by
 hand (docs/qemu.md, "Cleaning up after an ending QEMU missed").
+
+The reapers of the VM's node do the same for every backup whose commit gave up on QEMU
+(``Catalog.qemu_unended``), once its monitor answers again; the command is for what they
+cannot know of (a session from before, or the set lost with Redis).
 """
 
 from __future__ import annotations
@@ -83,10 +87,17 @@ def clean(rt: Runtime, vm: QemuVM, *, dry_run: bool = False) -> list[Outcome]:
     """End in QEMU every ended backup's session found in ``vm`` (run on the VM's node)."""
     with QmpClient(vm.qmp) as qmp:
         found = sessions(qmp)
-    return [_end(rt, vm, backup, tuple(seen), dry_run) for backup, seen in sorted(found.items())]
+    return [
+        end_session(rt, vm, backup, tuple(seen), dry_run=dry_run)
+        for backup, seen in sorted(found.items())
+    ]
 
 
-def _end(rt: Runtime, vm: QemuVM, backup: str, seen: tuple[str, ...], dry_run: bool) -> Outcome:
+def end_session(
+    rt: Runtime, vm: QemuVM, backup: str, seen: tuple[str, ...] = (), *, dry_run: bool = False
+) -> Outcome:
+    """End ``backup``'s session in ``vm`` as its record says (what ``clean`` and the reaper
+    of the VM's node do for each); raises when QEMU cannot be reached, to be tried again."""
     raw = rt.records.raw_or_none(backup)
     if raw is None:
         days = rt.settings.state_ttl / 86400
