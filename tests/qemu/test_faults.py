@@ -5,6 +5,7 @@ dropped while QEMU keeps running. One fleet for the module, one qemu-storage-dae
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import time
@@ -258,25 +259,41 @@ def test_a_dropped_qmp_connection_during_commit_still_commits(
     assert_next_covers(rig, qsd, guest, repo, [0, CS], tmp_path)
 
 
+def a_second_backup_past_begin(
+    rig: Rig, qsd: Qsd, guest: Guest, tmp_path: Path
+) -> tuple[Repository, BackupStatus, str]:
+    """A full backup, a chunk written, then a second backup past its begin (the copy of the
+    one dirty chunk takes about two seconds: what a test does next comes before it)."""
+    producer = rig.fleet.producer
+    repo, full = first_full(rig, qsd, guest, tmp_path)
+    guest.write("drive0", 3)
+    vm = QemuVM(qsd.qmp_path, NODE, qsd.nbd_socket)
+    second = producer.submit("100", EXPLICIT, repository=repo.path, qmp=vm, speed_limit=CS // 2)
+    begun(producer, second)
+    return repo, full, second
+
+
+@contextlib.contextmanager
+def monitor_moved_away(qsd: Qsd) -> Iterator[None]:
+    """QEMU's monitor socket file moved away while QEMU keeps running and serving the
+    backup's NBD socket (nobody can reach its monitor); put back at the end."""
+    hidden = Path(qsd.qmp_path).with_suffix(".hidden")
+    Path(qsd.qmp_path).rename(hidden)
+    try:
+        yield
+    finally:
+        hidden.rename(qsd.qmp_path)
+
+
 def test_a_monitor_socket_removed_mid_backup_is_not_taken_for_qemu_gone(
     rig: Rig, qsd: Qsd, guest: Guest, tmp_path: Path
 ) -> None:
     producer = rig.fleet.producer
-    repo, full = first_full(rig, qsd, guest, tmp_path)
-    guest.write("drive0", 3)
-    # Given a backup past its begin, then QEMU's monitor socket file moved away (QEMU keeps
-    # running and serving the backup's NBD socket; nobody can reach its monitor)
-    vm = QemuVM(qsd.qmp_path, NODE, qsd.nbd_socket)
-    # (the copy of the one dirty chunk takes about two seconds: the move is made before it)
-    second = producer.submit("100", EXPLICIT, repository=repo.path, qmp=vm, speed_limit=CS // 2)
-    hidden = Path(qsd.qmp_path).with_suffix(".hidden")
-    begun(producer, second)
-    Path(qsd.qmp_path).rename(hidden)
-    try:
+    # Given a backup past its begin, then QEMU's monitor socket file moved away
+    repo, full, second = a_second_backup_past_begin(rig, qsd, guest, tmp_path)
+    with monitor_moved_away(qsd):
         # When the commit has failed for it, and the operator then puts the socket back
         wait_until(lambda: producer.rt.records.load(second).commit_attempts >= 2, "a retry")
-    finally:
-        hidden.rename(qsd.qmp_path)
 
     # Then the commit was retried until it reached QEMU, instead of ending as if QEMU were
     # gone and leaving the backup's objects and both bitmaps in it
@@ -302,20 +319,12 @@ def commit_gives_up_on_qemu(
     (its socket file moved away while QEMU keeps running): it ends error with its session
     left in QEMU. ``unnoted``: the reapers are not told (as for a session from before)."""
     producer = rig.fleet.producer
-    repo, full = first_full(rig, qsd, guest, tmp_path)
-    guest.write("drive0", 3)
-    vm = QemuVM(qsd.qmp_path, NODE, qsd.nbd_socket)
-    second = producer.submit("100", EXPLICIT, repository=repo.path, qmp=vm, speed_limit=CS // 2)
-    hidden = Path(qsd.qmp_path).with_suffix(".hidden")
-    begun(producer, second)
-    Path(qsd.qmp_path).rename(hidden)
-    try:
+    repo, full, second = a_second_backup_past_begin(rig, qsd, guest, tmp_path)
+    with monitor_moved_away(qsd):
         ended = producer.wait(second, 90)
         if unnoted:
             producer.rt.catalog.forget_qemu_unended(second)
             time.sleep(1.5)  # a reaper pass that read the set before has given up
-    finally:
-        hidden.rename(qsd.qmp_path)
     assert ended.status == "error"
     assert "commit failed after 5 attempts" in ended.errmsg
     return repo, full, second
@@ -384,12 +393,8 @@ def test_qemu_clean_leaves_a_backup_in_progress_alone(
     rig: Rig, qsd: Qsd, guest: Guest, tmp_path: Path
 ) -> None:
     producer = rig.fleet.producer
-    repo, _full = first_full(rig, qsd, guest, tmp_path)
-    guest.write("drive0", 3)
     # Given a backup past its begin, still copying
-    vm = QemuVM(qsd.qmp_path, NODE, qsd.nbd_socket)
-    second = producer.submit("100", EXPLICIT, repository=repo.path, qmp=vm, speed_limit=CS // 2)
-    begun(producer, second)
+    _repo, _full, second = a_second_backup_past_begin(rig, qsd, guest, tmp_path)
 
     # When qemu-clean runs on the VM's node
     busy = qemu_clean(rig, qsd)
