@@ -18,7 +18,7 @@ from tasks.names import BEGIN
 from tasks.runtime import runtime
 from txnbackup.errors import Cancelled
 from txnbackup.failpoints import failpoint
-from txnbackup.qemu.begin import begin_backup, end_begin
+from txnbackup.qemu.begin import begin_backup, end_begin, stop_renewing
 
 
 @shared_task(name=BEGIN, bind=True)
@@ -57,9 +57,14 @@ def hand_over(
     task: Any = None, task_id: str = "", args: Any = (), state: str = "", **_: Any
 ) -> None:
     """Celery has sent the first copy (after a success, or with a replacement): begin's lease
-    and mark go; a worker lost before this point is the reaper's, as begin's. A
+    and mark go; a worker lost before this point is the reaper's, as begin's. A begin that
+    failed after its QEMU work stops renewing its lease and leaves it to expire. A
     ``task_postrun`` handler, connected by workers.hooks.install."""
-    if getattr(task, "name", "") == BEGIN and state in (states.SUCCESS, states.IGNORED) and args:
-        hostname = getattr(task.request, "hostname", "") or ""
-        failpoint("begin.hand_over")
-        end_begin(runtime(), args[0], begin_holder(hostname, task_id))
+    if getattr(task, "name", "") != BEGIN or not args:
+        return
+    holder = begin_holder(getattr(task.request, "hostname", "") or "", task_id)
+    if state not in (states.SUCCESS, states.IGNORED):
+        stop_renewing(args[0], holder)
+        return
+    failpoint("begin.hand_over")
+    end_begin(runtime(), args[0], holder)

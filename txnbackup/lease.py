@@ -12,6 +12,7 @@ nobody does by then.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from enum import StrEnum
@@ -21,7 +22,7 @@ from redis import Redis
 
 from txnbackup.keys import Keys
 from txnbackup.record import Field
-from txnbackup.redisconn import COMPARE_AND_DELETE, text
+from txnbackup.redisconn import COMPARE_AND_DELETE, COMPARE_AND_EXPIRE, text
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +39,7 @@ class Leases:
         self.redis = redis
         self.keys = keys
         self._drop = redis.register_script(COMPARE_AND_DELETE)
+        self._extend = redis.register_script(COMPARE_AND_EXPIRE)
 
     def touch(self, backup: str, role: LeaseRole, holder: str, ttl: float) -> None:
         """Renew a lease: ``holder`` works on the backup in ``role`` for ``ttl`` more seconds."""
@@ -45,6 +47,12 @@ class Leases:
         pipe.set(self.keys.lease(backup, role), holder, px=int(ttl * 1000))
         pipe.hset(self.keys.backup(backup), Field.LAST_ACTIVITY, str(time.time()))
         pipe.execute()
+
+    def extend(self, backup: str, role: LeaseRole, holder: str, ttl: float) -> bool:
+        """Renew a lease only while ``holder`` still holds it (a taker may have it now)."""
+        return bool(
+            self._extend(keys=[self.keys.lease(backup, role)], args=[holder, int(ttl * 1000)])
+        )
 
     def drop(self, backup: str, role: LeaseRole, holder: str) -> None:
         self._drop(keys=[self.keys.lease(backup, role)], args=[holder])
@@ -72,20 +80,38 @@ class Heartbeat:
         self.holder = holder
         self.ttl = ttl
         self.kept = False
+        self._until = math.inf  # monotonic time renewal stops at, once handed over
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._beat, name=f"lease-{backup[:8]}", daemon=True)
 
     def _beat(self) -> None:
-        while not self._stop.wait(self.ttl / 3):
+        while not self._stop.wait(self.ttl / 3) and time.monotonic() < self._until:
             try:
-                self.leases.touch(self.backup, self.role, self.holder, self.ttl)
+                self._renew()
             except Exception:
                 log.warning("backup %s: lease renewal failed; retrying", self.backup)
 
-    def keep(self) -> None:
-        """Stop renewing at the end but leave the lease: whoever takes over drops it (or it
-        expires, and the reaper judges)."""
+    def _renew(self) -> None:
+        if self.kept:  # handing over: the taker may hold the lease already, and keeps it
+            self.leases.extend(self.backup, self.role, self.holder, self.ttl)
+        else:
+            self.leases.touch(self.backup, self.role, self.holder, self.ttl)
+
+    def keep(self, limit: float) -> None:
+        """Leave the with-block still renewing, for at most ``limit`` more seconds: the work
+        is done but not yet handed to whoever takes over. ``release`` stops the renewal and
+        leaves the lease to the taker (who drops it) or to expire (and the reaper judges).
+        The lease must not lapse in between while this worker lives: under load, handing
+        over (a broker publish) can take longer than a short TTL. From now on a renewal
+        only extends the lease while it is still this holder's."""
         self.kept = True
+        self._until = time.monotonic() + limit
+
+    def release(self) -> None:
+        """Stop renewing; the lease stays until it is dropped or expires."""
+        self._stop.set()
+        if self._thread is not threading.current_thread():
+            self._thread.join()
 
     def __enter__(self) -> Heartbeat:
         self.leases.touch(self.backup, self.role, self.holder, self.ttl)
@@ -98,7 +124,8 @@ class Heartbeat:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self._stop.set()
-        self._thread.join()
+        if self.kept and exc_type is None:
+            return  # renewing until release (or the limit)
+        self.release()
         if not self.kept and (exc_type is None or issubclass(exc_type, Exception)):
             self.leases.drop(self.backup, self.role, self.holder)

@@ -317,14 +317,27 @@ def test_a_worker_killed_right_after_qemu_s_transaction(
         assert_next_covers(rig, qsd, guest, repo, [32 * CS, CS], tmp_path)
 
 
-def test_begin_handing_over_late_leaves_the_last_copy_its_lease(
-    make_fleet: Callable[[dict[str, str]], Fleet], qsd: Qsd, guest: Guest, tmp_path: Path
+SLOW_HAND_OVERS = {
+    # the last drive's copy, which Celery gives begin's task id, is running when begin lets
+    # go of its lease (its post-run step sleeps 5 s; lease 30 s, renewed every 10 s)
+    "after-the-copy-started": ("begin.hand_over=sleep:5", {}),
+    # begin's work is done but sending the first copy takes longer than the lease (2 s)
+    "before-the-copy-is-sent": ("begin.done=sleep:5", {"TXNBACKUP_LEASE_TTL": "2"}),
+}
+
+
+@pytest.mark.parametrize("when", list(SLOW_HAND_OVERS))
+def test_begin_handing_over_late_leaves_the_backup_alive(
+    make_fleet: Callable[[dict[str, str]], Fleet],
+    qsd: Qsd,
+    guest: Guest,
+    tmp_path: Path,
+    when: str,
 ) -> None:
-    # Given a worker whose begin hands over late (its post-run step sleeps 5 s) while the
-    # drives are copied at 4 MiB/s (4 s each): the last drive's copy, which Celery gives
-    # begin's task id, is running when begin lets go of its lease
-    fleet = make_fleet({"TXNBACKUP_REAPER_INTERVAL": "1"})  # lease 30 s: renewed every 10 s
-    fleet.start(NODE, {"TXNBACKUP_FAILPOINTS": "begin.hand_over=sleep:5"})
+    failpoints, settings = SLOW_HAND_OVERS[when]
+    # Given a worker whose begin hands over late while the drives are copied at 4 MiB/s
+    fleet = make_fleet({"TXNBACKUP_REAPER_INTERVAL": "1", **settings})
+    fleet.start(NODE, {"TXNBACKUP_FAILPOINTS": failpoints})
     repo = Repository.init(tmp_path / "repo", CS)
     vm = QemuVM(qsd.qmp_path, NODE, qsd.nbd_socket)
     guest.fill()
@@ -336,8 +349,8 @@ def test_begin_handing_over_late_leaves_the_last_copy_its_lease(
     backup = producer.submit("100", [], repository=repo.path, qmp=vm, speed_limit=limit)
     status = producer.wait(backup, 60)
 
-    # Then begin's hand-over left the running copy's lease alone: no reaper called the copy's
-    # worker lost, and the backup completed
+    # Then no reaper called begin's or the copy's live worker lost (begin renewed its lease
+    # until it handed over, and left the running copy's lease alone): the backup completed
     assert status.status == "done", status.errmsg
     assert restores(repo, status.snapshot, expected, tmp_path)
     assert_nothing_left(qsd)

@@ -11,7 +11,8 @@ usable only when that backup's snapshot is the VM's newest complete one here, wi
 at the same size; otherwise the drive is read in full (``invalid``, with the reason).
 
 Begin holds the copy lease and marks the record (``beginning``) while it works, and keeps
-both until its caller has put the next step in the broker (``end_begin``), so a worker that
+both (the lease still renewed) until its caller has put the next step in the broker
+(``end_begin``), so a worker that
 dies anywhere between QEMU's transaction and the first copy's message is found by the
 reaper once the lease expires, like a lost drive copy. A second delivery of the same begin
 (its message redelivered after that death) recognises the backup: once the plan was decided
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import threading
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 
@@ -51,6 +53,11 @@ from txnbackup.verify import failed_verification
 
 log = logging.getLogger(__name__)
 
+# the begins of this process that returned and still renew their lease until their task
+# handed the backup over (end_begin) or ended without (stop_renewing)
+_handing: dict[tuple[str, str], Heartbeat] = {}
+_handing_lock = threading.Lock()
+
 CopyIds = Callable[[int], Sequence[str]]  # ids for n copy tasks the begin adds to the chain
 WAITING = "waiting for QEMU's begin"  # the reason of every drive until begin decided it
 
@@ -76,7 +83,9 @@ def begin_backup(
         except Exception:
             rt.records.end_begin(backup)
             raise
-        beat.keep()  # until end_begin: the first copy's message is not sent yet
+        beat.keep(max(60.0, 10 * rt.settings.lease_ttl))  # the first copy is not sent yet
+        with _handing_lock:
+            _handing[(backup, holder)] = beat
     for d in begun.drives:
         log.info("vm %s backup %s drive %s: %s", begun.vmid, backup, d.name, _vzdump_words(d))
     return begun
@@ -84,8 +93,18 @@ def begin_backup(
 
 def end_begin(rt: Runtime, backup: str, holder: str) -> None:
     """The next step of a begun backup is in the broker: a lost worker is no longer begin's."""
+    stop_renewing(backup, holder)
     rt.records.end_begin(backup)
     rt.leases.drop(backup, LeaseRole.COPY, holder)
+
+
+def stop_renewing(backup: str, holder: str) -> None:
+    """Begin's task ended without handing over (it failed after begin): its lease and mark
+    stay until the lease expires, and the reaper judges the backup lost in begin."""
+    with _handing_lock:
+        beat = _handing.pop((backup, holder), None)
+    if beat is not None:
+        beat.release()
 
 
 def begun(plan: BackupPlan) -> bool:
