@@ -93,12 +93,29 @@ def _zeros(length: int) -> bytes:
     return bytes(length)
 
 
-def process_chunk(store: ChunkBackend, data: bytes, levels: LevelChooser) -> ChunkResult:
+def is_zero(data: bytes | memoryview) -> bool:
+    """Whether every byte is zero. A comparison of bytes with zeros is a memcmp that stops at
+    the first non-zero byte (counting zero bytes would scan every chunk at the speed of hashing
+    it); a view's comparison goes byte by byte, so a view that passes a look at three of its
+    bytes is copied first (a zero chunk is neither hashed nor compressed: that copy is all
+    the work it costs)."""
+    if isinstance(data, bytes):
+        return data == _zeros(len(data))
+    n = len(data)
+    if n == 0:
+        return True
+    if data[0] or data[n // 2] or data[n - 1]:
+        return False
+    return data.tobytes() == _zeros(n)
+
+
+def process_chunk(
+    store: ChunkBackend, data: bytes | memoryview, levels: LevelChooser
+) -> ChunkResult:
     """Zero check, hash, dedup check, compress (at the level ``levels`` chooses) and store
-    one chunk, telling ``levels`` what compressing and storing it took."""
-    # A comparison with zeros is a memcmp that stops at the first non-zero byte; counting
-    # zero bytes would scan every chunk at the speed of hashing it.
-    if data == _zeros(len(data)):
+    one chunk, telling ``levels`` what compressing and storing it took. ``data`` may be a
+    view into the reading thread's buffer: nothing here keeps it once the chunk is stored."""
+    if is_zero(data):
         return ChunkResult(ZERO_DIGEST, len(data), Outcome.ZERO)
     digest = store.codec.chunk_id(data)
     if store.reuse(digest.hex()):
@@ -125,10 +142,11 @@ def store_span(
     """Read ``[offset, offset + length)`` (whole chunks) at once and process each chunk."""
     if reader.next_data(offset) >= offset + length:
         return [ChunkResult(ZERO_DIGEST, n, Outcome.ZERO) for n in _pieces(length, cs)]
-    data = reader.read(offset, length)
+    data = reader.read_span(offset, length)
     if length <= cs:
         return [process_chunk(store, data, levels)]
-    return [process_chunk(store, data[i : i + cs], levels) for i in range(0, length, cs)]
+    view = memoryview(data)  # slices of bytes would copy each chunk
+    return [process_chunk(store, view[i : i + cs], levels) for i in range(0, length, cs)]
 
 
 def check_clean(

@@ -123,6 +123,9 @@ class NbdDrive:
             for at in range(offset, offset + length, MAX_REQUEST)
         )
 
+    def read_span(self, offset: int, length: int) -> bytes:
+        return self.read(offset, length)
+
     def prefetch(self, offset: int, length: int) -> None:
         """Nothing: the pool's threads each have a read in flight on their own connection."""
 
