@@ -2,14 +2,15 @@
 
 A backup reads each drive once; through the page cache every 4 KiB costs the kernel a copy,
 a page's bookkeeping and later its reclaim. On a 2-core host that was more CPU than hashing
-the data (docs/performance.md, "Direct reads"), and it evicted the host's cache for bytes
+the data (docs/performance.md, "Direct I/O"), and it evicted the host's cache for bytes
 nobody reads again. A direct read needs its offset, length and buffer aligned (``ALIGN``);
 buffers here are page-aligned anonymous maps, one per thread, reused from one read to the
 next. A file system that refuses direct I/O (tmpfs on older kernels, some network file
 systems) is read through the cache as before.
 
-Chunk files are still written through the cache: writing them directly saved CPU but not
-time, as each write then waits for the device on a thread that could be hashing.
+Writes stay buffered. Chunk files written directly saved CPU but not time (each write then
+waits for the device on a thread that could be hashing); restore's image writes likewise
+(their copy into an aligned buffer ate the kernel's saving): docs/performance.md.
 """
 
 from __future__ import annotations
