@@ -93,13 +93,13 @@ def _zeros(length: int) -> bytes:
     return bytes(length)
 
 
-def is_zero(data: bytes | memoryview) -> bool:
+def is_zero(data: bytes | bytearray | memoryview) -> bool:
     """Whether every byte is zero. A comparison of bytes with zeros is a memcmp that stops at
     the first non-zero byte (counting zero bytes would scan every chunk at the speed of hashing
     it); a view's comparison goes byte by byte, so a view that passes a look at three of its
     bytes is copied first (a zero chunk is neither hashed nor compressed: that copy is all
     the work it costs)."""
-    if isinstance(data, bytes):
+    if not isinstance(data, memoryview):  # bytes, or an NBD read's bytearray
         return data == _zeros(len(data))
     n = len(data)
     if n == 0:
