@@ -3,7 +3,8 @@
 Three costs, each measured in the run that it is the floor of:
 
 - read: the drives read cold, one after another, the way the engine reads them (spans of the
-  engine's ``READ_SIZE`` on as many threads as it uses, as many spans in flight as it allows);
+  engine's ``READ_SIZE`` on as many threads as it uses, as many spans in flight as it allows,
+  through its drive reader: past the page cache where the file system allows it);
 - write: as many bytes as txnbackup's full backup stored, written in 4 MiB blocks to one file
   and made durable with one fsync (the best a backup can do with its output);
 - cpu: SHA-256 and zstd (the engine's level) of every chunk that is not all zeros, in CPU
@@ -28,6 +29,7 @@ import zstandard
 
 from bench.measure import PageCache, timed
 from txnbackup.constants import DEFAULT_CHUNK_SIZE, ZSTD_LEVEL
+from txnbackup.drive import FileDrive
 from txnbackup.engine import INFLIGHT_BYTES, READ_SIZE, default_workers
 
 WRITE_BLOCK = 4 * 1024 * 1024  # bytes per write of the write floor
@@ -118,19 +120,23 @@ def measure_write(directory: Path, nbytes: int) -> float:
 
 
 def _read_like_engine(drives: Sequence[Path], threads: int, in_flight: int) -> None:
+    """Spans read as the engine reads them: through the drive's reader (past the page cache
+    where the file system allows it: txnbackup.direct), ``in_flight`` at most."""
     with ThreadPoolExecutor(threads) as pool:
         for drive in drives:
-            fd = os.open(drive, os.O_RDONLY)
-            try:
-                pending: deque[Future[bytes]] = deque()
-                for offset in range(0, os.fstat(fd).st_size, READ_SIZE):
-                    pending.append(pool.submit(os.pread, fd, READ_SIZE, offset))
+            with FileDrive(drive.name, drive) as reader:
+                pending: deque[Future[int]] = deque()
+                for offset in range(0, reader.size, READ_SIZE):
+                    length = min(READ_SIZE, reader.size - offset)
+                    pending.append(pool.submit(_read_span, reader, offset, length))
                     while len(pending) >= in_flight:
                         pending.popleft().result()
                 for f in pending:
                     f.result()
-            finally:
-                os.close(fd)
+
+
+def _read_span(reader: FileDrive, offset: int, length: int) -> int:
+    return len(reader.read_span(offset, length))
 
 
 def _cpu_seconds(drives: Sequence[Path]) -> tuple[float, float]:
