@@ -3,7 +3,8 @@ read over NBD (issue 14), then an incremental after a 1% change read from QEMU's
 bitmap.
 
 The qcow2 holds the raw image's bytes (``qemu-img convert``) and is served by a
-qemu-storage-daemon whose writable NBD export stands in for the guest; the 1% change (the
+qemu-storage-daemon (its image opened with cache=none, Proxmox VE's default for a guest's
+disks) whose writable NBD export stands in for the guest; the 1% change (the
 mix's clustered and scattered writes, one after the other) goes through that export, so only
 QEMU's bitmap knows it. The two full backups alternate ``runs`` times (file drive, then NBD:
 both in the same conditions), each into a new repository, the page cache dropped before each
@@ -128,7 +129,10 @@ def _daemon(qdir: Path, image: Path) -> Iterator[_Daemon]:
     daemon = _Daemon(qdir)
     args = ["setpriv", "--pdeathsig", "TERM", "qemu-storage-daemon"]
     args += ["--nbd-server", f"addr.type=unix,addr.path={daemon.nbd}"]
-    args += ["--blockdev", f"driver=file,node-name=drive0-file,filename={image}"]
+    # As Proxmox VE runs a guest's disks by default (cache=none): QEMU reads the image past
+    # the host's page cache, as the engine reads the file drive it is compared with.
+    file_node = f"driver=file,node-name=drive0-file,filename={image},cache.direct=on,aio=native"
+    args += ["--blockdev", file_node]
     args += ["--blockdev", "driver=qcow2,node-name=drive0,file=drive0-file"]
     args += ["--export", "type=nbd,id=guest,node-name=drive0,name=guest,writable=on"]
     args += ["--chardev", f"socket,id=qmp0,path={daemon.qmp},server=on,wait=off"]

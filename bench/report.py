@@ -257,7 +257,8 @@ def _floor(m: MixResults) -> list[str]:
     write = parts.get("write")
     lines = [
         f"floor, seconds: read {f.read:.2f} (cold, {f.size / f.read / mb:.0f} MB/s; "
-        f"{f.threads} threads, {f.in_flight} spans in flight as the engine reads)",
+        f"{f.threads} threads, {f.in_flight} spans in flight as the engine reads; "
+        f"{f.read_way}, the faster of cached and direct)",
         "  write "
         + (
             "-"
