@@ -207,6 +207,19 @@ class RecordStore:
     def load(self, backup: str) -> BackupRecord:
         return BackupRecord.parse(self.raw(backup))
 
+    def load_leased(self, backup: str) -> tuple[BackupRecord | None, bool]:
+        """The record, and whether any lease on the backup is held, read at one instant (one
+        MULTI). A step takes its lease before it marks the record and unmarks it before it
+        lets go, so "marked without a lease" means its worker is gone, but only if both were
+        read at once: read one after the other, a begin handing over to its first copy
+        (mark cleared, lease dropped, in between) looks lost."""
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.hgetall(self.keys.backup(backup))
+        pipe.exists(*(self.keys.lease(backup, role) for role in LeaseRole))
+        data, leased = pipe.execute()
+        raw = {text(k): text(v) for k, v in data.items()}
+        return (BackupRecord.parse(raw) if raw else None), bool(leased)
+
     def raw_or_none(self, backup: str) -> dict[str, str] | None:
         data = self.redis.hgetall(self.keys.backup(backup))
         return {text(k): text(v) for k, v in data.items()} if data else None

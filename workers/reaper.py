@@ -146,11 +146,9 @@ class Reaper:
         return acted
 
     def _reap(self, backup: str) -> Verdict | None:
-        records, s = self.rt.records, self.rt.settings
-        record = records.load_or_none(backup)
-        judgement = judge(
-            record, self.rt.leases.leased(backup), time.time(), s.queue_timeout, s.stall_timeout
-        )
+        s = self.rt.settings
+        record, leased = self.rt.records.load_leased(backup)
+        judgement = judge(record, leased, time.time(), s.queue_timeout, s.stall_timeout)
         if judgement.verdict is Verdict.ALIVE:
             return None
         if judgement.verdict is Verdict.FORGET:

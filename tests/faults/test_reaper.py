@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import threading
 import time
 from pathlib import Path
 
@@ -189,3 +190,32 @@ def test_a_lost_drive_of_a_cancelled_backup_ends_cancelled_not_in_error(
     status = from_record(rt.records.load(plan.backup))
     assert (status.status, status.errmsg) == ("cancelled", "task t1 terminated")
     assert [d.state for d in status.drives] == ["cancelled"]
+
+
+def test_a_step_handing_over_to_the_next_never_looks_lost(
+    rt: Runtime, repo: Repository, tmp_path: Path
+) -> None:
+    # Given a backup whose steps hand over again and again as a QEMU begin hands over to its
+    # first copy: take the lease, mark the record; unmark it, drop the lease
+    plan = started_backup(rt, repo, tmp_path)
+    stop = threading.Event()
+
+    def hand_over() -> None:
+        while not stop.is_set():
+            rt.leases.touch(plan.backup, LeaseRole.COPY, "begin", 30)
+            assert rt.records.mark_begin(plan.backup, "begin")
+            rt.records.end_begin(plan.backup)
+            rt.leases.drop(plan.backup, LeaseRole.COPY, "begin")
+
+    steps = threading.Thread(target=hand_over)
+    steps.start()
+    try:
+        # When a reaper makes pass after pass meanwhile
+        reaper = Reaper(rt, no_rollback)
+        acted = [reaper.run_once() for _ in range(100)]
+    finally:
+        stop.set()
+        steps.join()
+    # Then it never found a marked backup without a lease: no pass acted, the backup runs
+    assert [a for a in acted if a] == []
+    assert rt.records.phase(plan.backup) is Phase.RUNNING
