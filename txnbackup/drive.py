@@ -90,7 +90,10 @@ class FileDrive(Closing):
         except BaseException:
             os.close(self._fd)
             raise
-        self._direct = direct.open_read(path, os.fstat(self._fd))
+        # Open until close, even once direct reads were refused after all (_refused): another
+        # thread may be reading through it, and a number closed early could name another file.
+        self._direct_fd = direct.open_read(path, os.fstat(self._fd))
+        self._refused = False
 
     def _check_size(self) -> int:
         try:
@@ -120,27 +123,26 @@ class FileDrive(Closing):
             raise DriveReadError(self.name, offset + len(data), self._short_read(len(data), length))
         return data
 
+    @property
+    def _direct(self) -> int | None:
+        return None if self._refused else self._direct_fd
+
     def read_span(self, offset: int, length: int) -> bytes | memoryview:
-        if self._direct is None or offset % direct.ALIGN:
+        fd = self._direct
+        if fd is None or offset % direct.ALIGN:
             return self.read(offset, length)
         aligned = direct.round_up(length)  # the tail's read stops at EOF
         buffer = _BUFFERS.get(aligned)
         try:
-            got = os.preadv(self._direct, [buffer[:aligned]], offset)
+            got = os.preadv(fd, [buffer[:aligned]], offset)
         except OSError as exc:
             if exc.errno != errno.EINVAL:
                 raise DriveReadError(self.name, offset, exc.strerror or str(exc)) from None
-            self._stop_direct()  # refused here after all (a device's larger sector size)
+            self._refused = True  # refused here after all (a device's larger sector size)
             return self.read(offset, length)
         if got < length:
             raise DriveReadError(self.name, offset + got, self._short_read(got, length))
         return buffer[:length]
-
-    def _stop_direct(self) -> None:
-        direct, self._direct = self._direct, None
-        if direct is not None:
-            with contextlib.suppress(OSError):
-                os.close(direct)
 
     def _short_read(self, got: int, wanted: int) -> str:
         try:
@@ -170,7 +172,8 @@ class FileDrive(Closing):
         return os.fstat(self._fd).st_size
 
     def close(self) -> None:
-        self._stop_direct()
+        if self._direct_fd is not None:
+            os.close(self._direct_fd)
         os.close(self._fd)
 
 

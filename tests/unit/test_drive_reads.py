@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import random
 import tempfile
@@ -73,3 +74,20 @@ def test_a_drive_that_shrank_is_a_read_error_naming_it(tmp_path: Path) -> None:
         os.truncate(path, 2 * CS + 100)
         with pytest.raises(DriveReadError, match="shrank from 262144 to 131172 bytes"):
             reader.read_span(2 * CS, 2 * CS)
+
+
+def test_a_drive_refusing_direct_reads_midway_is_read_through_the_cache(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a drive whose direct reads the kernel refuses after it was opened (EINVAL, as a
+    # device with a larger sector size answers)
+    data = _image(tmp_path / "d.raw", 4 * CS)
+
+    def refuse(*_: object) -> int:
+        raise OSError(errno.EINVAL, "Invalid argument")
+
+    with FileDrive("d", tmp_path / "d.raw") as reader:
+        monkeypatch.setattr(os, "preadv", refuse)
+        # Then every span still reads the drive's bytes, now and after
+        assert bytes(reader.read_span(0, CS)) == data[:CS]
+        assert bytes(reader.read_span(CS, 3 * CS)) == data[CS:]
