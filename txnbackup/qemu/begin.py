@@ -12,12 +12,12 @@ at the same size; otherwise the drive is read in full (``invalid``, with the rea
 
 Begin holds the copy lease and marks the record (``beginning``) while it works, and keeps
 both (the lease still renewed) until its caller has put the next step in the broker
-(``end_begin``), so a worker that
-dies anywhere between QEMU's transaction and the first copy's message is found by the
-reaper once the lease expires, like a lost drive copy. A second delivery of the same begin
-(its message redelivered after that death) recognises the backup: once the plan was decided
-QEMU's session stands and nothing is redone; before that, whatever the first delivery left
-is rolled back (which restores the bitmaps exactly) and begin starts again.
+(``end_begin``), so a worker that dies anywhere between QEMU's transaction and the first
+copy's message is found by the reaper once the lease expires, like a lost drive copy. A
+second delivery of the same begin (its message redelivered after that death) recognises the
+backup: once the plan was decided QEMU's session stands and nothing is redone; before that,
+whatever the first delivery left is rolled back (which restores the bitmaps exactly) and
+begin starts again.
 """
 
 from __future__ import annotations
