@@ -140,7 +140,7 @@ def plausible(head: bytes, file_size: int) -> bool:
     return False
 
 
-def decode(blob: bytes, digest: str) -> bytes:
+def decode(blob: bytes | memoryview, digest: str) -> bytes:
     """Return the plaintext of a chunk file, or raise CorruptChunk naming what is wrong."""
     if len(blob) < HEADER.size:
         raise CorruptChunk(digest, "truncated header")
@@ -155,6 +155,53 @@ def decode(blob: bytes, digest: str) -> bytes:
     if len(data) != length or digest_of(data) != digest:
         raise CorruptChunk(digest, "content does not match its digest")
     return data
+
+
+def decode_into(blob: bytes | memoryview, digest: str, out: memoryview) -> memoryview:
+    """``decode`` into ``out`` (at least as long as the chunk): the plaintext is ``out``'s
+    start, returned. The digest of the plaintext proves it, so the
+    payload's CRC is computed only when decoding fails, to say whether the file's bytes
+    changed (a restore's CPU is better spent elsewhere)."""
+    if len(blob) < HEADER.size:
+        raise CorruptChunk(digest, "truncated header")
+    magic, version, method, reserved, length, crc = HEADER.unpack_from(blob)
+    if magic != MAGIC or version != CODEC_VERSION or reserved != 0:
+        raise CorruptChunk(digest, "bad magic, codec version or reserved field")
+    payload = memoryview(blob)[HEADER.size :]
+    try:
+        if length > len(out):
+            raise CorruptChunk(digest, f"length {length}, longer than expected")
+        data = out[:length]
+        decompress_into(payload, method, data, digest)
+        if digest_of(data) != digest:
+            raise CorruptChunk(digest, "content does not match its digest")
+    except CorruptChunk:
+        if zlib.crc32(payload) != crc:
+            raise CorruptChunk(digest, "CRC mismatch") from None
+        raise
+    return data
+
+
+def decompress_into(payload: memoryview, method: int, out: memoryview, digest: str) -> None:
+    """Fill ``out`` with the plaintext of a payload, which must be exactly that long;
+    CorruptChunk when it is not."""
+    if method == Compression.RAW:
+        if len(payload) != len(out):
+            raise CorruptChunk(digest, f"length {len(payload)}, expected {len(out)}")
+        out[:] = payload
+        return
+    if method != Compression.ZSTD:
+        raise CorruptChunk(digest, f"unknown compression {method}")
+    try:
+        with _decompressor().stream_reader(payload, read_size=len(payload)) as reader:
+            got = 0
+            while got < len(out) and (n := reader.readinto(out[got:])):
+                got += n
+            longer = got == len(out) and reader.read(1)
+    except zstandard.ZstdError as exc:
+        raise CorruptChunk(digest, f"zstd: {exc}") from None
+    if got != len(out) or longer:
+        raise CorruptChunk(digest, f"payload decompresses to a length other than {len(out)}")
 
 
 def decompress(payload: memoryview, method: int, length: int, digest: str) -> bytes:

@@ -36,7 +36,7 @@ import threading
 from pathlib import Path
 from typing import Protocol
 
-from txnbackup import chunk
+from txnbackup import chunk, direct
 from txnbackup.crypto import PLAIN, Codec
 from txnbackup.errors import CorruptChunk
 from txnbackup.fsutil import (
@@ -54,6 +54,7 @@ from txnbackup.writeback import Writeback, Written
 
 BAD_SUFFIX = ".bad"
 QUARANTINED = "found corrupt by verify and moved aside (.bad)"
+_READ_BUFFERS = direct.ThreadBuffers()  # each reading thread's chunk file, while it decodes
 
 
 class ChunkBackend(Protocol):
@@ -70,6 +71,8 @@ class ChunkBackend(Protocol):
     def put(self, digest: str, *encoded: bytes | memoryview) -> bool: ...
 
     def get(self, digest: str) -> bytes: ...
+
+    def get_into(self, digest: str, out: memoryview) -> memoryview: ...
 
     def flush(self) -> None: ...
 
@@ -192,17 +195,26 @@ class ChunkStore:
 
     def get(self, digest: str) -> bytes:
         """Return a chunk's plaintext, checked against its digest."""
+        return self.codec.decode_chunk(self._read(digest), digest)
+
+    def get_into(self, digest: str, out: memoryview) -> memoryview:
+        """``get`` into ``out`` (as long as the chunk, or longer): the plaintext is ``out``'s
+        start, returned; no copy of the chunk is made on the way (a restore's path)."""
+        return self.codec.decode_chunk_into(self._read(digest), digest, out)
+
+    def _read(self, digest: str) -> bytes | memoryview:
+        """The chunk file's bytes, read past the page cache into this thread's buffer (valid
+        until the thread's next read); CorruptChunk when it is missing or unreadable."""
         try:
             if not self._real_prefix(digest) and os.path.islink(self.root / digest[:4]):
                 raise OSError(errno.ELOOP, SYMLINK_REASON, str(self.root / digest[:4]))
-            blob = read_file(self.path_for(digest))
+            return direct.read_file(self.path_for(digest), _READ_BUFFERS)
         except FileNotFoundError:
             if os.path.lexists(self.bad_path_for(digest)):
                 raise CorruptChunk(digest, QUARANTINED) from None
             raise CorruptChunk(digest, "missing from the repository") from None
         except OSError as exc:
             raise CorruptChunk(digest, f"unreadable: {exc.strerror or exc}") from None
-        return self.codec.decode_chunk(blob, digest)
 
     def quarantine(self, digest: str) -> bool:
         """Move a corrupt chunk file aside to ``<digest>.bad``; False when it was not there.

@@ -85,7 +85,11 @@ class Codec(Protocol):
         self, chunk_id: bytes, data: bytes | memoryview, level: int = ZSTD_LEVEL
     ) -> Parts: ...
 
-    def decode_chunk(self, blob: bytes, chunk_id: str) -> bytes: ...
+    def decode_chunk(self, blob: bytes | memoryview, chunk_id: str) -> bytes: ...
+
+    def decode_chunk_into(
+        self, blob: bytes | memoryview, chunk_id: str, out: memoryview
+    ) -> memoryview: ...
 
     def plausible_chunk(self, head: bytes, file_size: int) -> bool: ...
 
@@ -109,8 +113,13 @@ class PlainCodec:
     ) -> Parts:
         return chunk.encode_parts(data, level)
 
-    def decode_chunk(self, blob: bytes, chunk_id: str) -> bytes:
+    def decode_chunk(self, blob: bytes | memoryview, chunk_id: str) -> bytes:
         return chunk.decode(blob, chunk_id)
+
+    def decode_chunk_into(
+        self, blob: bytes | memoryview, chunk_id: str, out: memoryview
+    ) -> memoryview:
+        return chunk.decode_into(blob, chunk_id, out)
 
     def plausible_chunk(self, head: bytes, file_size: int) -> bool:
         return chunk.plausible(head, file_size)
@@ -170,23 +179,42 @@ class SealedCodec:
         nonce = os.urandom(NONCE_SIZE)
         return header + nonce, self._aead.encrypt(nonce, payload, header + chunk_id)
 
-    def decode_chunk(self, blob: bytes, chunk_id: str) -> bytes:
+    def decode_chunk(self, blob: bytes | memoryview, chunk_id: str) -> bytes:
+        method, length, payload = self._open_chunk(blob, chunk_id)
+        data = chunk.decompress(memoryview(payload), method, length, chunk_id)
+        self._check(data, length, chunk_id)
+        return data
+
+    def decode_chunk_into(
+        self, blob: bytes | memoryview, chunk_id: str, out: memoryview
+    ) -> memoryview:
+        method, length, payload = self._open_chunk(blob, chunk_id)
+        if length > len(out):
+            raise CorruptChunk(chunk_id, f"length {length}, longer than expected")
+        data = out[:length]
+        chunk.decompress_into(memoryview(payload), method, data, chunk_id)
+        self._check(data, length, chunk_id)
+        return data
+
+    def _open_chunk(self, blob: bytes | memoryview, chunk_id: str) -> tuple[int, int, bytes]:
+        """(compression, plaintext length, payload) of a sealed chunk file, authenticated."""
         size = chunk.HEADER.size
         if len(blob) < size + CHUNK_OVERHEAD:
             raise CorruptChunk(chunk_id, "truncated")
-        header = blob[:size]
+        header = bytes(blob[:size])
         magic, version, method, reserved, length, zero = chunk.HEADER.unpack(header)
         if magic != chunk.MAGIC or version != SEALED_CHUNK_VERSION or reserved or zero:
             raise CorruptChunk(chunk_id, "bad magic, codec version or reserved field")
-        nonce, sealed = blob[size : size + NONCE_SIZE], memoryview(blob)[size + NONCE_SIZE :]
+        nonce, sealed = bytes(blob[size : size + NONCE_SIZE]), memoryview(blob)[size + NONCE_SIZE :]
         try:
             payload = self._aead.decrypt(nonce, sealed, header + bytes.fromhex(chunk_id))
         except InvalidTag:
             raise CorruptChunk(chunk_id, TAMPERED) from None
-        data = chunk.decompress(memoryview(payload), method, length, chunk_id)
+        return method, length, payload
+
+    def _check(self, data: bytes | memoryview, length: int, chunk_id: str) -> None:
         if len(data) != length or not hmac.compare_digest(self.chunk_id(data).hex(), chunk_id):
             raise CorruptChunk(chunk_id, "content does not match its id")
-        return data
 
     def plausible_chunk(self, head: bytes, file_size: int) -> bool:
         """The header parses and the file's length fits it, as for a plain chunk file."""
@@ -274,8 +302,13 @@ class LazyCodec:
     ) -> Parts:
         return self.unlocked().encode_chunk(chunk_id, data, level)
 
-    def decode_chunk(self, blob: bytes, chunk_id: str) -> bytes:
+    def decode_chunk(self, blob: bytes | memoryview, chunk_id: str) -> bytes:
         return self.unlocked().decode_chunk(blob, chunk_id)
+
+    def decode_chunk_into(
+        self, blob: bytes | memoryview, chunk_id: str, out: memoryview
+    ) -> memoryview:
+        return self.unlocked().decode_chunk_into(blob, chunk_id, out)
 
     def plausible_chunk(self, head: bytes, file_size: int) -> bool:
         return self.unlocked().plausible_chunk(head, file_size)

@@ -1,24 +1,29 @@
-"""Direct I/O (O_DIRECT): the copy engine reads drives past the page cache.
+"""Direct I/O (O_DIRECT): drives and chunk files are read, restored images written, past
+the page cache.
 
-A backup reads each drive once; through the page cache every 4 KiB costs the kernel a copy,
-a page's bookkeeping and later its reclaim. On a 2-core host that was more CPU than hashing
-the data (docs/performance.md, "Direct I/O"), and it evicted the host's cache for bytes
-nobody reads again. A direct read needs its offset, length and buffer aligned (``ALIGN``);
-buffers here are page-aligned anonymous maps, one per thread, reused from one read to the
-next. A file system that refuses direct I/O (tmpfs on older kernels, some network file
-systems) is read through the cache as before.
+A backup reads each drive once, a restore each chunk file once and writes each image once;
+through the page cache every 4 KiB costs the kernel a copy, a page's bookkeeping and later
+its reclaim. On a 2-core host that was more CPU than hashing the data (docs/performance.md,
+"Direct I/O" and "Restore past the page cache"), and it evicted the host's cache for bytes
+nobody reads again. A direct transfer needs its offset, length and buffer aligned
+(``ALIGN``); buffers here are page-aligned anonymous maps, one per thread, reused from one
+transfer to the next. A file system that refuses direct I/O (tmpfs on older kernels, some
+network file systems) is read and written through the cache as before.
 
-Writes stay buffered. Chunk files written directly saved CPU but not time (each write then
-waits for the device on a thread that could be hashing); restore's image writes likewise
-(their copy into an aligned buffer ate the kernel's saving): docs/performance.md.
+Chunk files are still written through the cache: written directly they saved CPU but not
+time (each write then waits for the device on a thread that could be hashing).
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import mmap
 import os
 import threading
 from pathlib import Path
+
+from txnbackup.fsutil import open_file
 
 ALIGN = 4096  # bytes: offsets, lengths and buffers of direct transfers are multiples of this
 GROWTH = 1024 * 1024  # bytes: buffers grow in these steps, so sizes that vary do not churn
@@ -57,3 +62,104 @@ def open_read(path: Path, opened: os.stat_result) -> int | None:
         return None
     os.set_blocking(fd, True)
     return fd
+
+
+def read_file(path: Path, buffers: ThreadBuffers) -> bytes | memoryview:
+    """The whole of a repository file (``fsutil.open_file``'s checks), read past the page
+    cache into this thread's buffer from ``buffers`` (valid until the thread's next read),
+    or through the cache where direct reads are refused."""
+    fd = open_file(path)
+    try:
+        size = os.fstat(fd).st_size
+        view = _read_direct(fd, size, buffers)
+        if view is not None:
+            return view
+        with os.fdopen(os.dup(fd), "rb") as fh:
+            return fh.read()
+    finally:
+        os.close(fd)
+
+
+def _read_direct(fd: int, size: int, buffers: ThreadBuffers) -> memoryview | None:
+    """The file's bytes read directly (fewer if it shrank meanwhile), or None when direct
+    I/O is refused on it (the descriptor is left as it was, at offset 0)."""
+    if not hasattr(os, "O_DIRECT") or not _set_direct(fd, True):
+        return None
+    aligned = round_up(size)
+    buffer = buffers.get(max(aligned, ALIGN))
+    got = 0
+    try:
+        while got < aligned:
+            n = os.preadv(fd, [buffer[got:aligned]], got)
+            if n == 0:
+                break
+            got += n
+    except OSError as exc:
+        if exc.errno != errno.EINVAL:
+            raise
+        _set_direct(fd, False)  # refused after all (a device's larger sector size)
+        return None
+    return buffer[: min(got, size)]
+
+
+def _set_direct(fd: int, on: bool) -> bool:
+    flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+    try:
+        fcntl.fcntl(fd, fcntl.F_SETFL, flags | os.O_DIRECT if on else flags & ~os.O_DIRECT)
+    except OSError as exc:
+        if exc.errno != errno.EINVAL:
+            raise
+        return False
+    return True
+
+
+class DirectWriter:
+    """Writes to one file or block device, each run past the page cache where its offset and
+    length are aligned and the file system takes direct writes (the data must be in a
+    buffer from ThreadBuffers), else through the cache. ``fd`` is the buffered descriptor;
+    the caller fsyncs it, which covers both."""
+
+    def __init__(self, path: Path, fd: int) -> None:
+        self.fd = fd
+        self._direct_fd = _open_write(path, os.fstat(fd))
+        self._refused = False
+
+    def pwrite(self, data: memoryview, offset: int) -> None:
+        """Write all of ``data`` at ``offset``."""
+        direct = None if self._refused else self._direct_fd
+        cut = len(data) - len(data) % ALIGN
+        if direct is not None and offset % ALIGN == 0 and cut:
+            try:
+                _write_all(direct, data[:cut], offset)
+                data, offset = data[cut:], offset + cut
+            except OSError as exc:
+                if exc.errno != errno.EINVAL:
+                    raise
+                self._refused = True  # refused here after all: through the cache from now on
+        if len(data):
+            _write_all(self.fd, data, offset)
+
+    def close(self) -> None:
+        if self._direct_fd is not None:
+            os.close(self._direct_fd)
+            self._direct_fd = None
+
+
+def _open_write(path: Path, opened: os.stat_result) -> int | None:
+    if not hasattr(os, "O_DIRECT"):
+        return None
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC | os.O_DIRECT)
+    except OSError:  # EINVAL: no direct I/O on this file system
+        return None
+    st = os.fstat(fd)
+    if (st.st_dev, st.st_ino, st.st_rdev) != (opened.st_dev, opened.st_ino, opened.st_rdev):
+        os.close(fd)
+        return None
+    return fd
+
+
+def _write_all(fd: int, data: memoryview, offset: int) -> None:
+    while len(data):
+        n = os.pwrite(fd, data, offset)
+        data, offset = data[n:], offset + n

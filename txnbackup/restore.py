@@ -4,6 +4,12 @@ Each drive is fetched, checked and written on a thread pool (reading a chunk fil
 sha256 and pwrite all release the GIL), RESTORE_INFLIGHT chunks at a time, so reading the
 repository, decompressing and writing the target overlap; each chunk is one large write (or
 a few, around its all-zero HOLE_BLOCKs), at its chunk-aligned offset.
+
+No byte goes through the page cache where the file systems allow it (txnbackup.direct): a
+pool thread reads a chunk file directly into its own buffer, decompresses it into another
+(checking its digest there) and writes that directly to the target. Through the cache, the
+kernel's copies of what is read and written cost more CPU than sha256 on a 2-core host
+(docs/performance.md, "Restore past the page cache").
 """
 
 from __future__ import annotations
@@ -16,8 +22,10 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from txnbackup import direct
 from txnbackup.constants import ZERO_DIGEST
-from txnbackup.engine import default_workers
+from txnbackup.direct import DirectWriter
+from txnbackup.engine import default_workers, is_zero
 from txnbackup.errors import CorruptChunk, InvalidInput, NotFound, TargetWriteError
 from txnbackup.fsutil import fsync_dir, os_reason, temp_name
 from txnbackup.geometry import extent
@@ -26,8 +34,9 @@ from txnbackup.manifest import DriveEntry
 from txnbackup.repository import Repository
 from txnbackup.snapshot import SnapshotId
 
-RESTORE_INFLIGHT = 8  # chunks fetched or being written at once (memory: twice as many chunks)
+RESTORE_INFLIGHT = 8  # chunks queued for the pool at once
 HOLE_BLOCK = 64 * 1024  # bytes: an aligned all-zero block this large is left a hole in a file
+_PLAINTEXT = direct.ThreadBuffers()  # each pool thread's decoded chunk, while it writes it
 
 
 DRIVE_FILE_SUFFIX = ".raw"  # restore --all writes drive NAME to DIR/NAME.raw
@@ -143,8 +152,8 @@ def _write_temp(
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         try:
-            result = _write_chunks(repo, entry, index, fd, holes=True)
             os.ftruncate(fd, entry.size)
+            result = _write_chunks(repo, entry, index, DirectWriter(tmp, fd), holes=True)
             os.fsync(fd)
         finally:
             os.close(fd)
@@ -176,7 +185,7 @@ def _restore_to_device(
         capacity = os.lseek(fd, 0, os.SEEK_END)
         if capacity < entry.size:
             raise InvalidInput(f"{target} holds {capacity} bytes, the drive needs {entry.size}")
-        result = _write_chunks(repo, entry, index, fd, holes=False)
+        result = _write_chunks(repo, entry, index, DirectWriter(target, fd), holes=False)
         os.fsync(fd)
     finally:
         os.close(fd)
@@ -184,59 +193,68 @@ def _restore_to_device(
 
 
 def _write_chunks(
-    repo: Repository, entry: DriveEntry, reader: IndexReader, fd: int, *, holes: bool
+    repo: Repository, entry: DriveEntry, reader: IndexReader, target: DirectWriter, *, holes: bool
 ) -> RestoreResult:
     """Fetch, check and write every chunk, on a thread pool (reading, decompressing, hashing
-    and pwrite release the GIL); at most RESTORE_INFLIGHT chunks are held at once."""
+    and pwrite release the GIL); at most RESTORE_INFLIGHT chunks are queued at once. The
+    writer's direct descriptor is closed here; its buffered one stays the caller's."""
     zero_chunks = 0
-    with ThreadPoolExecutor(default_workers()) as pool:
-        pending: deque[Future[None]] = deque()
-        try:
-            for i, digest in enumerate(reader):
-                offset, length = extent(i, entry.size, entry.chunk_size)
-                if digest == ZERO_DIGEST:
-                    zero_chunks += 1
-                    if holes:
-                        continue
-                args = (repo, entry.name, digest, offset, length, fd, holes)
-                pending.append(pool.submit(_write_chunk, *args))
-                while len(pending) > RESTORE_INFLIGHT or (pending and pending[0].done()):
+    try:
+        with ThreadPoolExecutor(default_workers()) as pool:
+            pending: deque[Future[None]] = deque()
+            try:
+                for i, digest in enumerate(reader):
+                    offset, length = extent(i, entry.size, entry.chunk_size)
+                    if digest == ZERO_DIGEST:
+                        zero_chunks += 1
+                        if holes:
+                            continue
+                    args = (repo, entry.name, digest, offset, length, target, holes)
+                    pending.append(pool.submit(_write_chunk, *args))
+                    while len(pending) > RESTORE_INFLIGHT or (pending and pending[0].done()):
+                        pending.popleft().result()
+                while pending:
                     pending.popleft().result()
-            while pending:
-                pending.popleft().result()
-        except BaseException:
-            pool.shutdown(wait=True, cancel_futures=True)  # no write after the fd is closed
-            raise
-        return RestoreResult(entry.size, reader.count, zero_chunks)
+            except BaseException:
+                pool.shutdown(wait=True, cancel_futures=True)  # no write after the fd is closed
+                raise
+    finally:
+        target.close()
+    return RestoreResult(entry.size, reader.count, zero_chunks)
 
 
 def _write_chunk(
-    repo: Repository, drive: str, digest: bytes, offset: int, length: int, fd: int, holes: bool
+    repo: Repository,
+    drive: str,
+    digest: bytes,
+    offset: int,
+    length: int,
+    target: DirectWriter,
+    holes: bool,
 ) -> None:
+    out = _PLAINTEXT.get(length)
     if digest == ZERO_DIGEST:
-        data = _zeros(length)
+        data = out[:length]
+        data[:] = _zeros(length)
     else:
         try:
-            data = repo.chunks.get(digest.hex())
+            data = repo.chunks.get_into(digest.hex(), out)
         except CorruptChunk as exc:
             where = f"(drive {drive}, offset {offset})"
             raise CorruptChunk(exc.args[0], f"{exc.args[1]} {where}") from None
         if len(data) != length:
             raise CorruptChunk(digest.hex(), f"length {len(data)}, expected {length}")
     for start, end in _data_runs(data) if holes else [(0, length)]:
-        os.pwrite(fd, memoryview(data)[start:end], offset + start)
-    # Start writing back now, so that the final fsync does not wait for the whole drive.
-    os.posix_fadvise(fd, offset, length, os.POSIX_FADV_DONTNEED)
+        target.pwrite(data[start:end], offset + start)
 
 
-def _data_runs(data: bytes) -> list[tuple[int, int]]:
+def _data_runs(data: memoryview) -> list[tuple[int, int]]:
     """The [start, end) runs of ``data`` to write to a new file: all but its all-zero
     HOLE_BLOCKs, which stay holes (a new file reads zeros there)."""
     runs: list[tuple[int, int]] = []
-    zeros = _zeros(HOLE_BLOCK)
     for start in range(0, len(data), HOLE_BLOCK):
         end = min(start + HOLE_BLOCK, len(data))
-        if end - start == HOLE_BLOCK and data.startswith(zeros, start):
+        if end - start == HOLE_BLOCK and is_zero(data[start:end]):
             continue
         if runs and runs[-1][1] == start:
             runs[-1] = (runs[-1][0], end)
