@@ -66,7 +66,7 @@ def main() -> None:
         cpu = user + system
         print(f"{run:3}  {wall:6.2f}  {user:6.2f}  {system:5.2f}  {cpu:5.2f}  {stored >> 20}")
     floor = measure_floor([image], cache)
-    floor.write.append(measure_write(workdir, stored))
+    floor.add_write(*measure_write(workdir, stored))
     parts = ", ".join(f"{k} {v:.2f} s" for k, v in floor.parts().items())
     median = statistics.median(walls)
     print(f"median {median:.2f} s; floor {floor.seconds:.2f} s ({parts}; {floor.binds} binds)")

@@ -8,7 +8,8 @@ Three costs, each measured in the run that it is the floor of:
   file system allows it; the faster of the two counts, so the floor is what this machine can
   read, whichever way the engine chose;
 - write: as many bytes as txnbackup's full backup stored, written in 4 MiB blocks to one file
-  and made durable with one fsync (the best a backup can do with its output);
+  and made durable with one fsync (the best a backup can do with its output), both through
+  the page cache and past it; the faster counts, as for reading;
 - cpu: SHA-256 and zstd (the engine's level) of every chunk that is not all zeros, in CPU
   seconds, divided by the cores (as if every core did nothing else).
 
@@ -17,7 +18,10 @@ They could overlap perfectly, so the floor is the slowest of the three; it ``bin
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
+import mmap
 import os
 import statistics
 import time
@@ -31,6 +35,7 @@ import zstandard
 
 from bench.measure import PageCache, timed
 from txnbackup.constants import DEFAULT_CHUNK_SIZE, ZSTD_LEVEL
+from txnbackup.direct import round_up
 from txnbackup.drive import FileDrive
 from txnbackup.engine import INFLIGHT_BYTES, READ_SIZE, default_workers
 
@@ -65,6 +70,11 @@ class Floor:
     write_bytes: int = 0
     write: list[float] = field(default_factory=list)
     read_way: str = "cached"  # the faster way to read: "cached" or "direct"
+    write_ways: list[str] = field(default_factory=list)  # the faster way, each write sample
+
+    def add_write(self, seconds: float, way: str) -> None:
+        self.write.append(seconds)
+        self.write_ways.append(way)
 
     @property
     def cpu(self) -> float:
@@ -109,17 +119,43 @@ def measure_floor(drives: Sequence[Path], cache: PageCache) -> Floor:
     return floor
 
 
-def measure_write(directory: Path, nbytes: int) -> float:
-    """Seconds to write ``nbytes`` of incompressible data into a new file and fsync it."""
-    block = os.urandom(WRITE_BLOCK)
+def measure_write(directory: Path, nbytes: int) -> tuple[float, str]:
+    """Seconds to write ``nbytes`` of incompressible data into a new file and fsync it, the
+    faster of through the page cache and past it (as a restore writes; where the file system
+    refuses direct I/O, through the cache only); and which way was faster."""
+    times = {"cached": _write_once(directory, nbytes, direct=False)}
+    with contextlib.suppress(DirectRefused):
+        times["direct"] = _write_once(directory, nbytes, direct=True)
+    way = min(times, key=lambda k: times[k])
+    return times[way], way
+
+
+class DirectRefused(Exception):
+    """The file system refuses direct writes."""
+
+
+def _write_once(directory: Path, nbytes: int, *, direct: bool) -> float:
+    block = memoryview(mmap.mmap(-1, WRITE_BLOCK))  # page-aligned, as direct I/O needs
+    block[:] = os.urandom(WRITE_BLOCK)
     path = directory / "floor-write.tmp"
     os.sync()  # what others left dirty is not this measurement's to write
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | (os.O_DIRECT if direct else 0)
+    try:
+        fd = os.open(path, flags, 0o600)
+    except OSError as exc:
+        raise DirectRefused(str(exc)) from exc
     try:
         started = time.perf_counter()
-        left = nbytes
-        while left > 0:
-            left -= os.write(fd, block[: min(left, WRITE_BLOCK)])
+        for offset in range(0, nbytes, WRITE_BLOCK):
+            n = min(WRITE_BLOCK, nbytes - offset)
+            try:
+                os.pwrite(fd, block[: round_up(n) if direct else n], offset)
+            except OSError as exc:
+                if direct and exc.errno == errno.EINVAL:
+                    raise DirectRefused(str(exc)) from exc
+                raise
+        if direct:
+            os.ftruncate(fd, nbytes)  # the last block was written whole
         os.fsync(fd)
         return time.perf_counter() - started
     finally:

@@ -264,7 +264,7 @@ def _floor(m: MixResults) -> list[str]:
             "-"
             if write is None
             else f"{write:.2f} ({f.write_bytes / MIB:.0f} MiB + fsync, "
-            f"{f.write_bytes / write / mb:.0f} MB/s)"
+            f"{f.write_bytes / write / mb:.0f} MB/s; {_ways(f.write_ways)})"
         )
         + f"; cpu {f.cpu:.2f} (sha256 {f.sha256_cpu:.2f} + zstd {f.zstd_cpu:.2f} CPU-s"
         f" / {f.cores} cores)",
@@ -277,6 +277,12 @@ def _floor(m: MixResults) -> list[str]:
         if shown:
             lines.append(f"  full backup / floor, {label}: {shown}")
     return lines
+
+
+def _ways(ways: list[str]) -> str:
+    """Which way of writing was the faster, over the samples."""
+    counts = ", ".join(f"{w} {ways.count(w)} of {len(ways)}" for w in sorted(set(ways)))
+    return f"the faster of cached and direct: {counts}"
 
 
 def _overhead(r: Results) -> list[str]:

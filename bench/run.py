@@ -334,7 +334,7 @@ class _Mix:
                     self.results.worker_rss_full.add(self.rss.peak())
             # The write floor in every repetition, after the tools, as their writes vary too.
             floor.write_bytes = self.results.repo_size[f"{case}/{tools[0].name}"]
-            floor.write.append(measure_write(self.workdir, floor.write_bytes))
+            floor.add_write(*measure_write(self.workdir, floor.write_bytes))
 
     def incremental(self, case: str, tools: list[Tool]) -> None:
         mix = self.results.mix

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import errno
+import os
 from pathlib import Path
 
 import pytest
 
-from bench.floor import Floor, binding
+from bench.floor import Floor, binding, measure_write
 from bench.image import MIXES, Generator, split
 
 MIB = 1024 * 1024
@@ -34,6 +36,29 @@ def test_the_write_part_counts_once_measured_with_its_median() -> None:
     floor.write += [3.0, 1.5, 2.5]
     # Then writing binds, at the median of its samples
     assert (floor.binds, floor.seconds) == ("write", 2.5)
+
+
+@pytest.mark.parametrize("direct", ["taken", "refused"])
+def test_the_write_floor_takes_the_faster_way_and_leaves_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, direct: str
+) -> None:
+    # Given a directory whose file system takes direct writes, or refuses them (EINVAL)
+    real_open = os.open
+
+    def no_direct(path: str | Path, flags: int, *args: int) -> int:
+        if flags & os.O_DIRECT:
+            raise OSError(errno.EINVAL, "Invalid argument", str(path))
+        return real_open(path, flags, *args)
+
+    if direct == "refused":
+        monkeypatch.setattr(os, "open", no_direct)
+    # When the write floor writes a size that ends mid-block
+    seconds, way = measure_write(tmp_path, 5 * MIB + 1000)
+    # Then it is timed, names the way that was faster (only the cache where direct writes
+    # are refused), and its file is gone
+    assert seconds > 0
+    assert way == "cached" if direct == "refused" else way in {"cached", "direct"}
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_the_two_drives_hold_the_image_in_whole_chunks(tmp_path: Path) -> None:
