@@ -18,7 +18,7 @@ import functools
 import os
 import stat
 from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +35,7 @@ from txnbackup.repository import Repository
 from txnbackup.snapshot import SnapshotId
 
 RESTORE_INFLIGHT = 8  # chunks queued for the pool at once
+RESTORE_DRIVES = 2  # drives of a restore --all written at once (each with its own pool)
 HOLE_BLOCK = 64 * 1024  # bytes: an aligned all-zero block this large is left a hole in a file
 _PLAINTEXT = direct.ThreadBuffers()  # each pool thread's decoded chunk, while it writes it
 
@@ -84,13 +85,15 @@ def restore_drive(
 def restore_all(
     repo: Repository, snapshot: SnapshotId, directory: Path, *, overwrite: bool = False
 ) -> list[RestoredDrive]:
-    """Restore every drive of the snapshot to ``directory/<drive>.raw``, in manifest order.
+    """Restore every drive of the snapshot to ``directory/<drive>.raw`` (RESTORE_DRIVES at
+    once); the result is in manifest order.
 
     Every target is checked before anything is written: a missing directory, or files that
     exist without ``overwrite`` (all of them are named), refuse the whole restore. All or
     nothing: every drive is written to a temporary file first, and only when all are
     complete do they replace their targets, so a drive that fails (a damaged chunk, a full
-    disk) leaves every file in ``directory`` as it was. With ``overwrite`` the old files and
+    disk) leaves every file in ``directory`` as it was; a drive not yet started then is not
+    started, one being written is finished and removed. With ``overwrite`` the old files and
     the new ones take space together until the end.
     """
     if not directory.is_dir():
@@ -100,10 +103,17 @@ def restore_all(
     _check_targets([t for _, t in targets], overwrite)
     written: list[tuple[Path, RestoredDrive]] = []
     try:
-        for entry, target in targets:
-            with repo.open_index(snapshot, entry, manifest.backup) as index:
-                tmp, result = _write_temp(repo, entry, index, target)
-            written.append((tmp, RestoredDrive(entry.name, target, result)))
+        with ThreadPoolExecutor(RESTORE_DRIVES, thread_name_prefix="restore-drive") as drives:
+            futures = [
+                drives.submit(_restore_temp, repo, snapshot, manifest.backup, entry, target)
+                for entry, target in targets
+            ]
+            try:
+                _wait_all(futures, written)
+            except BaseException:
+                drives.shutdown(wait=True, cancel_futures=True)
+                _collect(futures, written)  # those that finished meanwhile: removed below
+                raise
         for tmp, done in written:
             os.rename(tmp, done.target)
         fsync_dir(directory)
@@ -113,6 +123,40 @@ def restore_all(
         for tmp, _ in written:
             tmp.unlink(missing_ok=True)
     return [done for _, done in written]
+
+
+def _restore_temp(
+    repo: Repository, snapshot: SnapshotId, backup: str, entry: DriveEntry, target: Path
+) -> tuple[Path, RestoredDrive]:
+    with repo.open_index(snapshot, entry, backup) as index:
+        tmp, result = _write_temp(repo, entry, index, target)
+    return tmp, RestoredDrive(entry.name, target, result)
+
+
+Restored = Future[tuple[Path, RestoredDrive]]
+
+
+def _wait_all(futures: list[Restored], written: list[tuple[Path, RestoredDrive]]) -> None:
+    """Wait for every drive and add them to ``written`` in manifest order; raise the first
+    failure met (the caller then removes what was written)."""
+    pending = set(futures)
+    while pending:
+        done, pending = wait(pending, return_when=FIRST_EXCEPTION)
+        for future in done:
+            error = future.exception()
+            if error is not None:
+                raise error
+    written.extend(f.result() for f in futures)
+
+
+def _collect(futures: list[Restored], written: list[tuple[Path, RestoredDrive]]) -> None:
+    """Add every drive that was written whole to ``written`` (once)."""
+    have = {tmp for tmp, _ in written}
+    for future in futures:
+        if future.done() and not future.cancelled() and future.exception() is None:
+            tmp, drive = future.result()
+            if tmp not in have:
+                written.append((tmp, drive))
 
 
 def _check_targets(targets: list[Path], overwrite: bool) -> None:

@@ -89,25 +89,32 @@ def test_restore_all_over_old_files_leaves_zeros_where_the_drive_has_zeros(
 
 
 def damage_chunk_of_scsi1(repo: Repository, snapshot: SnapshotId) -> None:
-    ours = set(index_digests(repo, snapshot, "scsi0"))
-    theirs = [d for d in index_digests(repo, snapshot, "scsi1") if d not in ours]
-    path = repo.chunks.path_for(theirs[-1])
+    damage_chunk_only_of(repo, snapshot, "scsi1", "scsi0")
+
+
+def damage_chunk_only_of(repo: Repository, snapshot: SnapshotId, drive: str, other: str) -> None:
+    """Flip a byte of the last chunk ``drive`` uses and ``other`` does not."""
+    theirs = set(index_digests(repo, snapshot, other))
+    ours = [d for d in index_digests(repo, snapshot, drive) if d not in theirs]
+    path = repo.chunks.path_for(ours[-1])
     raw = bytearray(path.read_bytes())
     raw[-1] ^= 0x01
     path.write_bytes(bytes(raw))
 
 
+@pytest.mark.parametrize(("damaged", "other"), [("scsi1", "scsi0"), ("scsi0", "scsi1")])
 def test_a_failed_restore_all_leaves_every_old_file_as_it_was(
-    tmp_path: Path, repo: Repository, vm: tuple[Image, Image], done: Done
+    tmp_path: Path, repo: Repository, vm: tuple[Image, Image], done: Done, damaged: str, other: str
 ) -> None:
-    # Given DIR with every drive's old file, and a chunk only the second drive uses damaged
+    # Given DIR with every drive's old file, and a chunk only one drive uses damaged (the
+    # drives are restored at once: the other may be finished, or still being written)
     into = tmp_path / "restored"
     into.mkdir()
     old = old_files(into, vm)
-    damage_chunk_of_scsi1(repo, done.snapshot)
+    damage_chunk_only_of(repo, done.snapshot, damaged, other)
 
     # When every drive is restored over them, Then the restore fails naming drive and offset
-    with pytest.raises(CorruptChunk, match=r"drive scsi1, offset"):
+    with pytest.raises(CorruptChunk, match=rf"drive {damaged}, offset"):
         restore_all(repo, done.snapshot, into, overwrite=True)
 
     # And no file was replaced, the first drive's included, and nothing else was left
