@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import mmap
 import os
 import stat
 import threading
@@ -55,6 +56,9 @@ from txnbackup.writeback import Writeback, Written
 BAD_SUFFIX = ".bad"
 QUARANTINED = "found corrupt by verify and moved aside (.bad)"
 _READ_BUFFERS = direct.ThreadBuffers()  # each reading thread's chunk file, while it decodes
+# Chunk files put and not yet written by the writeback (of 4 MiB chunks: 64 MiB at most).
+_WRITE_BUFFERS = direct.BufferPool(16)
+os.register_at_fork(after_in_child=_WRITE_BUFFERS.reset)
 
 
 class ChunkBackend(Protocol):
@@ -88,6 +92,7 @@ class ChunkStore:
         self._lock = threading.Lock()
         self._writeback = Writeback(self._name, self._finished)
         self._real_prefixes: set[str] = set()  # prefix directories seen not to be links
+        self._direct = True  # chunk files written past the page cache, until refused
 
     def path_for(self, digest: str) -> Path:
         return self.root / digest[:4] / digest
@@ -154,16 +159,39 @@ class ChunkStore:
         except OSError as exc:
             raise write_error(path.parent, exc) from exc
         tmp = temp_name(path)
+        contents = self._direct_contents(parts)
         try:
-            fd = _write_started(tmp, parts)
+            fd = create_new(tmp) if contents else _write_started(tmp, parts)
         except OSError as exc:
+            if contents:
+                contents.release()
             raise write_error(path, exc) from exc
         try:
-            self._writeback.submit(Written(fd, tmp, path, digest))
+            self._writeback.submit(Written(fd, tmp, path, digest, contents))
         except BaseException:
+            if contents:
+                contents.release()
             os.close(fd)
             tmp.unlink(missing_ok=True)
             raise
+
+    def _direct_contents(self, parts: tuple[bytes | memoryview, ...]) -> _Contents | None:
+        """The file's bytes in a buffer of the pool (waiting for one while the writeback
+        holds them all), for a writeback thread to write past the page cache; None once the
+        file system refused that (the writer then writes through the cache itself)."""
+        if not self._direct:
+            return None
+        size = sum(len(p) for p in parts)
+        buffer = _WRITE_BUFFERS.take(direct.round_up(size))
+        view, at = memoryview(buffer), 0
+        for part in parts:
+            view[at : at + len(part)] = part
+            at += len(part)
+        view[size : direct.round_up(size)] = bytes(direct.round_up(size) - size)
+        return _Contents(self, buffer, size)
+
+    def _refused_direct(self) -> None:
+        self._direct = False
 
     def _name(self, written: Written) -> None:
         """Give a chunk file whose data is durable its final name, and make that durable
@@ -237,6 +265,24 @@ class ChunkStore:
         _link_new(bad, path)
         bad.unlink(missing_ok=True)
         return False
+
+
+class _Contents:
+    """A chunk file's bytes in a pool buffer, written by a writeback thread past the page
+    cache, or through it where the file system refuses that (and from then on by the
+    writer itself)."""
+
+    def __init__(self, store: ChunkStore, buffer: mmap.mmap, size: int) -> None:
+        self._store, self._buffer, self._size = store, buffer, size
+
+    def write(self, fd: int) -> None:
+        data = memoryview(self._buffer)
+        if not direct.write_new(fd, data, self._size):
+            self._store._refused_direct()
+            direct.write_all(fd, data[: self._size], 0)
+
+    def release(self) -> None:
+        _WRITE_BUFFERS.give(self._buffer)
 
 
 def _write_started(path: Path, parts: tuple[bytes | memoryview, ...]) -> int:

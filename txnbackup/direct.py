@@ -10,8 +10,10 @@ nobody reads again. A direct transfer needs its offset, length and buffer aligne
 transfer to the next. A file system that refuses direct I/O (tmpfs on older kernels, some
 network file systems) is read and written through the cache as before.
 
-Chunk files are still written through the cache: written directly they saved CPU but not
-time (each write then waits for the device on a thread that could be hashing).
+Chunk files are written directly too, but not by the threads that hash and compress (there
+a direct write saved CPU and no time: the thread waited for the device). Such a thread copies
+the file's bytes into a buffer of a ``BufferPool`` and the chunk store's writeback threads
+write it (txnbackup.chunkstore).
 """
 
 from __future__ import annotations
@@ -113,6 +115,61 @@ def _set_direct(fd: int, on: bool) -> bool:
     return True
 
 
+class BufferPool:
+    """At most ``count`` page-aligned buffers, lent to one holder at a time: ``take`` waits
+    while all are lent, ``give`` returns one. A buffer is reused, and grows when a larger one
+    is asked for (its pages are the process's only while in use)."""
+
+    def __init__(self, count: int) -> None:
+        self._count = count
+        self.reset()
+
+    def reset(self) -> None:
+        """Every buffer free again (a forked child: what its parent had lent is not its own)."""
+        self._free: list[mmap.mmap] = []
+        self._left = self._count  # buffers not yet made
+        self._cond = threading.Condition()
+
+    def take(self, size: int) -> mmap.mmap:
+        with self._cond:
+            while not self._free and not self._left:
+                self._cond.wait()
+            if self._free:
+                buffer = self._free.pop()
+            else:
+                self._left -= 1
+                buffer = mmap.mmap(-1, round_up(size, GROWTH))
+        if len(buffer) < size:
+            buffer.close()
+            buffer = mmap.mmap(-1, round_up(size, GROWTH))
+        return buffer
+
+    def give(self, buffer: mmap.mmap) -> None:
+        with self._cond:
+            self._free.append(buffer)
+            self._cond.notify()
+
+
+def write_new(fd: int, data: memoryview, size: int) -> bool:
+    """Write ``data[:size]`` (``data`` a page-aligned buffer of at least ``round_up(size)``
+    bytes, zeros after ``size``) to the start of the new file ``fd``, directly; False, and
+    nothing written, where the file system refuses direct I/O (the descriptor left as it
+    was)."""
+    if not hasattr(os, "O_DIRECT") or not _set_direct(fd, True):
+        return False
+    try:
+        write_all(fd, data[: round_up(size)], 0)
+    except OSError as exc:
+        if exc.errno != errno.EINVAL:
+            raise
+        _set_direct(fd, False)
+        os.ftruncate(fd, 0)
+        return False
+    _set_direct(fd, False)
+    os.ftruncate(fd, size)  # the last block was written whole
+    return True
+
+
 class DirectWriter:
     """Writes to one file or block device, each run past the page cache where its offset and
     length are aligned and the file system takes direct writes (the data must be in a
@@ -130,14 +187,14 @@ class DirectWriter:
         cut = len(data) - len(data) % ALIGN
         if direct is not None and offset % ALIGN == 0 and cut:
             try:
-                _write_all(direct, data[:cut], offset)
+                write_all(direct, data[:cut], offset)
                 data, offset = data[cut:], offset + cut
             except OSError as exc:
                 if exc.errno != errno.EINVAL:
                     raise
                 self._refused = True  # refused here after all: through the cache from now on
         if len(data):
-            _write_all(self.fd, data, offset)
+            write_all(self.fd, data, offset)
 
     def close(self) -> None:
         if self._direct_fd is not None:
@@ -159,7 +216,7 @@ def _open_write(path: Path, opened: os.stat_result) -> int | None:
     return fd
 
 
-def _write_all(fd: int, data: memoryview, offset: int) -> None:
+def write_all(fd: int, data: memoryview, offset: int) -> None:
     while len(data):
         n = os.pwrite(fd, data, offset)
         data, offset = data[n:], offset + n

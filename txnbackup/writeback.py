@@ -1,10 +1,12 @@
 """New chunk files made durable and named off the threads that write them.
 
-A writer (``ChunkStore.put``) writes a new chunk file under a temporary name, asks the kernel
-to start writing it back, and hands it over with ``submit``. Background threads fsync each
-file handed over and then call the store's ``name`` for it (which names it and fsyncs its
-directory). So the threads that hash and compress never wait in fsync, and the disk works on
-a chunk as soon as it is written rather than when a thread reaches its fsync. Several fsyncs
+A writer (``ChunkStore.put``) creates a new chunk file under a temporary name and hands it
+over with ``submit``, with its bytes to write (``Contents``: past the page cache, see
+txnbackup.direct), or written already and the kernel asked to start writing them back.
+Background threads write what is to be written, fsync each file handed over and then call
+the store's ``name`` for it (which names it and fsyncs its directory). So the threads that
+hash and compress never wait for the disk, and the disk works on a chunk as soon as it is
+written rather than when a thread reaches its fsync. Several fsyncs
 are in flight at once (``threads``): concurrent fsyncs share journal commits, where one
 after another each pays its own.
 
@@ -31,6 +33,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from txnbackup.errors import RepositoryWriteError
 from txnbackup.fsutil import write_error
@@ -39,14 +42,25 @@ DEPTH = 32  # files written but not yet named, at most (of 4 MiB chunks: 128 MiB
 THREADS = 8  # fsyncs in flight, at most
 
 
+class Contents(Protocol):
+    """A file's bytes not yet written: the writeback thread writes them before its fsync
+    (``write``, not after an error), then always lets them go (``release``)."""
+
+    def write(self, fd: int) -> None: ...
+
+    def release(self) -> None: ...
+
+
 @dataclass(frozen=True)
 class Written:
-    """A complete file under its temporary name, still open, to be named ``path``."""
+    """A file under its temporary name, still open, to be named ``path``: complete, or
+    complete once ``contents`` are written."""
 
     fd: int
     tmp: Path
     path: Path
     key: str  # what the store knows it by (the digest)
+    contents: Contents | None = None
 
 
 Namer = Callable[[Written], None]  # names a durable file (its temporary name gone); on a thread
@@ -120,6 +134,8 @@ class Writeback:
         named = False
         try:
             if not skip:
+                if written.contents is not None:
+                    written.contents.write(written.fd)
                 os.fsync(written.fd)
                 self._name(written)
                 named = True
@@ -128,6 +144,8 @@ class Writeback:
         except Exception as exc:  # never leave drain waiting for a thread that died
             return RepositoryWriteError(str(written.path), repr(exc))
         finally:
+            if written.contents is not None:
+                written.contents.release()
             _close_quietly(written.fd)
             if not named:
                 with contextlib.suppress(OSError):
