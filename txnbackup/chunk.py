@@ -142,13 +142,7 @@ def plausible(head: bytes, file_size: int) -> bool:
 
 def decode(blob: bytes | memoryview, digest: str) -> bytes:
     """Return the plaintext of a chunk file, or raise CorruptChunk naming what is wrong."""
-    if len(blob) < HEADER.size:
-        raise CorruptChunk(digest, "truncated header")
-    magic, version, method, reserved, length, crc = HEADER.unpack_from(blob)
-    # The CRC covers only the payload; a version-1 writer always writes zero here.
-    if magic != MAGIC or version != CODEC_VERSION or reserved != 0:
-        raise CorruptChunk(digest, "bad magic, codec version or reserved field")
-    payload = memoryview(blob)[HEADER.size :]
+    method, length, crc, payload = _parse(blob, digest)
     if zlib.crc32(payload) != crc:
         raise CorruptChunk(digest, "CRC mismatch")
     data = decompress(payload, method, length, digest)
@@ -157,17 +151,22 @@ def decode(blob: bytes | memoryview, digest: str) -> bytes:
     return data
 
 
-def decode_into(blob: bytes | memoryview, digest: str, out: memoryview) -> memoryview:
-    """``decode`` into ``out`` (at least as long as the chunk): the plaintext is ``out``'s
-    start, returned. The digest of the plaintext proves it, so the
-    payload's CRC is computed only when decoding fails, to say whether the file's bytes
-    changed (a restore's CPU is better spent elsewhere)."""
+def _parse(blob: bytes | memoryview, digest: str) -> tuple[int, int, int, memoryview]:
+    """(compression, plaintext length, CRC, payload) of a chunk file whose header is sound."""
     if len(blob) < HEADER.size:
         raise CorruptChunk(digest, "truncated header")
     magic, version, method, reserved, length, crc = HEADER.unpack_from(blob)
     if magic != MAGIC or version != CODEC_VERSION or reserved != 0:
         raise CorruptChunk(digest, "bad magic, codec version or reserved field")
-    payload = memoryview(blob)[HEADER.size :]
+    return method, length, crc, memoryview(blob)[HEADER.size :]
+
+
+def decode_into(blob: bytes | memoryview, digest: str, out: memoryview) -> memoryview:
+    """``decode`` into ``out`` (at least as long as the chunk): the plaintext is ``out``'s
+    start, returned. The digest of the plaintext proves it, so the payload's CRC is computed
+    only when decoding fails, to say whether the file's bytes changed (a restore's CPU is
+    better spent elsewhere)."""
+    method, length, crc, payload = _parse(blob, digest)
     try:
         if length > len(out):
             raise CorruptChunk(digest, f"length {length}, longer than expected")

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import errno
-import os
 from pathlib import Path
 
 import pytest
 
 from bench.floor import Floor, binding, measure_write
 from bench.image import MIXES, Generator, split
+from tests.unit.refusals import refuse_opening_direct
 
 MIB = 1024 * 1024
 
@@ -43,15 +42,8 @@ def test_the_write_floor_takes_the_faster_way_and_leaves_nothing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, direct: str
 ) -> None:
     # Given a directory whose file system takes direct writes, or refuses them (EINVAL)
-    real_open = os.open
-
-    def no_direct(path: str | Path, flags: int, *args: int) -> int:
-        if flags & os.O_DIRECT:
-            raise OSError(errno.EINVAL, "Invalid argument", str(path))
-        return real_open(path, flags, *args)
-
     if direct == "refused":
-        monkeypatch.setattr(os, "open", no_direct)
+        refuse_opening_direct(monkeypatch)
     # When the write floor writes a size that ends mid-block
     seconds, way = measure_write(tmp_path, 5 * MIB + 1000)
     # Then it is timed, names the way that was faster (only the cache where direct writes

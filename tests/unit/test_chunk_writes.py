@@ -8,7 +8,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
-import fcntl
 import mmap
 import os
 import random
@@ -17,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.unit.builders import text_bytes
+from tests.unit.refusals import is_direct, refuse_setting_direct
 from txnbackup import chunk
 from txnbackup.errors import RepositoryWriteError
 from txnbackup.repository import Repository
@@ -55,25 +55,18 @@ def assert_stored(repo: Repository, datas: list[bytes]) -> None:
 def refuse_direct(monkeypatch: pytest.MonkeyPatch, when: str) -> list[int]:
     """Make the file system refuse direct I/O: on setting the flag, or on the write itself.
     Returns a list that grows by one per refusal."""
+    if when == "flag":
+        return refuse_setting_direct(monkeypatch)
     refused: list[int] = []
-    real_fcntl, real_pwrite = fcntl.fcntl, os.pwrite
-
-    def no_flag(fd: int, cmd: int, arg: int = 0) -> int:
-        if cmd == fcntl.F_SETFL and arg & os.O_DIRECT:
-            refused.append(fd)
-            raise OSError(errno.EINVAL, "Invalid argument")
-        return int(real_fcntl(fd, cmd, arg))
+    real_pwrite = os.pwrite
 
     def no_write(fd: int, data: memoryview, offset: int) -> int:
-        if real_fcntl(fd, fcntl.F_GETFL) & os.O_DIRECT:
+        if is_direct(fd):
             refused.append(fd)
             raise OSError(errno.EINVAL, "Invalid argument")
         return real_pwrite(fd, data, offset)
 
-    if when == "flag":
-        monkeypatch.setattr(fcntl, "fcntl", no_flag)
-    else:
-        monkeypatch.setattr(os, "pwrite", no_write)
+    monkeypatch.setattr(os, "pwrite", no_write)
     return refused
 
 
@@ -113,10 +106,10 @@ def test_a_failed_write_names_no_chunk_and_returns_every_buffer(
     repo: Repository, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Given a disk that fails every direct write with "no space left"
-    real_fcntl, real_pwrite = fcntl.fcntl, os.pwrite
+    real_pwrite = os.pwrite
 
     def full(fd: int, data: memoryview, offset: int) -> int:
-        if real_fcntl(fd, fcntl.F_GETFL) & os.O_DIRECT:
+        if is_direct(fd):
             raise OSError(errno.ENOSPC, "No space left on device")
         return real_pwrite(fd, data, offset)
 

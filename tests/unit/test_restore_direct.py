@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import ctypes
 import errno
-import fcntl
 import os
 import random
 import tempfile
@@ -16,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.unit.builders import CS, Done, Image, make_image, run_backup, text_bytes
+from tests.unit.refusals import is_direct, refuse_opening_direct, refuse_setting_direct
 from tests.unit.test_encryption import PASSPHRASE, encrypted, reopened
 from txnbackup import chunk, direct
 from txnbackup.bitmap import RedisBitmaps
@@ -90,14 +90,7 @@ def test_a_target_refusing_direct_writes_is_written_through_the_cache(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # Given a file system that refuses to open files for direct I/O (EINVAL)
-    real_open = os.open
-
-    def no_direct(path: str | Path, flags: int, *args: int) -> int:
-        if flags & os.O_DIRECT:
-            raise OSError(errno.EINVAL, "Invalid argument", str(path))
-        return real_open(path, flags, *args)
-
-    monkeypatch.setattr(os, "open", no_direct)
+    refuse_opening_direct(monkeypatch)
     # When the snapshot is restored
     restore_all(repo, backed_up.snapshot, tmp_path)
     # Then the drives are restored all the same
@@ -116,7 +109,7 @@ def test_a_target_refusing_direct_writes_midway_is_finished_through_the_cache(
     real_pwrite, writes = os.pwrite, []
 
     def refuse_later(fd: int, data: memoryview, offset: int) -> int:
-        if fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_DIRECT:
+        if is_direct(fd):
             writes.append(offset)
             if len(writes) > 2:
                 raise OSError(errno.EINVAL, "Invalid argument")
@@ -141,20 +134,15 @@ def test_a_repository_refusing_direct_reads_is_read_through_the_cache(
 ) -> None:
     # Given chunk files on a file system that refuses direct reads: at once (the flag is
     # refused) or on the read itself
-    real_fcntl, real_preadv = fcntl.fcntl, os.preadv
-
-    def no_direct_flag(fd: int, cmd: int, arg: int = 0) -> int:
-        if cmd == fcntl.F_SETFL and arg & os.O_DIRECT:
-            raise OSError(errno.EINVAL, "Invalid argument")
-        return int(real_fcntl(fd, cmd, arg))
+    real_preadv = os.preadv
 
     def no_direct_read(fd: int, buffers: list[memoryview], offset: int) -> int:
-        if real_fcntl(fd, fcntl.F_GETFL) & os.O_DIRECT:
+        if is_direct(fd):
             raise OSError(errno.EINVAL, "Invalid argument")
         return real_preadv(fd, buffers, offset)
 
     if when == "at-once":
-        monkeypatch.setattr(fcntl, "fcntl", no_direct_flag)
+        refuse_setting_direct(monkeypatch)
     else:
         monkeypatch.setattr(os, "preadv", no_direct_read)
     # When the snapshot is restored
