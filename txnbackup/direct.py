@@ -118,7 +118,8 @@ def _set_direct(fd: int, on: bool) -> bool:
 class BufferPool:
     """At most ``count`` page-aligned buffers, lent to one holder at a time: ``take`` waits
     while all are lent, ``give`` returns one. A buffer is reused, and grows when a larger one
-    is asked for (its pages are the process's only while in use)."""
+    is asked for; a buffer's pages, once touched, stay the process's (the worker's RSS grows
+    by up to ``count`` chunk files: docs/performance.md)."""
 
     def __init__(self, count: int) -> None:
         self._count = count
