@@ -35,10 +35,8 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import Protocol
 
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-
 from txnbackup import chunk
+from txnbackup.aead import Aead, Forged
 from txnbackup.constants import MAX_CHUNK_SIZE, ZSTD_LEVEL
 from txnbackup.errors import CorruptChunk
 
@@ -165,7 +163,7 @@ class SealedCodec:
     encrypted = True
 
     def __init__(self, keys: MasterKeys) -> None:
-        self._aead = AESGCM(keys.encryption)
+        self._aead = Aead(keys.encryption)
         self._id_key = keys.ids
 
     def chunk_id(self, data: bytes | memoryview) -> bytes:
@@ -208,7 +206,7 @@ class SealedCodec:
         nonce, sealed = bytes(blob[size : size + NONCE_SIZE]), memoryview(blob)[size + NONCE_SIZE :]
         try:
             payload = self._aead.decrypt(nonce, sealed, header + bytes.fromhex(chunk_id))
-        except InvalidTag:
+        except Forged:
             raise CorruptChunk(chunk_id, TAMPERED) from None
         return method, length, payload
 
@@ -249,7 +247,7 @@ class SealedCodec:
         nonce = blob[len(header) : len(header) + NONCE_SIZE]
         try:
             return self._aead.decrypt(nonce, blob[len(header) + NONCE_SIZE :], header)
-        except InvalidTag:
+        except Forged:
             raise Unsealable(TAMPERED) from None
 
     def identity(self, blob: bytes) -> str | None:

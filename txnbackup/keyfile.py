@@ -27,10 +27,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
-
+from txnbackup.aead import Aead, Forged, scrypt
 from txnbackup.crypto import CIPHER, KEY_SIZE, NONCE_SIZE, MasterKeys
 from txnbackup.errors import InvalidInput, KeyInvalid, KeyMissing, WrongPassphrase
 
@@ -53,8 +50,7 @@ class KdfParams:
     p: int = 1
 
     def derive(self, passphrase: bytes, salt: bytes) -> bytes:
-        scrypt = Scrypt(salt=salt, length=KEY_SIZE, n=self.n, r=self.r, p=self.p)
-        return scrypt.derive(passphrase)
+        return scrypt(passphrase, salt, KEY_SIZE, self.n, self.r, self.p)
 
 
 @dataclass(frozen=True)
@@ -112,7 +108,7 @@ class NewKey:
 def protect(keys: MasterKeys, repo_id: str, passphrase: bytes, kdf: KdfParams) -> bytes:
     """A new key file holding ``keys`` (fresh salt and nonce)."""
     salt, nonce = os.urandom(SALT_SIZE), os.urandom(NONCE_SIZE)
-    wrapping = AESGCM(kdf.derive(passphrase, salt))
+    wrapping = Aead(kdf.derive(passphrase, salt))
     sealed = wrapping.encrypt(nonce, keys.to_bytes(), _aad(repo_id))
     document = {
         "txnbackup_key": KEY_FILE_VERSION,
@@ -171,9 +167,9 @@ def parse(raw: bytes, where: str, repo_id: str) -> KeyDocument:
 
 def _unwrap(doc: KeyDocument, where: str, repo_id: str, passphrase: bytes) -> MasterKeys:
     try:
-        wrapping = AESGCM(doc.kdf.derive(passphrase, doc.salt))
+        wrapping = Aead(doc.kdf.derive(passphrase, doc.salt))
         return MasterKeys.from_bytes(wrapping.decrypt(doc.nonce, doc.sealed, _aad(repo_id)))
-    except InvalidTag:
+    except Forged:
         raise WrongPassphrase(where) from None
     except (ValueError, MemoryError) as exc:  # scrypt parameters out of range, bad length
         raise KeyInvalid(where, str(exc)) from None

@@ -26,9 +26,11 @@ MIB = 1024 * 1024
 
 # Modules a `backup` that prints JSON has no use for: the other verbs, rich (people's
 # output), the worker layer and its metrics, the QMP client (only for --qmp), Celery's worker
-# (its Django fix-up), and what only tests, the demo or Flower use.
+# (its Django fix-up), the ciphers of encrypted repositories (txnbackup.aead: redis-py looks
+# at cryptography's version only), and what only tests, the demo or Flower use.
 NOT_FOR_BACKUP = (
     "rich",
+    "cryptography.hazmat",
     "workers",
     "prometheus_client",
     "celery.worker",
