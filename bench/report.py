@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import json
+import statistics
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -122,9 +123,14 @@ def encryption_cost(m: MixResults) -> float | None:
 
 
 def cli_overhead(m: MixResults) -> float | None:
-    """Seconds the command adds to the API path for the same 2-drive VM (medians)."""
-    cli, api = _median(m.times, "full2", CLI), _median(m.times, "full2", TXN)
-    return None if cli is None or api is None else cli - api
+    """Seconds the command adds to the API path for the same 2-drive VM: the median of the
+    differences of each round's pair (the command runs right after the API in every round,
+    so the pair shares the machine's state of the moment), as for the tiny VM."""
+    by = m.times.get("full2", {})
+    api, cli = by.get(TXN), by.get(CLI)
+    if api is None or cli is None or not api.values or len(api.values) != len(cli.values):
+        return None
+    return statistics.median(c - a for a, c in zip(api.values, cli.values, strict=True))
 
 
 def _faster(m: MixResults, case: str, txn: str, peer: str, factor: float, what: str) -> Target:

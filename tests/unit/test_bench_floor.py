@@ -1,4 +1,5 @@
-"""The benchmark's pure parts: which cost binds the floor, the 2-drive split, the data mixes."""
+"""The benchmark's pure parts: which cost binds the floor, the 2-drive split, the data mixes,
+the CLI overhead's estimate."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import pytest
 
 from bench.floor import Floor, binding, measure_write
 from bench.image import MIXES, Generator, split
+from bench.report import cli_overhead
+from bench.run import CLI, TXN, MixResults
 from tests.unit.refusals import refuse_opening_direct
 
 MIB = 1024 * 1024
@@ -71,3 +74,22 @@ def test_the_second_mix_is_other_data_and_repeatable(tmp_path: Path) -> None:
     assert first.read_bytes() != default.read_bytes()
     assert set(kinds) == {"zero", "text", "random", "binary"}
     assert sum(kinds.values()) == 8 * MIB
+
+
+def _full2(api: list[float], cli: list[float]) -> MixResults:
+    m = MixResults("default")
+    for tool, values in ((TXN, api), (CLI, cli)):
+        for v in values:
+            m.time("full2", tool).add(v)
+    return m
+
+
+def test_the_cli_overhead_is_the_median_of_each_rounds_difference() -> None:
+    # a slow round (5.0 -> 6.5) moves both runs of its pair, not the estimate
+    m = _full2(api=[4.0, 3.0, 5.0], cli=[4.3, 3.4, 6.5])
+    assert cli_overhead(m) == pytest.approx(0.4)
+
+
+def test_no_cli_overhead_without_a_run_of_each_per_round() -> None:
+    assert cli_overhead(_full2(api=[4.0, 3.0], cli=[4.3])) is None
+    assert cli_overhead(_full2(api=[4.0], cli=[])) is None
