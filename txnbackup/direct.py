@@ -6,9 +6,10 @@ through the page cache every 4 KiB costs the kernel a copy, a page's bookkeeping
 its reclaim. On a 2-core host that was more CPU than hashing the data (docs/performance.md,
 "Direct I/O" and "Restore past the page cache"), and it evicted the host's cache for bytes
 nobody reads again. A direct transfer needs its offset, length and buffer aligned
-(``ALIGN``); buffers here are page-aligned anonymous maps, one per thread, reused from one
-transfer to the next. A file system that refuses direct I/O (tmpfs on older kernels, some
-network file systems) is read and written through the cache as before.
+(``ALIGN``); buffers here are page-aligned private anonymous maps (``anonymous``: huge
+pages where the kernel gives them), one per thread, reused from one transfer to the next.
+A file system that refuses direct I/O (tmpfs on older kernels, some network file systems)
+is read and written through the cache as before.
 
 Chunk files are written directly too, but not by the threads that hash and compress (there
 a direct write saved CPU and no time: the thread waited for the device). Such a thread copies
@@ -18,6 +19,7 @@ write it (txnbackup.chunkstore).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import mmap
@@ -35,6 +37,19 @@ def round_up(n: int, to: int = ALIGN) -> int:
     return -(-n // to) * to
 
 
+def anonymous(size: int) -> mmap.mmap:
+    """A page-aligned buffer of ``size`` bytes: private (``mmap``'s default is a shared map,
+    which is shmem: 4 KiB pages only, and a forked child's writes would land in its parent's
+    buffer) and on transparent huge pages where the kernel gives them (``madvise`` mode).
+    Each direct transfer pins its buffer's pages, and its first touch faults them in: 2 MiB
+    at a time instead of 4 KiB. Engine alone, 1 GiB, perf: the kernel's share of reading
+    fell from ~0.12 to ~0.03 CPU-s, of writing chunk files from ~0.06 to ~0.03."""
+    buffer = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    with contextlib.suppress(AttributeError, OSError):  # no THP here: 4 KiB pages it is
+        buffer.madvise(mmap.MADV_HUGEPAGE)
+    return buffer
+
+
 class ThreadBuffers:
     """One page-aligned buffer per thread: a view returned stays valid until that thread
     asks again."""
@@ -45,7 +60,7 @@ class ThreadBuffers:
     def get(self, size: int) -> memoryview:
         buffer: memoryview | None = getattr(self._local, "view", None)
         if buffer is None or len(buffer) < size:
-            buffer = self._local.view = memoryview(mmap.mmap(-1, round_up(size, GROWTH)))
+            buffer = self._local.view = memoryview(anonymous(round_up(size, GROWTH)))
         return buffer
 
 
@@ -139,10 +154,10 @@ class BufferPool:
                 buffer = self._free.pop()
             else:
                 self._left -= 1
-                buffer = mmap.mmap(-1, round_up(size, GROWTH))
+                buffer = anonymous(round_up(size, GROWTH))
         if len(buffer) < size:
             buffer.close()
-            buffer = mmap.mmap(-1, round_up(size, GROWTH))
+            buffer = anonymous(round_up(size, GROWTH))
         return buffer
 
     def give(self, buffer: mmap.mmap) -> None:
