@@ -17,7 +17,7 @@ import pytest
 
 from tests.unit.builders import text_bytes
 from tests.unit.refusals import is_direct, refuse_setting_direct
-from txnbackup import chunk
+from txnbackup import chunk, direct
 from txnbackup.errors import RepositoryWriteError
 from txnbackup.repository import Repository
 
@@ -167,3 +167,18 @@ def cached_pages(path: Path) -> int:
             libc.munmap(address, size)
     finally:
         os.close(fd)
+
+
+def test_a_forked_child_writing_a_pooled_buffer_leaves_the_parents_bytes_alone() -> None:
+    # A prefork worker's pool processes are forked from a parent that may have copied
+    # drives: each must get its own copy of a buffer, never write into another's.
+    buffer = direct.anonymous(direct.GROWTH)
+    buffer[:4] = b"mine"
+    pid = os.fork()
+    if pid == 0:
+        buffer[:4] = b"kids"
+        os._exit(0)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert buffer[:4] == b"mine"
+    assert len(buffer) == direct.GROWTH and direct.round_up(len(buffer)) == len(buffer)
