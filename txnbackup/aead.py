@@ -48,3 +48,12 @@ def scrypt(passphrase: bytes, salt: bytes, length: int, n: int, r: int, p: int) 
     from cryptography.hazmat.primitives.kdf.scrypt import Scrypt  # noqa: PLC0415
 
     return Scrypt(salt=salt, length=length, n=n, r=r, p=p).derive(passphrase)
+
+
+def preload() -> None:
+    """Load the library now. A prefork worker's parent does (workers.app), so that its pool
+    processes share the loaded extension rather than each loading it from disk on its first
+    encrypted job."""
+    import cryptography.exceptions  # noqa: PLC0415
+    import cryptography.hazmat.primitives.ciphers.aead  # noqa: PLC0415
+    import cryptography.hazmat.primitives.kdf.scrypt  # noqa: PLC0415, F401

@@ -12,6 +12,7 @@ import functools
 from celery import Celery
 
 from tasks.celeryapp import make_app
+from txnbackup import aead
 from txnbackup.settings import Settings
 from workers import hooks, metrics
 from workers.consumer import Consumer
@@ -22,6 +23,7 @@ def worker_app(settings: Settings) -> Celery:
     app.conf.worker_consumer = Consumer
     hooks.install()
     metrics.install()
+    aead.preload()  # before the pool forks: its processes share it
     return app
 
 
