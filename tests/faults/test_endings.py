@@ -98,9 +98,14 @@ def test_a_revoke_of_any_drive_ends_the_backup_at_once(
         fleet.producer.app.control.revoke(task_id, terminate=terminate)
         # Then the whole backup is cancelled within about a second, naming what was done
         status = settled(fleet, backup, since, PROMPT)
-        how = "terminated" if terminate else "revoked"
         assert status.status == "cancelled", f"seed {seed}: {status.errmsg}"
-        assert status.errmsg == f"task {task_id} {how}", f"seed {seed}"
+        # A terminate is a revoke too: the worker's revoke watcher and its task_revoked signal
+        # race to record it, and the backup may end before the signal's "terminated" is
+        # recorded (workers/revocation.py). Either names the task and what was done to it.
+        said = {f"task {task_id} revoked"}
+        if terminate:
+            said.add(f"task {task_id} terminated")
+        assert status.errmsg in said, f"seed {seed}: {status.errmsg}"
         assert [d.state for d in status.drives] == expected_states(target, "cancelled")
 
 
