@@ -13,7 +13,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.floor import measure_floor, measure_write
+from bench.floor import measure_floor, measure_shared, measure_write
 from bench.image import MIXES, Generator
 from bench.measure import PageCache
 from txnbackup.action import BitmapAction
@@ -70,11 +70,15 @@ def main() -> None:
         cpu = user + system
         print(f"{run:3}  {wall:6.2f}  {user:6.2f}  {system:5.2f}  {cpu:5.2f}  {stored >> 20}")
     floor = measure_floor([image], cache)
+    floor.write_bytes = stored
     floor.add_write(*measure_write(workdir, stored))
+    floor.add_shared(measure_shared([image], workdir, floor, cache))
     parts = ", ".join(f"{k} {v:.2f} s" for k, v in floor.parts().items())
     median = statistics.median(walls)
     print(f"median {median:.2f} s; floor {floor.seconds:.2f} s ({parts}; {floor.binds} binds)")
     print(f"median / floor: {median / floor.seconds:.2f}")
+    shared = floor.shared_seconds or float("nan")
+    print(f"read and write at once: {shared:.2f} s; median / that: {median / shared:.2f}")
     for run in range(args.runs):
         shutil.rmtree(workdir / f"repo-{run}", ignore_errors=True)
     if not args.workdir:

@@ -14,6 +14,12 @@ Three costs, each measured in the run that it is the floor of:
   seconds, divided by the cores (as if every core did nothing else).
 
 They could overlap perfectly, so the floor is the slowest of the three; it ``binds``.
+
+Beside it, for information (``shared``): the drives read while the stored bytes are written,
+both at once, each the faster way found above. A drive and its repository on one disk share
+its bandwidth, so the read and write parts cannot overlap perfectly there (on this machine's
+virtio disk the two together took about their sum). The issue's floor, which the targets
+judge, stays the slowest of the three parts.
 """
 
 from __future__ import annotations
@@ -71,6 +77,7 @@ class Floor:
     write: list[float] = field(default_factory=list)
     read_way: str = "cached"  # the faster way to read: "cached" or "direct"
     write_ways: list[str] = field(default_factory=list)  # the faster way, each write sample
+    shared: list[float] = field(default_factory=list)  # read and write at once, each sample
 
     def add_write(self, seconds: float, way: str) -> None:
         self.write.append(seconds)
@@ -85,6 +92,14 @@ class Floor:
         if self.write:
             parts["write"] = statistics.median(self.write)
         return parts
+
+    def add_shared(self, seconds: float) -> None:
+        self.shared.append(seconds)
+
+    @property
+    def shared_seconds(self) -> float | None:
+        """The median of the read-and-write-at-once samples (None: not measured)."""
+        return statistics.median(self.shared) if self.shared else None
 
     @property
     def binds(self) -> str:
@@ -101,6 +116,7 @@ class Floor:
             "parts": self.parts(),
             "binds": self.binds,
             "seconds": self.seconds,
+            "shared_seconds": self.shared_seconds,
         }
 
 
@@ -128,6 +144,22 @@ def measure_write(directory: Path, nbytes: int) -> tuple[float, str]:
         times["direct"] = _write_once(directory, nbytes, direct=True)
     way = min(times, key=lambda k: times[k])
     return times[way], way
+
+
+def measure_shared(
+    drives: Sequence[Path], directory: Path, floor: Floor, cache: PageCache
+) -> float:
+    """Seconds to read ``drives`` as the engine does while ``floor.write_bytes`` are written
+    and made durable, both at once, each the faster way ``floor`` found (cache dropped)."""
+    read = _read_span if floor.read_way == "direct" else _read_cached
+    direct = bool(floor.write_ways) and floor.write_ways[-1] == "direct"
+    cache.drop()
+    with ThreadPoolExecutor(1) as writer:
+        started = time.perf_counter()
+        written = writer.submit(_write_once, directory, floor.write_bytes, direct=direct)
+        _read_like_engine(drives, floor.threads, floor.in_flight, read)
+        written.result()
+        return time.perf_counter() - started
 
 
 class DirectRefused(Exception):

@@ -3,12 +3,14 @@ the CLI overhead's estimate."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
-from bench.floor import Floor, binding, measure_write
+from bench.floor import Floor, binding, measure_shared, measure_write
 from bench.image import MIXES, Generator, split
+from bench.measure import PageCache
 from bench.report import cli_overhead
 from bench.run import CLI, TXN, MixResults
 from tests.unit.refusals import refuse_opening_direct
@@ -54,6 +56,28 @@ def test_the_write_floor_takes_the_faster_way_and_leaves_nothing(
     assert seconds > 0
     assert way == "cached" if direct == "refused" else way in {"cached", "direct"}
     assert list(tmp_path.iterdir()) == []
+
+
+def test_reading_and_writing_at_once_is_shown_beside_the_floor_not_judged(
+    tmp_path: Path,
+) -> None:
+    # Given a floor whose write part was measured, and a drive to read
+    drive = tmp_path / "drive.raw"
+    drive.write_bytes(os.urandom(3 * MIB))
+    floor = Floor(
+        size=3 * MIB, cores=2, threads=4, in_flight=4, read=0.5, sha256_cpu=1.0, zstd_cpu=1.0
+    )
+    floor.read_way = "direct"
+    floor.write_bytes = 2 * MIB + 1000
+    floor.add_write(*measure_write(tmp_path, floor.write_bytes))
+    judged = (floor.binds, floor.seconds)
+    # When the drive is read while the stored bytes are written, at once
+    seconds = measure_shared([drive], tmp_path, floor, PageCache(False))
+    floor.add_shared(seconds)
+    # Then it is timed, its file is gone, and the floor the targets judge is unchanged
+    assert floor.shared_seconds == seconds > 0
+    assert [p.name for p in tmp_path.iterdir()] == ["drive.raw"]
+    assert (floor.binds, floor.seconds) == judged
 
 
 def test_the_two_drives_hold_the_image_in_whole_chunks(tmp_path: Path) -> None:
