@@ -276,21 +276,12 @@ def _floor(m: MixResults) -> list[str]:
         f" / {f.cores} cores)",
         f"  {f.binds} binds: floor {f.seconds:.2f} s",
     ]
-    shared = f.shared_seconds
-    if shared is not None:
-        lines.append(
-            f"  for information, read and write at once on this disk: {shared:.2f} s "
-            f"(read {f.read:.2f} + write {write or 0:.2f} apart)"
-        )
     for label, case, txn in (("API, 1 drive", "full", TXN), ("CLI, 2 drives", "full2", CLI)):
         by = m.times.get(case, {})
         cells = [(t, _median_of(by, t if t != "txnbackup" else txn)) for t in (TXN, *PEERS)]
         shown = ", ".join(f"{t} {v / f.seconds:.2f}x" for t, v in cells if v is not None)
         if shown:
             lines.append(f"  full backup / floor, {label}: {shown}")
-        if shown and shared:
-            at_once = ", ".join(f"{t} {v / shared:.2f}x" for t, v in cells if v is not None)
-            lines.append(f"    / read and write at once: {at_once}")
     return lines
 
 

@@ -27,7 +27,7 @@ from typing import TypeVar
 from bench.bytecode import compile_tree
 from bench.cli_overhead import measure_cli_overhead
 from bench.fleet import NODE, NODES, REPO_ROOT, Fleet, bench_fleet, node_workers
-from bench.floor import Floor, measure_floor, measure_shared, measure_write
+from bench.floor import Floor, measure_floor, measure_write
 from bench.image import MIXES, Generator, Write, apply, split
 from bench.measure import (
     PageCache,
@@ -335,7 +335,6 @@ class _Mix:
             # The write floor in every repetition, after the tools, as their writes vary too.
             floor.write_bytes = self.results.repo_size[f"{case}/{tools[0].name}"]
             floor.add_write(*measure_write(self.workdir, floor.write_bytes))
-            floor.add_shared(measure_shared([self.image], self.workdir, floor, self.cache))
 
     def incremental(self, case: str, tools: list[Tool]) -> None:
         mix = self.results.mix
