@@ -27,19 +27,19 @@ class Aead:
     """One AES-256-GCM key; thread-safe, as the library's cipher object keeps no state."""
 
     def __init__(self, key: bytes) -> None:
+        from cryptography.exceptions import InvalidTag  # noqa: PLC0415
         from cryptography.hazmat.primitives.ciphers.aead import AESGCM  # noqa: PLC0415
 
         self._cipher: AESGCM = AESGCM(key)
+        self._invalid: type[Exception] = InvalidTag  # what decrypt turns into Forged
 
     def encrypt(self, nonce: bytes, data: bytes | memoryview, aad: bytes) -> bytes:
         return self._cipher.encrypt(nonce, data, aad)
 
     def decrypt(self, nonce: bytes, sealed: bytes | memoryview, aad: bytes) -> bytes:
-        from cryptography.exceptions import InvalidTag  # noqa: PLC0415 - loaded by __init__
-
         try:
             return self._cipher.decrypt(nonce, sealed, aad)
-        except InvalidTag:
+        except self._invalid:
             raise Forged from None
 
 
