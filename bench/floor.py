@@ -30,7 +30,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
-import mmap
 import os
 import statistics
 import time
@@ -44,7 +43,7 @@ import zstandard
 
 from bench.measure import PageCache, timed
 from txnbackup.constants import DEFAULT_CHUNK_SIZE, ZSTD_LEVEL
-from txnbackup.direct import round_up
+from txnbackup.direct import anonymous, round_up
 from txnbackup.drive import FileDrive
 from txnbackup.engine import INFLIGHT_BYTES, READ_SIZE, default_workers
 
@@ -170,7 +169,7 @@ class DirectRefused(Exception):
 
 
 def _write_once(directory: Path, nbytes: int, *, direct: bool) -> float:
-    block = memoryview(mmap.mmap(-1, WRITE_BLOCK))  # page-aligned, as direct I/O needs
+    block = memoryview(anonymous(WRITE_BLOCK))  # the engine's kind of buffer, page-aligned
     block[:] = os.urandom(WRITE_BLOCK)
     path = directory / "floor-write.tmp"
     os.sync()  # what others left dirty is not this measurement's to write
