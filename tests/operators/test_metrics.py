@@ -39,6 +39,7 @@ def test_metrics_match_the_status_of_the_backups(
     first = ops_producer.wait(
         ops_producer.submit(ops_vm.vmid, ops_vm.drives, repository=ops_repo.path), 60
     )
+    assert first.status == "done", f"the first backup ended {first.status} within 60 s"
     ops_vm.write("scsi0", 5 * CHUNK, random.Random(3).randbytes(2 * CHUNK))
 
     # When it is backed up again
